@@ -1,0 +1,34 @@
+"""lowbit_jax: exact emulation and analysis of fine-grained low-bit formats (MX, NV, any FP(e,m) / INT(b))."""
+
+from lowbit_jax.formats import (
+    PER_CHANNEL,
+    PER_TENSOR,
+    ElemType,
+    Format,
+    FPElem,
+    IntElem,
+    fp,
+    get_format,
+    int_,
+    list_formats,
+)
+from lowbit_jax.qarray import QArray
+from lowbit_jax.quantize import dequantize, fake_quant, quantize
+
+__all__ = [
+    "PER_CHANNEL",
+    "PER_TENSOR",
+    "ElemType",
+    "FPElem",
+    "Format",
+    "IntElem",
+    "QArray",
+    "dequantize",
+    "fake_quant",
+    "fp",
+    "get_format",
+    "int_",
+    "list_formats",
+    "quantize",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,248 @@
+"""quantize / dequantize / fake_quant: blocks along an axis -> block scale -> element rounding.
+
+Data flow (DESIGN.md section 3): x -> blocks along `axis` (zero-padded) -> block amax -> scale -> x / scale ->
+round to the element grid (RNE or stochastic, saturating) -> QArray, and back. `fake_quant` runs the same
+arithmetic without the storage casts, so it equals `dequantize(quantize(x))` bit for bit.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lowbit_jax import rounding, scaling
+from lowbit_jax.formats import PER_CHANNEL, PER_TENSOR, Format, get_format
+from lowbit_jax.qarray import QArray
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How an array of `shape` is cut into blocks of `block` along `axis` (per-tensor: one flat block)."""
+
+    shape: tuple[int, ...]
+    axis: int
+    block: int
+    n_blocks: int
+    per_tensor: bool
+
+    @property
+    def padded_shape(self) -> tuple[int, ...]:
+        if self.per_tensor:
+            return self.shape
+        s = list(self.shape)
+        s[self.axis] = self.block * self.n_blocks
+        return tuple(s)
+
+    @property
+    def blocked_shape(self) -> tuple[int, ...]:
+        """(..., n_blocks, block, ...): the axis split in two; the block axis is `axis + 1`."""
+        if self.per_tensor:
+            return (1, max(1, int(_prod(self.shape))))
+        s = self.shape
+        return s[: self.axis] + (self.n_blocks, self.block) + s[self.axis + 1 :]
+
+    @property
+    def block_axis(self) -> int:
+        return 1 if self.per_tensor else self.axis + 1
+
+    @property
+    def scales_shape(self) -> tuple[int, ...]:
+        if self.per_tensor:
+            return ()
+        s = list(self.shape)
+        s[self.axis] = self.n_blocks
+        return tuple(s)
+
+
+def _prod(xs) -> int:
+    out = 1
+    for v in xs:
+        out *= v
+    return out
+
+
+def layout(shape: tuple[int, ...], fmt: Format, axis: int) -> Layout:
+    """The block layout of `fmt` for an array of `shape` quantized along `axis` (already normalised)."""
+    if fmt.block_size == PER_TENSOR or fmt.is_identity:
+        return Layout(tuple(shape), axis, max(1, _prod(shape)), 1, True)
+    length = shape[axis]
+    block = max(1, length) if fmt.block_size == PER_CHANNEL else fmt.block_size
+    return Layout(tuple(shape), axis, block, -(-length // block) if length else 0, False)
+
+
+def check_input(x, fmt: Format | str, axis: int) -> tuple[jax.Array, Format, int]:
+    """Validate and normalise (x, fmt, axis); clear errors for non-float input and out-of-range axes."""
+    fmt = get_format(fmt) if isinstance(fmt, str) else fmt
+    if not isinstance(fmt, Format):
+        raise TypeError(f"fmt must be a Format or a format name, got {type(fmt).__name__}")
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"lowbit_jax quantizes real floating-point arrays; got dtype {x.dtype}")
+    if not isinstance(axis, int) or not -max(x.ndim, 1) <= axis < max(x.ndim, 1):
+        raise ValueError(f"axis {axis!r} is out of range for an array of rank {x.ndim}")
+    if x.ndim == 0 and not (fmt.is_identity or fmt.block_size == PER_TENSOR):
+        raise ValueError(f"{fmt.name} quantizes blocks along an axis; got a scalar")
+    return x, fmt, axis % max(x.ndim, 1)
+
+
+def to_blocks(x: jax.Array, lay: Layout) -> jax.Array:
+    """float32 view (..., n_blocks, block, ...) of x, zero-padded along the axis."""
+    x = x.astype(jnp.float32)
+    if lay.per_tensor:
+        return x.reshape(lay.blocked_shape)
+    pad = lay.n_blocks * lay.block - lay.shape[lay.axis]
+    if pad:
+        widths = [(0, 0)] * x.ndim
+        widths[lay.axis] = (0, pad)
+        x = jnp.pad(x, widths)
+    return x.reshape(lay.blocked_shape)
+
+
+def from_blocks(y_blocks: jax.Array, lay: Layout, crop: bool = True) -> jax.Array:
+    """Inverse of `to_blocks`: merge the block axes and (optionally) crop the padding."""
+    y = y_blocks.reshape(lay.padded_shape)
+    if crop and not lay.per_tensor and lay.padded_shape != lay.shape:
+        y = jax.lax.slice_in_dim(y, 0, lay.shape[lay.axis], axis=lay.axis)
+    return y
+
+
+class BlockScale(NamedTuple):
+    """Per-block scale in both directions (block axis kept with size 1).
+
+    exp: UE8M0 exponent (scale = 2^exp) or None;  divisor: float32 block divisor (E4M3 scale x g, or FP32
+    scale) or None;  finite: blocks free of NaN/Inf;  tensor: NV tensor scale g or None.
+    """
+
+    exp: jax.Array | None
+    divisor: jax.Array | None
+    finite: jax.Array
+    tensor: jax.Array | None
+    block_scale: jax.Array | None  # E4M3 / FP32 block scale as float32 (before the tensor scale)
+
+
+def block_scale(x_blocks: jax.Array, fmt: Format, lay: Layout) -> BlockScale:
+    """The scale of every block of `x_blocks` under `fmt`'s rule."""
+    amax = jnp.max(jnp.abs(x_blocks), axis=lay.block_axis, keepdims=True)
+    finite = jnp.isfinite(amax)
+    elem = fmt.elem
+    if fmt.scale == "ue8m0":
+        rule = scaling.ue8m0_exponent_bf16 if fmt.scale_dtype == "bfloat16" else scaling.ue8m0_exponent
+        return BlockScale(rule(amax, elem, fmt.scale_rounding), None, finite, None, None)
+    if fmt.scale == "fp32":
+        s = scaling.fp32_scale(amax, elem, fmt.scale_dtype)
+        return BlockScale(None, s, finite, None, s)
+    amax_tensor = jnp.max(jnp.where(finite, amax, 0.0))
+    g = scaling.nv_tensor_scale(amax_tensor, elem)
+    s = scaling.nv_block_scale(amax, g, elem)
+    return BlockScale(None, s * g, finite, g, s)
+
+
+def to_elem_domain(x_blocks: jax.Array, sc: BlockScale, fmt: Format) -> jax.Array:
+    """x / scale in float32 (exact for powers of two, correctly rounded otherwise), or in bf16 if asked."""
+    if fmt.scale_dtype == "bfloat16":
+        x_blocks = x_blocks.astype(jnp.bfloat16).astype(jnp.float32)
+    if sc.exp is not None:
+        return rounding.mul_pow2(x_blocks, -sc.exp)
+    v = jnp.where(sc.divisor > 0, rounding.div_exact(x_blocks, sc.divisor), 0.0)
+    if fmt.scale_dtype == "bfloat16":
+        v = v.astype(jnp.bfloat16).astype(jnp.float32)
+    return v
+
+
+def from_elem_domain(values: jax.Array, sc: BlockScale) -> jax.Array:
+    """values x scale in float32; NaN for blocks that held NaN or Inf."""
+    y = rounding.mul_pow2(values, sc.exp) if sc.exp is not None else values * sc.divisor
+    return jnp.where(sc.finite, y, jnp.nan)
+
+
+def _uniform(key, lay: Layout) -> jax.Array | None:
+    if key is None:
+        return None
+    return rounding.uniform_from_bits(jax.random.bits(key, lay.blocked_shape, jnp.uint32))
+
+
+def quantize_blocks(x: jax.Array, fmt: Format, axis: int, key=None) -> tuple[jax.Array, BlockScale, Layout]:
+    """Element values (float32 on the grid, blocked layout), the block scales and the layout."""
+    lay = layout(x.shape, fmt, axis)
+    x_blocks = to_blocks(x, lay)
+    sc = block_scale(x_blocks, fmt, lay)
+    values = rounding.round_elem(to_elem_domain(x_blocks, sc, fmt), fmt.elem, _uniform(key, lay))
+    return values, sc, lay
+
+
+def _stored_scales(sc: BlockScale, fmt: Format, lay: Layout) -> jax.Array:
+    if fmt.scale == "ue8m0":
+        scales = scaling.e8m0_encode(sc.exp, sc.finite)
+    elif fmt.scale == "e4m3":
+        scales = sc.block_scale.astype(jnp.float8_e4m3fn)
+    else:
+        scales = jnp.where(sc.finite, sc.block_scale, jnp.nan).astype(fmt.scale_dtype)
+    return scales.reshape(lay.scales_shape)
+
+
+def quantize(x, fmt: Format | str, axis: int = -1, *, key=None) -> QArray:
+    """Quantize `x` in blocks along `axis`; `key` switches element rounding from RNE to stochastic."""
+    x, fmt, axis = check_input(x, fmt, axis)
+    if fmt.is_identity:
+        return QArray(x.astype(fmt.passthrough_dtype), None, None, fmt, axis, x.shape, x.dtype)
+    values, sc, lay = quantize_blocks(x, fmt, axis, key)
+    codes = rounding.encode(jnp.where(sc.finite, values, 0.0), fmt.elem)
+    codes = from_blocks(codes, lay, crop=False)
+    return QArray(codes, _stored_scales(sc, fmt, lay), sc.tensor, fmt, axis, x.shape, x.dtype)
+
+
+def _scale_from_qarray(q: QArray, lay: Layout) -> BlockScale:
+    """Rebuild the per-block BlockScale (blocked, keepdims layout) from stored scales."""
+    keep = list(lay.blocked_shape)
+    keep[lay.block_axis] = 1
+    fmt = q.fmt
+    if fmt.scale == "ue8m0":
+        exp, finite = scaling.e8m0_decode(q.scales)
+        return BlockScale(exp.reshape(keep), None, finite.reshape(keep), None, None)
+    s = q.scales.astype(jnp.float32).reshape(keep)
+    divisor = s * q.tensor_scale if fmt.scale == "e4m3" else s
+    return BlockScale(None, divisor, jnp.isfinite(s), q.tensor_scale, s)
+
+
+def dequantize(q: QArray, dtype=None) -> jax.Array:
+    """Values of a QArray in `dtype` (default: the original input dtype), cropped to the original shape."""
+    dtype = q.dtype if dtype is None else dtype
+    if q.fmt.is_identity:
+        return q.codes.astype(dtype)
+    lay = layout(q.shape, q.fmt, q.axis)
+    values = rounding.decode(q.codes, q.fmt.elem).reshape(lay.blocked_shape)
+    y = from_elem_domain(values, _scale_from_qarray(q, lay))
+    return from_blocks(y, lay).astype(dtype)
+
+
+def _fake_quant_impl(x: jax.Array, fmt: Format, axis: int, key) -> jax.Array:
+    if fmt.is_identity:
+        return x.astype(fmt.passthrough_dtype).astype(x.dtype)
+    values, sc, lay = quantize_blocks(x, fmt, axis, key)
+    return from_blocks(from_elem_domain(values, sc), lay).astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _fake_quant_ste(x, fmt, axis, key):
+    return _fake_quant_impl(x, fmt, axis, key)
+
+
+def _fake_quant_fwd(x, fmt, axis, key):
+    return _fake_quant_impl(x, fmt, axis, key), None
+
+
+def _fake_quant_bwd(fmt, axis, _, g):
+    return g, None
+
+
+_fake_quant_ste.defvjp(_fake_quant_fwd, _fake_quant_bwd)
+
+
+def fake_quant(x, fmt: Format | str, axis: int = -1, *, key=None) -> jax.Array:
+    """dequantize(quantize(x)) in one pass, same shape and dtype as x; the gradient passes straight through."""
+    x, fmt, axis = check_input(x, fmt, axis)
+    return _fake_quant_ste(x, fmt, axis, key)
