@@ -216,8 +216,11 @@ class Format:
         base = _FORMATS.get(self.name)
         if base is None or base == self:
             return self.name
-        diffs = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
-                 if f.name not in ("name", "elem") and getattr(self, f.name) != getattr(base, f.name)]
+        diffs = [
+            f"{f.name}={getattr(self, f.name)}"
+            for f in dataclasses.fields(self)
+            if f.name not in ("name", "elem") and getattr(self, f.name) != getattr(base, f.name)
+        ]
         if isinstance(self.elem, IntElem) and self.elem.int_range != base.elem.int_range:
             diffs.append(f"int_range={self.elem.int_range}")
         if self.elem != base.elem and not isinstance(self.elem, IntElem):
