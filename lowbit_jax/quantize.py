@@ -65,12 +65,12 @@ def _prod(xs) -> int:
     return out
 
 
-def layout(shape: tuple[int, ...], fmt: Format, axis: int) -> Layout:
-    """The block layout of `fmt` for an array of `shape` quantized along `axis` (already normalised)."""
-    if fmt.block_size == PER_TENSOR or fmt.is_identity:
+def layout(shape: tuple[int, ...], block_size: int | str, axis: int) -> Layout:
+    """Blocks of `block_size` (int, "channel"/-1 or "tensor") for an array of `shape` along `axis` (normalised)."""
+    if block_size == PER_TENSOR:
         return Layout(tuple(shape), axis, max(1, _prod(shape)), 1, True)
     length = shape[axis]
-    block = max(1, length) if fmt.block_size == PER_CHANNEL else fmt.block_size
+    block = max(1, length) if block_size in (PER_CHANNEL, -1) else block_size
     return Layout(tuple(shape), axis, block, -(-length // block) if length else 0, False)
 
 
@@ -167,7 +167,7 @@ def _uniform(key, lay: Layout) -> jax.Array | None:
 
 def quantize_blocks(x: jax.Array, fmt: Format, axis: int, key=None) -> tuple[jax.Array, BlockScale, Layout]:
     """Element values (float32 on the grid, blocked layout), the block scales and the layout."""
-    lay = layout(x.shape, fmt, axis)
+    lay = layout(x.shape, fmt.block_size, axis)
     x_blocks = to_blocks(x, lay)
     sc = block_scale(x_blocks, fmt, lay)
     values = rounding.round_elem(to_elem_domain(x_blocks, sc, fmt), fmt.elem, _uniform(key, lay))
@@ -213,7 +213,7 @@ def dequantize(q: QArray, dtype=None) -> jax.Array:
     dtype = q.dtype if dtype is None else dtype
     if q.fmt.is_identity:
         return q.codes.astype(dtype)
-    lay = layout(q.shape, q.fmt, q.axis)
+    lay = layout(q.shape, q.fmt.block_size, q.axis)
     values = rounding.decode(q.codes, q.fmt.elem).reshape(lay.blocked_shape)
     y = from_elem_domain(values, _scale_from_qarray(q, lay))
     return from_blocks(y, lay).astype(dtype)
