@@ -1,0 +1,276 @@
+"""Where does fine-grained INT beat FP? The QSNR theory, its crossovers, and Monte-Carlo checks with the real quantizers.
+
+    python -m experiments.crossover                         # the paper's four pairs, about 1 minute on 2 CPU cores
+    python -m experiments.crossover --pairs mxint8/mxfp8_e5m2,mxint6/mxfp6_e3m2 --kappa-max 20
+    python -m experiments.crossover --block-size 64 --distributions gaussian,laplace --seed 3
+    python -m experiments.crossover --preset tiny           # seconds; what the test suite runs
+
+For each INT/FP pair it computes the theoretical crossover crest factor kappa* (analysis.theory, variants "paper"
+and "reference", NOTES.md section 6.5) by root finding, and measures QSNR against block crest factor on synthetic
+tensors (uniform, Gaussian, Laplace, Student-t, Gaussian with outliers; every block's scale dithered by 2^U so the
+UE8M0 rounding factor is spread as the theory assumes), binned by crest factor; the empirical kappa* is where the
+binned INT-minus-FP QSNR first turns negative. A block's own crest factor never exceeds sqrt(block size), so a pair
+whose kappa* is out of reach at its own block size is measured on larger blocks (reported; UE8M0 theory does not
+depend on the block size). It also measures the Gaussian QSNR of every format, the Gaussian mean block crest
+factor (blocks 32 and 16) and the paper's Algorithm 1 probe (x / (x / 127) landing on 128).
+
+Output (--out, default results/crossover/):
+  crossover.json  stable keys:
+    theory               {variant: {pair: {"kappa": float, "qsnr_db": float}}}  variant in "paper", "reference"
+    empirical            {pair: {"kappa": float | null, "block_size": int}}  (null: no crossing in reach)
+    gaussian_qsnr_db     {format_name: float}   canonical names as in lowbit_jax.list_formats()
+    gaussian_block_crest {"32": float, "16": float}
+    bf16_probe           {"bfloat16": float, "float16": float, "float32": float}   fractions, not percent
+    config, machine
+  curves.csv      pair, variant, kappa, int_db, fp_db           (theory, kappa grid)
+  montecarlo.csv  pair, block_size, kappa, blocks, int_db, fp_db (binned measurement)
+  crossover.png   one panel per pair: theory lines, measured points, kappa* marked
+Pair names are upper-case "INT/FP" as given, e.g. "MXINT8/MXFP8".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import lowbit_jax as lb
+from analysis import montecarlo, plotting, synthetic, theory
+from analysis.crest import crest_factor
+from analysis.grad_bias import overflow_probe
+from analysis.qsnr import qsnr_db
+from experiments import common
+
+PAPER_PAIRS = ("mxint8/mxfp8", "mxint6/mxfp6", "mxint4/mxfp4", "nvint4/nvfp4")
+PAPER_FORMATS = ("mxint8", "mxfp8", "mxint6", "mxfp6", "mxint4", "mxfp4", "nvint4", "nvfp4")
+PAPER_FIG3 = {"MXINT8/MXFP8": 7.55, "MXINT6/MXFP6": 1.96, "MXINT4/MXFP4": 2.04, "NVINT4/NVFP4": 2.39}  # printed
+VARIANTS = ("paper", "reference")
+
+
+def parse_pair(text: str, block_size: int = 0) -> tuple[str, lb.Format, lb.Format]:
+    """'int_name/fp_name' -> (pair key, INT format, FP format), with the block size overridden if non-zero."""
+    names = text.split("/")
+    if len(names) != 2:
+        raise ValueError(f"a pair is 'INT/FP', e.g. mxint8/mxfp8; got {text!r}")
+    over = {"block_size": block_size} if block_size else {}
+    fmts = [lb.get_format(n.strip(), **over) for n in names]
+    kinds = [None if f.is_identity else f.elem.kind for f in fmts]
+    if kinds != ["int", "fp"]:
+        raise ValueError(f"pair {text!r} must name an INT format then an FP format")
+    if fmts[0].block_size != fmts[1].block_size:
+        raise ValueError(f"pair {text!r}: both formats need the same block size")
+    return text.upper(), fmts[0], fmts[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    pairs: tuple[str, ...] = PAPER_PAIRS
+    formats: tuple[str, ...] = PAPER_FORMATS
+    block_size: int = 0  # 0: each format's own block size
+    mc_block_size: int = 0  # 0: the pair's block, enlarged until sqrt(g) >= 1.5 kappa* (UE8M0 only)
+    distributions: tuple[str, ...] = synthetic.DISTRIBUTIONS
+    mc_rows: int = 512  # rows of 4096 per distribution and pair
+    gaussian_shape: tuple[int, ...] = (2048, 4096)
+    probe_shape: tuple[int, ...] = (4096, 4096)
+    kappa_max: float = 12.0
+    bin_width: float = 0.1
+    min_blocks: int = 200  # bins with fewer blocks are not used for the empirical crossover
+    seed: int = 0
+
+    def __post_init__(self):
+        for p in self.pairs:
+            parse_pair(p, self.block_size)
+        for f in self.formats:
+            lb.get_format(f)
+        for d in self.distributions:
+            if d not in synthetic.DISTRIBUTIONS:
+                raise ValueError(f"unknown distribution {d!r}; choose from {list(synthetic.DISTRIBUTIONS)}")
+        if self.block_size < 0 or self.mc_block_size < 0 or self.mc_rows <= 0 or self.min_blocks < 1:
+            raise ValueError("--block-size/--mc-block-size must be >= 0 and --mc-rows/--min-blocks positive")
+        if not 1.0 < self.kappa_max <= 100 or not 0 < self.bin_width < 1:
+            raise ValueError("--kappa-max must be in (1, 100] and --bin-width in (0, 1)")
+        if len(self.gaussian_shape) != 2 or len(self.probe_shape) != 2:
+            raise ValueError("--gaussian-shape and --probe-shape take two sizes, e.g. 2048,4096")
+
+
+PRESETS = {
+    "tiny": Config(mc_rows=16, gaussian_shape=(64, 1024), probe_shape=(256, 256), min_blocks=20, bin_width=0.25),
+}
+
+
+def mc_block_size(int_fmt: lb.Format, kappa_star: float, requested: int) -> int:
+    """Block size for the measurement: the requested one, or the format's, enlarged so kappa* is within reach."""
+    if requested:
+        return requested
+    g = int_fmt.block_size if isinstance(int_fmt.block_size, int) else 4096
+    if int_fmt.scale != "ue8m0" or not math.isfinite(kappa_star):
+        return g
+    while math.sqrt(g) < 1.5 * kappa_star and g < 4096:
+        g *= 2
+    return g
+
+
+def theory_for_pair(int_fmt, fp_fmt, kappa: np.ndarray, kappa_max: float) -> tuple[dict, dict]:
+    """({variant: {"kappa", "qsnr_db"}}, {variant: (int curve, fp curve)})."""
+    points, curves = {}, {}
+    for v in VARIANTS:
+        try:
+            c = theory.crossover(int_fmt, fp_fmt, variant=v, kappa_range=(1.0, kappa_max))
+            points[v] = {"kappa": c.kappa, "qsnr_db": c.qsnr_db}
+        except ValueError:
+            points[v] = {"kappa": float("nan"), "qsnr_db": float("nan")}
+        curves[v] = (theory.qsnr_curve(int_fmt, kappa, v), theory.qsnr_curve(fp_fmt, kappa, v))
+    return points, curves
+
+
+def mc_tensor(cfg: Config, key: jax.Array, block: int) -> jax.Array:
+    """Synthetic rows from every distribution, block scales dithered; more rows for blocks above 64, whose
+    high-crest bins are sparse."""
+    width, rows = max(4096, block), cfg.mc_rows * max(1, block // 64)
+    keys = jax.random.split(key, len(cfg.distributions) + 1)
+    x = jnp.concatenate([synthetic.sample(d, k, (rows, width)) for d, k in zip(cfg.distributions, keys)], 0)
+    return synthetic.dither_block_scale(x, block, keys[-1])
+
+
+def run_pair(cfg: Config, text: str, key: jax.Array, kappa: np.ndarray) -> dict:
+    """Theory and measurement for one pair."""
+    name, int_fmt, fp_fmt = parse_pair(text, cfg.block_size)
+    points, curves = theory_for_pair(int_fmt, fp_fmt, kappa, cfg.kappa_max)
+    block = mc_block_size(int_fmt, points["reference"]["kappa"], cfg.mc_block_size)
+    fmts = {"int": int_fmt.replace(block_size=block), "fp": fp_fmt.replace(block_size=block)}
+    edges = np.arange(1.0, min(cfg.kappa_max, math.sqrt(block)) + cfg.bin_width, cfg.bin_width)
+    binned = montecarlo.binned_qsnr(mc_tensor(cfg, key, block), fmts, edges)
+    used = binned.counts >= cfg.min_blocks
+    empirical = montecarlo.empirical_crossover(binned, "int", "fp", cfg.min_blocks)
+    return {
+        "name": name,
+        "int": int_fmt,
+        "fp": fp_fmt,
+        "theory": points,
+        "curves": curves,
+        "block": block,
+        "binned": binned,
+        "used": used,
+        "empirical": empirical,
+    }
+
+
+def gaussian_measurements(cfg: Config, key: jax.Array) -> tuple[dict, dict]:
+    """QSNR of each format and the mean block crest factor (32, 16) on N(0, 1) of cfg.gaussian_shape."""
+    x = jax.random.normal(key, cfg.gaussian_shape, jnp.float32)
+    qsnr = {}
+    for name in cfg.formats:
+        fmt = lb.get_format(name)
+        qsnr[fmt.label] = float(qsnr_db(x, jax.jit(lambda v, f=fmt: lb.fake_quant(v, f))(x)))
+    crest = {str(b): float(crest_factor(x, b).mean) for b in (32, 16)}
+    return qsnr, crest
+
+
+def _panel(r: dict, kappa: np.ndarray) -> plotting.PairPanel:
+    b, used = r["binned"], r["used"]
+    stars = {v: r["theory"][v]["kappa"] for v in VARIANTS} | {"empirical": r["empirical"]}
+    return plotting.PairPanel(
+        title=f"{r['name']}  (measured at block {r['block']})",
+        int_label=r["int"].name,
+        fp_label=r["fp"].name,
+        kappa=kappa,
+        theory_db=r["curves"],
+        kappa_star=stars,
+        mc_kappa=b.centers[used],
+        mc_int_db=b.qsnr_db["int"][used],
+        mc_fp_db=b.qsnr_db["fp"][used],
+    )
+
+
+def _rows(results: list[dict], kappa: np.ndarray) -> tuple[list[dict], list[dict]]:
+    curve_rows, mc_rows = [], []
+    for r in results:
+        for v, (i_db, f_db) in r["curves"].items():
+            curve_rows += [
+                {"pair": r["name"], "variant": v, "kappa": float(k), "int_db": float(a), "fp_db": float(b)}
+                for k, a, b in zip(kappa, i_db, f_db)
+            ]
+        b = r["binned"]
+        mc_rows += [
+            {
+                "pair": r["name"],
+                "block_size": r["block"],
+                "kappa": float(c),
+                "blocks": int(n),
+                "int_db": float(a),
+                "fp_db": float(f),
+            }
+            for c, n, a, f in zip(b.centers, b.counts, b.qsnr_db["int"], b.qsnr_db["fp"])
+            if n > 0
+        ]
+    return curve_rows, mc_rows
+
+
+def print_summary(result: dict, results: list[dict]) -> None:
+    rows = []
+    for r in results:
+        t = result["theory"]
+        rows.append(
+            (
+                r["name"],
+                PAPER_FIG3.get(r["name"], "-"),
+                t["paper"][r["name"]]["kappa"],
+                t["reference"][r["name"]]["kappa"],
+                t["reference"][r["name"]]["qsnr_db"],
+                r["empirical"],
+                r["block"],
+            )
+        )
+    print("\nINT beats FP below the crossover crest factor kappa*:")
+    print(
+        common.format_table(
+            ["pair", "paper Fig.3", "theory paper", "theory ref", "QSNR@k* dB", "measured", "block"], rows, ".4f"
+        )
+    )
+    print("\nGaussian N(0,1) QSNR (dB):")
+    print(common.format_table(["format", "QSNR"], list(result["gaussian_qsnr_db"].items()), ".2f"))
+    crest = result["gaussian_block_crest"]
+    probe = result["bf16_probe"]
+    print(f"\nGaussian mean block crest factor: block 32 {crest['32']:.3f}, block 16 {crest['16']:.3f}")
+    print("Algorithm 1 (x / (x/127) rounds to 128): " + ", ".join(f"{k} {100 * v:.3f}%" for k, v in probe.items()))
+
+
+def main(argv=None) -> dict:
+    cfg, out = common.parse_config(Config, argv, __doc__, PRESETS)
+    t0 = time.perf_counter()
+    key = jax.random.key(cfg.seed)
+    k_mc, k_gauss, k_probe = jax.random.split(key, 3)
+    kappa = np.linspace(1.0, cfg.kappa_max, 600)
+    results = [
+        run_pair(cfg, p, jax.random.fold_in(k_mc, i), kappa)
+        for i, p in enumerate(common.progress(cfg.pairs, desc="pairs", unit="pair"))
+    ]
+    qsnr, crest = gaussian_measurements(cfg, k_gauss)
+    result = {
+        "theory": {v: {r["name"]: r["theory"][v] for r in results} for v in VARIANTS},
+        "empirical": {r["name"]: {"kappa": r["empirical"], "block_size": r["block"]} for r in results},
+        "gaussian_qsnr_db": qsnr,
+        "gaussian_block_crest": crest,
+        "bf16_probe": overflow_probe(k_probe, cfg.probe_shape),
+        "config": cfg,
+        "machine": common.machine_description(),
+    }
+    folder = common.output_dir("crossover", out)
+    common.write_json(folder / "crossover.json", result)
+    curve_rows, mc_rows = _rows(results, kappa)
+    common.write_csv(folder / "curves.csv", curve_rows)
+    common.write_csv(folder / "montecarlo.csv", mc_rows)
+    plotting.save(plotting.crossover_figure([_panel(r, kappa) for r in results]), folder / "crossover.png")
+    print_summary(result, results)
+    print(
+        f"\nwrote {folder}/crossover.json, curves.csv, montecarlo.csv, crossover.png ({time.perf_counter() - t0:.0f} s)"
+    )
+    return result
+
+
+if __name__ == "__main__":
+    main()
