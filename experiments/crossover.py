@@ -1,4 +1,4 @@
-"""Where does fine-grained INT beat FP? The QSNR theory, its crossovers, and Monte-Carlo checks with the real quantizers.
+"""Where does fine-grained INT beat FP? QSNR theory, crossovers, and Monte-Carlo checks with the real quantizers.
 
     python -m experiments.crossover                         # the paper's four pairs, about 1 minute on 2 CPU cores
     python -m experiments.crossover --pairs mxint8/mxfp8_e5m2,mxint6/mxfp6_e3m2 --kappa-max 20
