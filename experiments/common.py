@@ -72,10 +72,14 @@ def parse_config(cls, argv: Sequence[str] | None, description: str, presets: dic
         if text is None:
             continue
         typ, is_tuple = _field_parser(f, hints[f.name])
-        if is_tuple:
-            overrides[f.name] = tuple(_convert(t.strip(), typ, f.name) for t in text.split(",") if t.strip())
-        else:
-            overrides[f.name] = _convert(text, typ, f.name)
+        flag = f.name.replace("_", "-")
+        try:
+            if is_tuple:
+                overrides[f.name] = tuple(_convert(t.strip(), typ, flag) for t in text.split(",") if t.strip())
+            else:
+                overrides[f.name] = _convert(text, typ, flag)
+        except argparse.ArgumentTypeError as err:
+            parser.error(str(err))
     try:
         cfg = dataclasses.replace(base, **overrides)
     except (ValueError, TypeError) as err:
