@@ -3,6 +3,7 @@
     python -m experiments.crossover                         # the paper's four pairs, about 1 minute on 2 CPU cores
     python -m experiments.crossover --pairs mxint8/mxfp8_e5m2,mxint6/mxfp6_e3m2 --kappa-max 20
     python -m experiments.crossover --block-size 64 --distributions gaussian,laplace --seed 3
+    python -m experiments.crossover --pairs mxint4/mxfp4 --scale e4m3 --block-size 32   # MX blocks, E4M3 scales
     python -m experiments.crossover --preset tiny           # seconds; what the test suite runs
 
 For each INT/FP pair it computes the theoretical crossover crest factor kappa* (analysis.theory, variants "paper"
@@ -51,12 +52,13 @@ PAPER_FIG3 = {"MXINT8/MXFP8": 7.55, "MXINT6/MXFP6": 1.96, "MXINT4/MXFP4": 2.04, 
 VARIANTS = ("paper", "reference")
 
 
-def parse_pair(text: str, block_size: int = 0) -> tuple[str, lb.Format, lb.Format]:
-    """'int_name/fp_name' -> (pair key, INT format, FP format), with the block size overridden if non-zero."""
+def parse_pair(text: str, block_size: int = 0, scale: str = "") -> tuple[str, lb.Format, lb.Format]:
+    """'int_name/fp_name' -> (pair key, INT format, FP format), with block size / scale type overridden if set."""
     names = text.split("/")
     if len(names) != 2:
         raise ValueError(f"a pair is 'INT/FP', e.g. mxint8/mxfp8; got {text!r}")
     over = {"block_size": block_size} if block_size else {}
+    over |= {"scale": scale} if scale else {}
     fmts = [lb.get_format(n.strip(), **over) for n in names]
     kinds = [None if f.is_identity else f.elem.kind for f in fmts]
     if kinds != ["int", "fp"]:
@@ -71,6 +73,7 @@ class Config:
     pairs: tuple[str, ...] = PAPER_PAIRS
     formats: tuple[str, ...] = PAPER_FORMATS
     block_size: int = 0  # 0: each format's own block size
+    scale: str = ""  # "": each format's own scale type; else ue8m0, e4m3 or fp32 for every pair
     mc_block_size: int = 0  # 0: the pair's block, enlarged until sqrt(g) >= 1.5 kappa* (UE8M0 only)
     distributions: tuple[str, ...] = synthetic.DISTRIBUTIONS
     mc_rows: int = 512  # rows of 4096 per distribution and pair
@@ -83,7 +86,7 @@ class Config:
 
     def __post_init__(self):
         for p in self.pairs:
-            parse_pair(p, self.block_size)
+            parse_pair(p, self.block_size, self.scale)
         for f in self.formats:
             lb.get_format(f)
         for d in self.distributions:
@@ -138,7 +141,7 @@ def mc_tensor(cfg: Config, key: jax.Array, block: int) -> jax.Array:
 
 def run_pair(cfg: Config, text: str, key: jax.Array, kappa: np.ndarray) -> dict:
     """Theory and measurement for one pair."""
-    name, int_fmt, fp_fmt = parse_pair(text, cfg.block_size)
+    name, int_fmt, fp_fmt = parse_pair(text, cfg.block_size, cfg.scale)
     points, curves = theory_for_pair(int_fmt, fp_fmt, kappa, cfg.kappa_max)
     block = mc_block_size(int_fmt, points["reference"]["kappa"], cfg.mc_block_size)
     fmts = {"int": int_fmt.replace(block_size=block), "fp": fp_fmt.replace(block_size=block)}
@@ -210,14 +213,15 @@ def _rows(results: list[dict], kappa: np.ndarray) -> tuple[list[dict], list[dict
     return curve_rows, mc_rows
 
 
-def print_summary(result: dict, results: list[dict]) -> None:
+def print_summary(result: dict, results: list[dict], cfg: Config) -> None:
+    printed = PAPER_FIG3 if not (cfg.block_size or cfg.scale) else {}  # the paper's values only for its formats
     rows = []
     for r in results:
         t = result["theory"]
         rows.append(
             (
                 r["name"],
-                PAPER_FIG3.get(r["name"], "-"),
+                printed.get(r["name"], "-"),
                 t["paper"][r["name"]]["kappa"],
                 t["reference"][r["name"]]["kappa"],
                 t["reference"][r["name"]]["qsnr_db"],
@@ -265,7 +269,7 @@ def main(argv=None) -> dict:
     common.write_csv(folder / "curves.csv", curve_rows)
     common.write_csv(folder / "montecarlo.csv", mc_rows)
     plotting.save(plotting.crossover_figure([_panel(r, kappa) for r in results]), folder / "crossover.png")
-    print_summary(result, results)
+    print_summary(result, results, cfg)
     print(
         f"\nwrote {folder}/crossover.json, curves.csv, montecarlo.csv, crossover.png ({time.perf_counter() - t0:.0f} s)"
     )
