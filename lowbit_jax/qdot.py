@@ -1,0 +1,350 @@
+"""qdot_general: lax.dot_general with the paper's six GEMM quantizers (NOTES.md section 5) and a custom VJP.
+
+For Y = X . W (X = lhs, W = rhs, any dimension_numbers) the three GEMMs of a linear layer are
+  forward  Y  = Q(X) . Q(W)        contracting over the contracting dims          (x_fwd, w_fwd)
+  input    dX = Q(dY) . Q(W)^T     contracting over W's free ("out feature") dims (dy_dx, w_dx)
+  weight   dW = Q(X)^T . Q(dY)     contracting over X's free ("token") dims      (x_dw,  dy_dw)
+Each operand is quantized along ITS GEMM's contracting dims, from the original tensor (a None format means
+that operand enters its GEMM unquantized). The backward follows JAX's dot_general transpose rule.
+
+Block layout: every GEMM runs in a canonical form. Each operand is transposed to (batch..., free...,
+contracting...) and its contracting dims are merged row-major, in dimension_numbers order, into one axis of
+length K; quantization blocks (and Hadamard chunks of size h) run along that merged axis. Both operands of a
+GEMM use the same merged order, so their blocks line up element for element. Quantized operands are computed
+in float32 and the GEMM accumulates in `accum_dtype` at HIGHEST precision unless `precision` is given.
+
+Sharding: the arithmetic is defined on the global array, so sharded and single-device results agree; keep
+local shard lengths of a contracting dim multiples of the block size to avoid communication inside a block.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import string
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from lowbit_jax import hadamard
+from lowbit_jax.formats import Format, get_format
+from lowbit_jax.quantize import fake_quant
+
+OPERANDS = ("x_fwd", "w_fwd", "dy_dx", "w_dx", "x_dw", "dy_dw")
+_KEY_SLOTS = {"rot_fwd": 0, "rot_dx": 1, "rot_dw": 2, "sr_dx": 3, "sr_dw": 4}
+
+
+def _as_format(value, field: str) -> Format | None:
+    if value is None or isinstance(value, Format):
+        return value
+    if isinstance(value, str):
+        return get_format(value)
+    raise TypeError(f"QDotConfig.{field} must be a Format, a format name or None, got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class QDotConfig:
+    """Formats of the six GEMM operands (None = unquantized), SR for dY, Hadamard rotation, accumulation dtype.
+
+    rotation: Hadamard size h applied along the contracting axis of both operands of the forward GEMM (and of
+    the two backward GEMMs if rotate_grads) before quantization; signs from the key (seed 0 without a key).
+    """
+
+    x_fwd: Format | str | None = None
+    w_fwd: Format | str | None = None
+    dy_dx: Format | str | None = None
+    w_dx: Format | str | None = None
+    x_dw: Format | str | None = None
+    dy_dw: Format | str | None = None
+    stochastic_grads: bool = False
+    rotation: int | None = None
+    rotate_grads: bool = False
+    accum_dtype: str = "float32"
+
+    def __post_init__(self):
+        for name in OPERANDS:
+            object.__setattr__(self, name, _as_format(getattr(self, name), name))
+        if self.rotation is not None:
+            hadamard.check_size(self.rotation)
+        dt = jnp.dtype(self.accum_dtype)
+        if not jnp.issubdtype(dt, jnp.floating):
+            raise ValueError(f"accum_dtype must be a floating dtype, got {self.accum_dtype!r}")
+        object.__setattr__(self, "accum_dtype", dt.name)
+
+    @classmethod
+    def train(cls, fmt: Format | str, **kwargs) -> QDotConfig:
+        """All six operands in `fmt` (the paper's training setting)."""
+        return cls(**dict.fromkeys(OPERANDS, fmt), **kwargs)
+
+    @classmethod
+    def direct_cast(cls, fmt: Format | str, **kwargs) -> QDotConfig:
+        """Forward X and W in `fmt`, backward unquantized (the paper's direct-cast inference setting)."""
+        return cls(x_fwd=fmt, w_fwd=fmt, **kwargs)
+
+    def formats(self) -> dict[str, Format | None]:
+        return {name: getattr(self, name) for name in OPERANDS}
+
+    @property
+    def label(self) -> str:
+        """Short description, e.g. 'train(mxint8)', 'direct_cast(nvfp4)+rot16'."""
+        f = [None if v is None else v.label for v in self.formats().values()]
+        if len(set(f)) == 1 and f[0] is not None:
+            base = f"train({f[0]})"
+        elif f[0] is not None and f[0] == f[1] and f[2:] == [None] * 4:
+            base = f"direct_cast({f[0]})"
+        else:
+            base = ",".join(f"{n}={v}" for n, v in zip(OPERANDS, f, strict=True) if v is not None) or "none"
+        extra = "+sr" * self.stochastic_grads + (f"+rot{self.rotation}" if self.rotation else "")
+        extra += "+rotgrads" * (bool(self.rotation) and self.rotate_grads)
+        return base + extra + ("" if self.accum_dtype == "float32" else f"+acc_{self.accum_dtype}")
+
+
+# ---------------------------------------------------------------------------------------------- dimensions
+def normalize_dims(dimension_numbers, lhs_ndim: int, rhs_ndim: int):
+    """((lc, rc), (lb, rb)) as tuples of non-negative ints."""
+    (lc, rc), (lb, rb) = dimension_numbers
+    norm = lambda ds, n: tuple(int(d) % n for d in ds)
+    return (norm(lc, lhs_ndim), norm(rc, rhs_ndim)), (norm(lb, lhs_ndim), norm(rb, rhs_ndim))
+
+
+def free_dims(ndim: int, contract, batch) -> tuple[int, ...]:
+    """Dims that are neither contracting nor batch, in increasing order."""
+    return tuple(d for d in range(ndim) if d not in contract and d not in batch)
+
+
+def operand_axes(dimension_numbers, lhs_ndim: int, rhs_ndim: int) -> dict[str, dict[str, tuple[int, ...]]]:
+    """The dims each tensor is quantized along in each GEMM role: {'x': {'fwd', 'dw'}, 'w': {...}, 'dy': {...}}.
+
+    dY is in dot_general's output layout (batch..., lhs free..., rhs free...).
+    """
+    (lc, rc), (lb, rb) = normalize_dims(dimension_numbers, lhs_ndim, rhs_ndim)
+    lf, rf = free_dims(lhs_ndim, lc, lb), free_dims(rhs_ndim, rc, rb)
+    nb, nlf = len(lb), len(lf)
+    return {
+        "x": {"fwd": lc, "dw": lf},
+        "w": {"fwd": rc, "dx": rf},
+        "dy": {"dx": tuple(range(nb + nlf, nb + nlf + len(rf))), "dw": tuple(range(nb, nb + nlf))},
+    }
+
+
+def canonical(x, batch, free, contract):
+    """x transposed to (batch..., free..., contracting...) with the contracting dims merged into one last axis."""
+    perm = tuple(batch) + tuple(free) + tuple(contract)
+    xt = x if perm == tuple(range(x.ndim)) else jnp.transpose(x, perm)
+    k = math.prod(x.shape[d] for d in contract)
+    return xt.reshape(tuple(x.shape[d] for d in tuple(batch) + tuple(free)) + (k,))
+
+
+def merged_matrix(x, axes):
+    """x as (rest..., K): the given axes moved last and merged in order (works for numpy and jax arrays)."""
+    rest = tuple(d for d in range(x.ndim) if d not in axes)
+    perm = rest + tuple(axes)
+    return x.transpose(perm).reshape(tuple(x.shape[d] for d in rest) + (math.prod(x.shape[d] for d in axes),))
+
+
+# ---------------------------------------------------------------------------------------------- one GEMM
+@dataclass(frozen=True)
+class _Gemm:
+    """Static description of one quantized GEMM in canonical form."""
+
+    fmt_a: Format | None
+    fmt_b: Format | None
+    n_batch: int
+    rotation: int | None
+    accum_dtype: str
+    precision: object
+
+
+def _quant(x_f32, fmt: Format | None, key):
+    return x_f32 if fmt is None else fake_quant(x_f32, fmt, axis=-1, key=key)
+
+
+def _at_least_f32(x):
+    return x.astype(jnp.float32) if jnp.finfo(x.dtype).bits < 32 else x
+
+
+def gemm(spec: _Gemm, a, b, *, rot_key=None, key_a=None, key_b=None):
+    """a [B.., Fa.., K] . b [B.., Fb.., K] -> [B.., Fa.., Fb..] in accum_dtype, operands rotated then quantized."""
+    a, b = _at_least_f32(a), _at_least_f32(b)
+    if spec.rotation and (spec.fmt_a is not None or spec.fmt_b is not None):
+        rot_key = jax.random.key(0) if rot_key is None else rot_key
+        a, b = hadamard.rotate(a, spec.rotation, rot_key), hadamard.rotate(b, spec.rotation, rot_key)
+    acc = jnp.dtype(spec.accum_dtype)
+    a = _quant(a, spec.fmt_a, key_a).astype(acc)
+    b = _quant(b, spec.fmt_b, key_b).astype(acc)
+    batch = tuple(range(spec.n_batch))
+    dims = (((a.ndim - 1,), (b.ndim - 1,)), (batch, batch))
+    return lax.dot_general(a, b, dims, precision=spec.precision, preferred_element_type=acc)
+
+
+# ---------------------------------------------------------------------------------------------- custom VJP
+@dataclass(frozen=True)
+class _Spec:
+    dims: tuple
+    config: QDotConfig
+    precision: object
+    out_dtype: str
+
+
+def _gemm_spec(spec: _Spec, fa: str, fb: str, n_batch: int, rotate: bool) -> _Gemm:
+    cfg = spec.config
+    return _Gemm(
+        getattr(cfg, fa), getattr(cfg, fb), n_batch, cfg.rotation if rotate else None, cfg.accum_dtype, spec.precision
+    )
+
+
+def _key(key, slot: str, enabled: bool = True):
+    return None if key is None or not enabled else jax.random.fold_in(key, _KEY_SLOTS[slot])
+
+
+def _forward(spec: _Spec, lhs, rhs, key):
+    (lc, rc), (lb, rb) = spec.dims
+    a = canonical(lhs, lb, free_dims(lhs.ndim, lc, lb), lc)
+    b = canonical(rhs, rb, free_dims(rhs.ndim, rc, rb), rc)
+    g = _gemm_spec(spec, "x_fwd", "w_fwd", len(lb), True)
+    return gemm(g, a, b, rot_key=_key(key, "rot_fwd")).astype(spec.out_dtype)
+
+
+def _grad_lhs(spec: _Spec, dy, rhs, key):
+    """dX = Q(dY) . Q(W)^T, contracting over W's free dims, transposed back to X's layout."""
+    (lc, rc), (lb, rb) = spec.dims
+    rf = free_dims(rhs.ndim, rc, rb)
+    nb, nrf = len(lb), len(rf)
+    dy_lf = tuple(range(nb, dy.ndim - nrf))
+    a = canonical(dy, tuple(range(nb)), dy_lf, tuple(range(dy.ndim - nrf, dy.ndim)))
+    b = canonical(rhs, rb, rc, rf)
+    cfg = spec.config
+    g = _gemm_spec(spec, "dy_dx", "w_dx", nb, cfg.rotate_grads)
+    dx_t = gemm(g, a, b, rot_key=_key(key, "rot_dx"), key_a=_key(key, "sr_dx", cfg.stochastic_grads))
+    lf = free_dims(dx_t.ndim, lc, lb)
+    return jnp.transpose(dx_t, np.argsort(lb + lf + lc))
+
+
+def _grad_rhs(spec: _Spec, lhs, dy, key):
+    """dW = Q(X)^T . Q(dY), contracting over X's free (token) dims, transposed back to W's layout."""
+    (lc, rc), (lb, rb) = spec.dims
+    lf = free_dims(lhs.ndim, lc, lb)
+    nb, nlf = len(lb), len(lf)
+    a = canonical(lhs, lb, lc, lf)
+    b = canonical(dy, tuple(range(nb)), tuple(range(nb + nlf, dy.ndim)), tuple(range(nb, nb + nlf)))
+    cfg = spec.config
+    g = _gemm_spec(spec, "x_dw", "dy_dw", nb, cfg.rotate_grads)
+    dw_t = gemm(g, a, b, rot_key=_key(key, "rot_dw"), key_b=_key(key, "sr_dw", cfg.stochastic_grads))
+    rf = free_dims(dw_t.ndim, rc, rb)
+    return jnp.transpose(dw_t, np.argsort(rb + rc + rf))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _qdot(spec: _Spec, lhs, rhs, key):
+    return _forward(spec, lhs, rhs, key)
+
+
+def _qdot_fwd(spec: _Spec, lhs, rhs, key):
+    return _forward(spec, lhs, rhs, key), (lhs, rhs, key)
+
+
+def _qdot_bwd(spec: _Spec, res, dy):
+    lhs, rhs, key = res
+    return _grad_lhs(spec, dy, rhs, key).astype(lhs.dtype), _grad_rhs(spec, lhs, dy, key).astype(rhs.dtype), None
+
+
+_qdot.defvjp(_qdot_fwd, _qdot_bwd)
+_qdot_jit = jax.jit(_qdot, static_argnums=0)  # one compiled GEMM per spec and shape, also when called eagerly
+
+
+def qdot_general(
+    lhs,
+    rhs,
+    dimension_numbers,
+    config: QDotConfig | None = None,
+    *,
+    key=None,
+    precision=None,
+    preferred_element_type=None,
+    out_sharding=None,
+):
+    """Drop-in for lax.dot_general whose forward and backward GEMMs quantize their operands per `config`.
+
+    key: PRNG key for stochastic rounding of dY (needed if config.stochastic_grads) and the rotation signs.
+    out_sharding: accepted for Flax NNX hooks; applied to the output with a sharding constraint.
+    """
+    config = QDotConfig() if config is None else config
+    if config.stochastic_grads and key is None:
+        raise ValueError("QDotConfig.stochastic_grads needs a PRNG key: pass key= to qdot_general")
+    lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
+    dims = normalize_dims(dimension_numbers, lhs.ndim, rhs.ndim)
+    out = jax.eval_shape(
+        functools.partial(lax.dot_general, dimension_numbers=dims, preferred_element_type=preferred_element_type),
+        lhs,
+        rhs,
+    )
+    precision = lax.Precision.HIGHEST if precision is None else precision
+    y = _qdot_jit(_Spec(dims, config, precision, jnp.dtype(out.dtype).name), lhs, rhs, key)
+    return y if out_sharding is None else jax.lax.with_sharding_constraint(y, out_sharding)
+
+
+def with_config(config: QDotConfig, key=None):
+    """A lax.dot_general-compatible callable bound to `config` and `key` (for dot_general hooks)."""
+    return functools.partial(qdot_general, config=config, key=key)
+
+
+# ---------------------------------------------------------------------------------------------- einsum
+def _expand_ellipsis(terms: list[str], ndims: list[int | None]) -> list[str]:
+    """Replace '...' by fresh letters, right-aligned as in numpy broadcasting."""
+    if not any("..." in t for t in terms):
+        return terms
+    fresh = [c for c in string.ascii_letters if c not in "".join(terms)]
+    n_ell = [0 if "..." not in t else n - (len(t) - 3) for t, n in zip(terms, ndims, strict=True) if n is not None]
+    n_out = max(n_ell)
+    letters = "".join(fresh[:n_out])
+    out = []
+    for t, n in zip(terms, n_ell + [n_out], strict=True):
+        out.append(t.replace("...", letters[n_out - n :]) if "..." in t else t)
+    return out
+
+
+def einsum_dims(spec: str, lhs_ndim: int, rhs_ndim: int):
+    """A two-operand einsum as (lhs_sum_axes, rhs_sum_axes, dimension_numbers, out_perm) for dot_general."""
+    spec = spec.replace(" ", "")
+    if "->" not in spec or spec.count(",") != 1:
+        raise ValueError(f"einsum spec must be explicit ('ab,bc->ac') with exactly two operands, got {spec!r}")
+    ins, out = spec.split("->")
+    lhs, rhs, out = _expand_ellipsis([*ins.split(","), out], [lhs_ndim, rhs_ndim, None])
+    if len(lhs) != lhs_ndim or len(rhs) != rhs_ndim:
+        raise ValueError(f"einsum spec {spec!r} does not match operand ranks {lhs_ndim} and {rhs_ndim}")
+    for term in (lhs, rhs, out):
+        if len(set(term)) != len(term):
+            raise ValueError(f"einsum spec {spec!r}: repeated indices within one term are not supported")
+    if set(out) - set(lhs) - set(rhs):
+        raise ValueError(f"einsum spec {spec!r}: output indices missing from the operands")
+    lhs_sum = tuple(i for i, c in enumerate(lhs) if c not in rhs and c not in out)
+    rhs_sum = tuple(i for i, c in enumerate(rhs) if c not in lhs and c not in out)
+    lhs = "".join(c for i, c in enumerate(lhs) if i not in lhs_sum)
+    rhs = "".join(c for i, c in enumerate(rhs) if i not in rhs_sum)
+    contract = [c for c in lhs if c in rhs and c not in out]
+    batch = [c for c in lhs if c in rhs and c in out]
+    dims = (
+        (tuple(lhs.index(c) for c in contract), tuple(rhs.index(c) for c in contract)),
+        (tuple(lhs.index(c) for c in batch), tuple(rhs.index(c) for c in batch)),
+    )
+    produced = batch + [c for c in lhs if c not in rhs] + [c for c in rhs if c not in lhs]
+    return lhs_sum, rhs_sum, dims, tuple(produced.index(c) for c in out)
+
+
+def einsum_via(dot_general, spec: str, lhs, rhs, **kwargs):
+    """einsum(spec, lhs, rhs) computed by one call of `dot_general` (a lax.dot_general-compatible callable)."""
+    lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
+    lhs_sum, rhs_sum, dims, perm = einsum_dims(spec, lhs.ndim, rhs.ndim)
+    lhs = jnp.sum(lhs, axis=lhs_sum) if lhs_sum else lhs
+    rhs = jnp.sum(rhs, axis=rhs_sum) if rhs_sum else rhs
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    y = dot_general(lhs, rhs, dims, **kwargs)
+    return y if perm == tuple(range(y.ndim)) else jnp.transpose(y, perm)
+
+
+def qeinsum(spec: str, lhs, rhs, config: QDotConfig | None = None, *, key=None, **kwargs):
+    """Two-operand einsum through qdot_general (lhs = activations X, rhs = weights W)."""
+    return einsum_via(with_config(config or QDotConfig(), key), spec, lhs, rhs, **kwargs)
