@@ -77,3 +77,33 @@ def save(fig, path) -> None:
     """Write a figure as PNG and close it."""
     fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+def hardware_sensitivity_figure(
+    scales: np.ndarray,
+    curves: dict[str, dict[str, dict[str, np.ndarray]]],
+    bands: dict[str, dict[str, tuple[float, float]]],
+    paper: dict[str, dict[str, float]],
+    names: Sequence[str],
+):
+    """Rows energy / area, one column per configuration: its Table 5 ratio against one cell factor's scale (one line
+    per cell, curves[metric][name][cell]), the 5-95 % band of random perturbations, and the paper's value dashed."""
+    metrics = list(curves)
+    fig, axes = plt.subplots(len(metrics), len(names), figsize=(3.4 * len(names), 3.0 * len(metrics)), squeeze=False)
+    for row, metric in zip(axes, metrics, strict=True):
+        row[0].set_ylabel(f"{metric} ratio")
+        for ax, name in zip(row, names, strict=True):
+            lo, hi = bands[metric][name]
+            ax.axhspan(lo, hi, color="0.85", label="random 5-95 %")
+            for cell, ratio in curves[metric][name].items():
+                ax.plot(scales, ratio, lw=1.4, label=cell)
+            if name in paper[metric]:
+                ax.axhline(paper[metric][name], color="k", ls="--", lw=1.0, label="paper")
+            ax.set_xscale("log", base=2)
+            ax.set_title(f"{name} {metric}", fontsize=9)
+            ax.set_xlabel("cell factor scale", fontsize=8)
+            ax.grid(alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig

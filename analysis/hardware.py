@@ -1,0 +1,337 @@
+"""Gate-level cost model of block-scaled MAC units (paper §6, App. C, Tables 5-7, Eq. 44-48; NOTES.md §12).
+
+A k-lane MAC array (one lane per block element; k = the block size: 32 for MX, 16 for NV) feeds one shared
+dequantizer and one shared FP32 accumulator per block. Only combinational cells are counted (no registers,
+quantizer, wiring or place-and-route), as in the paper. Table 6 gives each sub-block's dominant cell count; each is
+expanded here into a textbook circuit so that Eq. 45-48 can weigh cell types:
+
+    multiplier      a x b bits (INT: the element widths; FP: y+1 mantissa bits): Braun array, a*b AND,
+                    a(b-2) FA, a HA (a >= b; exact Braun counts when a = b)        Table 6: k(x+y+1)^2 | k(y+1)^2
+    int adder       ripple adder of the product width a+b: (w-1) FA + 1 HA          Table 6: 2k(x+y+1)
+    exponent adder  x-bit ripple adder                                              Table 6: k*x
+    mantissa adder  n-bit ripple adder                                              Table 6: k*n
+    exp subtractor  x XOR + x FA (a + ~b + 1)                                       Table 6: k*x
+    comparator      x XOR + x AND + x OR                                            Table 6: k*x
+    aligner         barrel shifter, n * ceil(log2 n) MUX2 (whole stages)            Table 6: k*n*log2 n
+    normalizer      n * ceil(log2 n) MUX2 + (n-1) OR leading-one tree, once per k   Table 6: n*log2 n (shared)
+
+with the aligner width n = min(2^(x+1) + 2y, psum_bits) (Eq. 44; 24 / 14 / 10 for E4M3 / E2M3 / E2M1). Sign logic
+is not counted (Baugh-Wooley INT multipliers and FP sign XORs are a few gates per lane). Per block:
+dequantizer UE8M0 = two 8-bit integer additions; E4M3 = two FP multiplications, costed with the same Table 6 FP
+multiplier (4x4 mantissa array + 4-bit exponent adder) as an E4M3 x E4M3 product (a lower bound: the second
+operand is really the wider block sum). Accumulator = one FP32 adder (x = 8, y = 23, so n = 24) with the FP-add rows.
+
+Throughput (Table 7): a "slot" delivers one 8-bit MAC or `throughput_ratio` (= 2, Blackwell's 1:2) MACs of <= 4-bit
+elements per cycle; every figure is per slot, shared blocks times the blocks finished per slot per cycle (lanes / k).
+Mixed units provision the dequantizers of both modes and one accumulator at the faster block rate. Table 7 schemes
+(slot = one MX 8-bit MAC or r NV 4-bit MACs): INT "none" 1 int8 + r int4 lanes; "reuse1" the int8 lane also runs
+int4 (XXXX_0000) + r-1 int4 lanes; "reuse2" (adopted) r int8 x (u)int4 lanes, whose int8-mode nibble products
+are shift-added once per block (a 2b + log2 k bit "combine adder"); FP "none" 1 e4m3 + r e2m1; "reuse" (adopted)
+the e4m3 lane also runs e2m1 (S_00XX_X00) + r-1 e2m1 lanes. Operand steering is wiring, uncounted for both kinds;
+a lane that runs NV blocks shares its normalizer among 16 lanes.
+
+Aggregation, Eq. 45-48: Area = sum_s sum_g c_sg A_g, Energy = sum_s sum_g c_sg E_g tau_g over MAC, dequantizer and
+accumulator (shared parts / k per lane). The paper's TSMC FinFET factors are not published: only ratios compare.
+Default factors (relative to NAND2 = 1; `CellLibrary` takes any others):
+
+    cell   area  energy   area: X1 cell areas of the open Nangate 45 nm library (NAND2 0.798, AND2/OR2 1.064, XOR2
+    AND2   1.33  1.5            1.596, MUX2 1.862, HA 2.660, FA 4.256 um^2; recalled, not re-read from the files),
+    OR2    1.33  1.5            consistent with gate-equivalent rules (AND = NAND + INV; FA ~ 5-7 GE).
+    XOR2   2.00  3.0      energy: dynamic energy per output toggle ~ switched capacitance ~ transistor count of the
+    MUX2   2.33  3.0            static-CMOS cell / 4 (NAND2 4T, AND/OR 6T, XOR2 and MUX2 12T, HA = XOR2 + AND2 18T,
+    HA     3.33  4.5            FA 28T mirror adder); layout area shrinks complex cells by diffusion sharing, energy
+    FA     5.33  7.0            does so less. Toggle rate tau = 0.5 for every cell (one tau, as the paper; cancels).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import lowbit_jax as lb
+from lowbit_jax.formats import ElemType, FPElem, IntElem
+
+Cells = dict[str, float]  # cell type -> count
+CELLS = ("AND", "OR", "XOR", "MUX2", "HA", "FA")
+DEFAULT_AREA = {"AND": 1.33, "OR": 1.33, "XOR": 2.0, "MUX2": 2.33, "HA": 3.33, "FA": 5.33}
+DEFAULT_ENERGY = {"AND": 1.5, "OR": 1.5, "XOR": 3.0, "MUX2": 3.0, "HA": 4.5, "FA": 7.0}
+DEFAULT_TOGGLE = dict.fromkeys(CELLS, 0.5)
+NAMES = ("MXFP8", "MXINT8", "NVFP4", "NVINT4", "MXFP8+NVFP4", "MXINT8+NVINT4")
+INT_SCHEMES, FP_SCHEMES = ("none", "reuse1", "reuse2"), ("none", "reuse")
+
+
+@dataclass(frozen=True)
+class CellLibrary:
+    """Per-cell area A_g, energy per toggle E_g and toggle rate tau_g (Eq. 45-46), relative units."""
+
+    area: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_AREA))
+    energy: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_ENERGY))
+    toggle: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TOGGLE))
+
+    def __post_init__(self):
+        for what in ("area", "energy", "toggle"):
+            table = getattr(self, what)
+            if set(table) != set(CELLS) or not all(v > 0 for v in table.values()):
+                raise ValueError(f"CellLibrary.{what} needs a positive factor for each of {CELLS}; got {table}")
+
+    def scaled(self, cell: str, factor: float) -> CellLibrary:
+        """The library with `cell`'s area and energy factors multiplied by `factor`."""
+        times = lambda table: {**table, cell: table[cell] * factor}
+        return CellLibrary(times(self.area), times(self.energy), self.toggle)
+
+
+@dataclass(frozen=True)
+class HardwareParams:
+    psum_bits: int = 24  # Eq. 44 cap on the aligner width
+    throughput_ratio: int = 2  # <=4-bit MACs per 8-bit MAC slot (Table 7)
+    int_scheme: str = "reuse2"  # Table 7: "none", "reuse1", "reuse2" (adopted)
+    fp_scheme: str = "reuse"  # Table 7: "none", "reuse" (adopted)
+    acc_exp_bits: int = 8  # FP32 accumulator
+    acc_man_bits: int = 23
+
+    def __post_init__(self):
+        if self.int_scheme not in INT_SCHEMES or self.fp_scheme not in FP_SCHEMES:
+            raise ValueError(f"int_scheme must be one of {INT_SCHEMES} and fp_scheme one of {FP_SCHEMES}")
+        if self.psum_bits < 2 or self.throughput_ratio < 1 or self.acc_exp_bits < 1 or self.acc_man_bits < 0:
+            raise ValueError("psum_bits >= 2, throughput_ratio >= 1 and a valid accumulator FP(e, m) are required")
+
+
+# --- circuits (Table 6 rows) -----------------------------------------------------------------------------------
+
+
+def _sum(*parts: Cells, scale: float = 1.0) -> Cells:
+    out: Cells = {}
+    for p in parts:
+        for g, c in p.items():
+            out[g] = out.get(g, 0.0) + scale * c
+    return {g: c for g, c in out.items() if c}
+
+
+def stages(n: int) -> int:
+    """Mux stages of an n-bit barrel shifter: ceil(log2 n) (0 for n <= 1)."""
+    return math.ceil(math.log2(n)) if n > 1 else 0
+
+
+def aligner_width(exp_bits: int, man_bits: int, psum_bits: int = 24) -> int:
+    """Eq. 44: n = min(2^(x+1) + 2y, psum_bit_width)."""
+    return min(2 ** (exp_bits + 1) + 2 * man_bits, psum_bits)
+
+
+def array_multiplier(a: int, b: int) -> Cells:
+    """Braun array multiplier: a*b AND, a(b-2) FA, a HA (a >= b >= 2); a single row of ANDs when b = 1."""
+    a, b = max(a, b), min(a, b)
+    return _sum({"AND": a * b}, {"FA": a * (b - 2), "HA": a} if b >= 2 else {})
+
+
+def ripple_adder(width: int) -> Cells:
+    return _sum({"FA": width - 1, "HA": 1}) if width > 0 else {}
+
+
+def subtractor(width: int) -> Cells:
+    return {"XOR": width, "FA": width} if width > 0 else {}
+
+
+def comparator(width: int) -> Cells:
+    return {"XOR": width, "AND": width, "OR": width} if width > 0 else {}
+
+
+def barrel_shifter(n: int) -> Cells:
+    return _sum({"MUX2": n * stages(n)})
+
+
+def normalizer(n: int) -> Cells:
+    return _sum(barrel_shifter(n), {"OR": n - 1})
+
+
+def fp_adder(exp_bits: int, man_bits: int, psum_bits: int = 24) -> dict[str, Cells]:
+    """The FP-add rows of Table 6 for one lane, with the normalizer unshared."""
+    n = aligner_width(exp_bits, man_bits, psum_bits)
+    return {
+        "mantissa adder": ripple_adder(n),
+        "exponent subtractor": subtractor(exp_bits),
+        "comparator": comparator(exp_bits),
+        "aligner": barrel_shifter(n),
+        "normalizer": normalizer(n),
+    }
+
+
+def _check_lane(a: ElemType, b: ElemType) -> None:
+    if not isinstance(a, FPElem | IntElem) or not isinstance(b, FPElem | IntElem):
+        raise ValueError(f"a MAC lane needs FPElem or IntElem operands; got {a!r} x {b!r}")
+    if a.kind != b.kind or (a.kind == "fp" and (a.exp_bits, a.man_bits) != (b.exp_bits, b.man_bits)):
+        raise ValueError(f"a lane multiplies two INT elements or two equal FP elements; got {a.name} x {b.name}")
+
+
+def table6_units(a: ElemType, b: ElemType | None = None, k: int = 1, psum_bits: int = 24) -> dict[str, int]:
+    """Table 6's dominant cell counts for k lanes (log2 n as whole stages)."""
+    b = a if b is None else b
+    _check_lane(a, b)
+    if a.kind == "int":
+        return {"multiplier": k * a.bits * b.bits, "int adder": k * (a.bits + b.bits)}
+    x, n = a.exp_bits, aligner_width(a.exp_bits, a.man_bits, psum_bits)
+    return {
+        "multiplier": k * (a.man_bits + 1) ** 2,
+        "exponent adder": k * x,
+        "mantissa adder": k * n,
+        "exponent subtractor": k * x,
+        "comparator": k * x,
+        "aligner": k * n * stages(n),
+        "normalizer": n * stages(n),
+    }
+
+
+def mac_cells(a: ElemType, b: ElemType | None = None, k: int = 1, psum_bits: int = 24) -> dict[str, Cells]:
+    """Cells of k MAC lanes, per Table 6 row (the FP normalizer once for all k)."""
+    b = a if b is None else b
+    _check_lane(a, b)
+    if a.kind == "int":
+        rows = {"multiplier": array_multiplier(a.bits, b.bits), "int adder": ripple_adder(a.bits + b.bits)}
+    else:
+        m = a.man_bits + 1
+        rows = {"multiplier": array_multiplier(m, m), "exponent adder": ripple_adder(a.exp_bits)}
+        rows |= fp_adder(a.exp_bits, a.man_bits, psum_bits)
+    return {s: _sum(c, scale=1 if s == "normalizer" else k) for s, c in rows.items()}
+
+
+def dequantizer_cells(scale: str) -> Cells:
+    """Per block: UE8M0 two 8-bit integer adds; E4M3 two FP multiplies costed as E4M3 x E4M3 (Table 6 FP Mul)."""
+    if scale == "ue8m0":
+        return _sum(ripple_adder(8), ripple_adder(8))
+    if scale == "e4m3":
+        return _sum(array_multiplier(4, 4), ripple_adder(4), scale=2)
+    raise ValueError(f"the cost model knows UE8M0 (MX) and E4M3 (NV) block scales, not {scale!r}")
+
+
+def accumulator_cells(p: HardwareParams) -> Cells:
+    """Per block: one FP adder of the accumulator type (FP32 by default)."""
+    return _sum(*fp_adder(p.acc_exp_bits, p.acc_man_bits, p.psum_bits).values())
+
+
+# --- units of Table 7 (per slot) -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One MAC lane a x b; `k` lanes share one normalizer (the block size of the finest mode the lane runs)."""
+
+    a: ElemType
+    b: ElemType
+    k: int
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A slot of a MAC array: lanes, (scale, blocks per slot per cycle) per mode, INT scheme-2 combine adder."""
+
+    name: str
+    lanes: tuple[Lane, ...]
+    modes: tuple[tuple[str, float], ...]
+    combine: tuple[int, float] = (0, 0.0)  # (adder width, per-slot rate)
+
+
+def _block_format(fmt: lb.Format | str) -> lb.Format:
+    fmt = lb.get_format(fmt)
+    if fmt.is_identity:
+        raise ValueError(f"{fmt.name} is an identity format: there is no block-scaled MAC to cost")
+    if fmt.scale not in ("ue8m0", "e4m3") or not isinstance(fmt.block_size, int):
+        raise ValueError(
+            f"{fmt.label}: the cost model covers block-scaled MX (UE8M0) and NV (E4M3) formats with an integer "
+            f"block size; got scale {fmt.scale!r}, block {fmt.block_size!r}"
+        )
+    return fmt
+
+
+def format_unit(fmt: lb.Format | str, p: HardwareParams = HardwareParams()) -> Unit:
+    """A single-format unit: throughput_ratio lanes for <= 4-bit elements, else one; blocks of fmt.block_size."""
+    fmt = _block_format(fmt)
+    n, k = p.throughput_ratio if fmt.elem.bits <= 4 else 1, fmt.block_size
+    return Unit(fmt.label.upper(), (Lane(fmt.elem, fmt.elem, k),) * n, ((fmt.scale, n / k),))
+
+
+def mixed_unit(fmt8: lb.Format | str, fmt4: lb.Format | str, p: HardwareParams = HardwareParams()) -> Unit:
+    """An 8-bit MX + 4-bit NV unit built with the Table 7 scheme of its kind (p.int_scheme or p.fp_scheme)."""
+    f8, f4 = _block_format(fmt8), _block_format(fmt4)
+    e8, e4, r = f8.elem, f4.elem, p.throughput_ratio
+    if e8.kind != e4.kind or e8.bits <= 4 or e4.bits > 4:
+        raise ValueError(f"a mixed unit pairs a wider and a <= 4-bit format of one kind; got {f8.label}+{f4.label}")
+    k8, k4, kmin = f8.block_size, f4.block_size, min(f8.block_size, f4.block_size)
+    scheme = p.int_scheme if e8.kind == "int" else p.fp_scheme
+    combine = (0, 0.0)
+    if scheme == "none":  # separate lanes: one 8-bit, r 4-bit
+        lanes = (Lane(e8, e8, k8),) + (Lane(e4, e4, k4),) * r
+    elif scheme == "reuse2":  # r lanes of int8 x (u)int4; int8 mode sums the two nibble products once per block
+        if e8.bits != r * e4.bits:
+            raise ValueError(f"INT reuse scheme 2 needs int{r * e4.bits} = {r} x int{e4.bits}; got {e8.name}")
+        lanes = (Lane(e8, e4, kmin),) * r
+        combine = (2 * e8.bits + stages(k8), 1 / k8)
+    else:  # reuse1 / FP reuse: the 8-bit lane also runs the 4-bit element (XXXX_0000, S_00XX_X00)
+        if e8.kind == "fp" and (e8.exp_bits < e4.exp_bits or e8.man_bits < e4.man_bits):
+            raise ValueError(f"{e8.name} cannot hold {e4.name}, so its lane cannot be reused")
+        lanes = (Lane(e8, e8, kmin),) + (Lane(e4, e4, k4),) * (r - 1)
+    name = f"{f8.label}+{f4.label}".upper()
+    return Unit(name, lanes, ((f8.scale, 1 / k8), (f4.scale, r / k4)), combine)
+
+
+def unit_cells(unit: Unit, p: HardwareParams = HardwareParams()) -> dict[str, Cells]:
+    """Cells per slot by sub-block: lanes, plus shared blocks times blocks finished per slot per cycle (Eq. 45-48)."""
+    rows: dict[str, list[Cells]] = {}
+    for lane in unit.lanes:
+        for s, c in mac_cells(lane.a, lane.b, 1, p.psum_bits).items():
+            rows.setdefault(s, []).append(_sum(c, scale=1 / lane.k if s == "normalizer" else 1))
+    width, rate = unit.combine
+    if width:
+        rows["combine adder"] = [_sum(ripple_adder(width), scale=rate)]
+    rows["dequantizer"] = [_sum(dequantizer_cells(s), scale=r) for s, r in unit.modes]
+    rows["accumulator"] = [_sum(accumulator_cells(p), scale=max(r for _, r in unit.modes))]
+    return {s: _sum(*parts) for s, parts in rows.items()}
+
+
+def cost(cells: Cells, lib: CellLibrary = CellLibrary()) -> tuple[float, float]:
+    """(area, energy) of a cell count: Eq. 45 sum c_g A_g and Eq. 46 sum c_g E_g tau_g."""
+    area = sum(c * lib.area[g] for g, c in cells.items())
+    energy = sum(c * lib.energy[g] * lib.toggle[g] for g, c in cells.items())
+    return area, energy
+
+
+def unit_cost(
+    unit: Unit, lib: CellLibrary = CellLibrary(), p: HardwareParams = HardwareParams()
+) -> tuple[float, float]:
+    """(area, energy) per slot of a unit."""
+    return cost(_sum(*unit_cells(unit, p).values()), lib)
+
+
+def paper_units(p: HardwareParams = HardwareParams()) -> dict[str, Unit]:
+    """The six configurations of Table 5, keyed by NAMES."""
+    units = [format_unit(n, p) for n in ("mxfp8", "mxint8", "nvfp4", "nvint4")]
+    units += [mixed_unit("mxfp8", "nvfp4", p), mixed_unit("mxint8", "nvint4", p)]
+    return dict(zip(NAMES, units, strict=True))
+
+
+def unit_totals(p: HardwareParams = HardwareParams()) -> dict[str, Cells]:
+    """Total cells per slot of each Table 5 configuration."""
+    return {name: _sum(*unit_cells(u, p).values()) for name, u in paper_units(p).items()}
+
+
+def ratios(area_g: np.ndarray, energy_g: np.ndarray, totals: Mapping[str, Cells]) -> dict[str, np.ndarray]:
+    """Table 5 ratios for factor vectors [..., cells] (energy_g holds E_g tau_g): singles / MXFP8, mixed / mixed FP."""
+    c = np.array([[totals[n].get(g, 0.0) for g in CELLS] for n in NAMES])
+    out = {}
+    for metric, f in (("energy", energy_g), ("area", area_g)):
+        v = np.asarray(f, float) @ c.T  # [..., names]
+        ref = np.where(np.arange(len(NAMES)) < 4, v[..., 0:1], v[..., 4:5])
+        out[metric] = v / ref
+    return out
+
+
+def factor_vectors(lib: CellLibrary) -> tuple[np.ndarray, np.ndarray]:
+    """(A_g, E_g tau_g) as vectors in CELLS order, for `ratios`."""
+    return np.array([lib.area[g] for g in CELLS]), np.array([lib.energy[g] * lib.toggle[g] for g in CELLS])
+
+
+def table5(lib: CellLibrary = CellLibrary(), p: HardwareParams = HardwareParams()) -> dict[str, dict[str, float]]:
+    """{"energy": {name: ratio}, "area": {name: ratio}} in Table 5's normalisation."""
+    r = ratios(*factor_vectors(lib), unit_totals(p))
+    return {m: {n: float(v) for n, v in zip(NAMES, r[m], strict=True)} for m in ("energy", "area")}

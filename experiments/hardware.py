@@ -1,0 +1,224 @@
+"""Energy and area of block-scaled MAC units: the paper's Table 5 from the Table 6 cell-count model, and how much the
+ratios depend on the (unpublished) standard-cell factors.
+
+    python -m experiments.hardware                          # Table 5 + sensitivity sweep, about 1 second
+    python -m experiments.hardware --int-scheme none --fp-scheme none   # Table 7's no-reuse variants
+    python -m experiments.hardware --random-span 4 --random-samples 50000 --seed 1
+    python -m experiments.hardware --preset tiny            # well under a second; what the test suite runs
+
+The model (analysis.hardware, NOTES.md section 12) counts cells per "slot" (one 8-bit MAC or two <= 4-bit MACs per
+cycle) for MXFP8, MXINT8, NVFP4, NVINT4 and the mixed MXFP8+NVFP4 (FP reuse) and MXINT8+NVINT4 (INT reuse scheme 2)
+units, weighs them with default relative cell factors chosen from standard-cell reasoning (not fitted to the paper),
+and normalises single formats to MXFP8 and mixed units to MXFP8+NVFP4 as in Table 5. The sweep scales one cell's
+area and energy factors by sweep_min..sweep_max at a time, and draws every factor log-uniformly in
+[1/random_span, random_span] random_samples times.
+
+Output (--out, default results/hardware/):
+  hardware.json  stable keys:
+    energy, area      {name: ratio}   names MXFP8, MXINT8, NVFP4, NVINT4, MXFP8+NVFP4, MXINT8+NVINT4
+    paper             {"energy": {name: ratio}, "area": {name: ratio}}   Table 5 as printed
+    schemes           {"INT none" | "INT reuse1" | "INT reuse2" | "FP none" | "FP reuse": {"energy", "area"}}
+                      mixed units of every Table 7 scheme, relative to FP reuse
+    cells_per_slot    {name: {cell: count}}
+    factors           {"area": {cell: A}, "energy": {cell: E}, "toggle": {cell: tau}}   the defaults used
+    sensitivity       {"scales": [..], "one_at_a_time": {cell: {metric: {name: [ratio per scale]}}},
+                       "random": {metric: {name: {"min", "p05", "median", "p95", "max"}},
+                                  "int_cheaper": {metric: {"MXINT8<MXFP8" | "NVINT4<NVFP4" |
+                                                           "MXINT8+NVINT4<MXFP8+NVFP4": fraction of draws}}}}
+    config
+  hardware.csv     metric, name, model, paper
+  breakdown.csv    name, sub_block, one column per cell, area, energy   (per slot, relative units)
+  sensitivity.csv  cell, scale, metric, name, ratio
+  hardware.png     ratio against each cell factor's scale, random 5-95 % band, paper value dashed
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from analysis import hardware as hw
+from analysis import plotting
+from experiments import common
+
+PAPER = {  # Table 5 as printed (NOTES.md section 12)
+    "energy": {"MXFP8": 1.0, "MXINT8": 0.63, "NVFP4": 0.55, "NVINT4": 0.34, "MXFP8+NVFP4": 1.0, "MXINT8+NVINT4": 0.75},
+    "area": {"MXFP8": 1.0, "MXINT8": 0.79, "NVFP4": 0.54, "NVINT4": 0.38, "MXFP8+NVFP4": 1.0, "MXINT8+NVINT4": 0.66},
+}
+METRICS = ("energy", "area")
+INT_FP = (("MXINT8", "MXFP8"), ("NVINT4", "NVFP4"), ("MXINT8+NVINT4", "MXFP8+NVFP4"))
+SWEPT = ("MXINT8", "NVFP4", "NVINT4", "MXINT8+NVINT4")  # the others are 1 by definition
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    psum_bits: int = 24
+    throughput_ratio: int = 2
+    int_scheme: str = "reuse2"
+    fp_scheme: str = "reuse"
+    sweep_min: float = 0.5
+    sweep_max: float = 2.0
+    sweep_points: int = 17
+    random_samples: int = 20000
+    random_span: float = 2.0
+    seed: int = 0
+
+    def __post_init__(self):
+        self.params()  # validates psum_bits, throughput_ratio and the schemes
+        if not 0 < self.sweep_min < 1 < self.sweep_max or self.sweep_points < 2:
+            raise ValueError("--sweep-min < 1 < --sweep-max (both positive) and --sweep-points >= 2 are required")
+        if self.random_samples < 1 or self.random_span <= 1:
+            raise ValueError("--random-samples must be positive and --random-span above 1")
+
+    def params(self) -> hw.HardwareParams:
+        return hw.HardwareParams(self.psum_bits, self.throughput_ratio, self.int_scheme, self.fp_scheme)
+
+
+PRESETS = {"tiny": Config(sweep_points=3, random_samples=64)}
+
+
+def scheme_costs(p: hw.HardwareParams, lib: hw.CellLibrary) -> dict[str, dict[str, float]]:
+    """Mixed units of every Table 7 scheme, energy and area relative to the FP reuse unit (NaN: not buildable with
+    these parameters, e.g. INT reuse scheme 2 needs throughput_ratio 2)."""
+    units = {f"INT {s}": ("mxint8", "nvint4", {"int_scheme": s}) for s in hw.INT_SCHEMES}
+    units |= {f"FP {s}": ("mxfp8", "nvfp4", {"fp_scheme": s}) for s in hw.FP_SCHEMES}
+    costs = {}
+    for key, (a, b, override) in units.items():
+        q = dataclasses.replace(p, **override)
+        try:
+            costs[key] = hw.unit_cost(hw.mixed_unit(a, b, q), lib, q)
+        except ValueError:
+            costs[key] = (float("nan"), float("nan"))
+    ref_area, ref_energy = costs["FP reuse"]
+    return {k: {"energy": e / ref_energy, "area": a / ref_area} for k, (a, e) in costs.items()}
+
+
+def sensitivity(cfg: Config, lib: hw.CellLibrary) -> tuple[np.ndarray, dict, dict]:
+    """(scales, one-at-a-time {cell: {metric: [scales, names]}}, random {metric: [samples, names]}).
+
+    One at a time: one cell's area and energy factors times each scale. Random: every area and energy factor times
+    an independent log-uniform draw in [1/random_span, random_span]."""
+    totals, (area, energy) = hw.unit_totals(cfg.params()), hw.factor_vectors(lib)
+    scales = np.geomspace(cfg.sweep_min, cfg.sweep_max, cfg.sweep_points)
+    oat = {}
+    for i, g in enumerate(hw.CELLS):
+        mult = np.where(np.arange(len(hw.CELLS)) == i, scales[:, None], 1.0)  # [scales, cells]
+        oat[g] = hw.ratios(area * mult, energy * mult, totals)
+    rng, half = np.random.default_rng(cfg.seed), np.log(cfg.random_span)
+    draw = lambda: np.exp(rng.uniform(-half, half, (cfg.random_samples, len(hw.CELLS))))
+    return scales, oat, hw.ratios(area * draw(), energy * draw(), totals)
+
+
+def _summaries(rnd: dict) -> dict:
+    qs = {"min": 0, "p05": 5, "median": 50, "p95": 95, "max": 100}
+    out = {
+        m: {n: {k: float(np.percentile(rnd[m][:, i], q)) for k, q in qs.items()} for i, n in enumerate(hw.NAMES)}
+        for m in METRICS
+    }
+    col = {n: i for i, n in enumerate(hw.NAMES)}
+    out["int_cheaper"] = {  # fraction of draws in which the INT unit costs less than its FP counterpart
+        m: {f"{a}<{b}": float(np.mean(rnd[m][:, col[a]] < rnd[m][:, col[b]])) for a, b in INT_FP} for m in METRICS
+    }
+    return out
+
+
+def _breakdown_rows(p: hw.HardwareParams, lib: hw.CellLibrary) -> list[dict]:
+    rows = []
+    for name, unit in hw.paper_units(p).items():
+        for sub, cells in hw.unit_cells(unit, p).items():
+            area, energy = hw.cost(cells, lib)
+            rows.append({"name": name, "sub_block": sub, **{g: cells.get(g, 0.0) for g in hw.CELLS}})
+            rows[-1] |= {"area": area, "energy": energy}
+    return rows
+
+
+def print_summary(result: dict, cfg: Config) -> None:
+    headers = ["", *hw.NAMES]
+    rows = []
+    for m in METRICS:
+        rows.append([f"{m} (model)", *(f"{result[m][n]:.2f}x" for n in hw.NAMES)])
+        rows.append([f"{m} (paper)", *(f"{PAPER[m][n]:.2f}x" for n in hw.NAMES)])
+    print(f"\nTable 5 (per slot; INT {cfg.int_scheme}, FP {cfg.fp_scheme}; singles / MXFP8, mixed / MXFP8+NVFP4):")
+    print(common.format_table(headers, rows))
+    print("\nTable 7 mixed units, relative to FP reuse:")
+    print(
+        common.format_table(
+            ["scheme", "energy", "area"], [(k, v["energy"], v["area"]) for k, v in result["schemes"].items()]
+        )
+    )
+    rnd = result["sensitivity"]["random"]
+    oat = result["sensitivity"]["one_at_a_time"]
+    lo, hi = result["sensitivity"]["scales"][0], result["sensitivity"]["scales"][-1]
+    rows = []
+    for m in METRICS:
+        for n in SWEPT:
+            one = [v for cell in oat.values() for v in cell[m][n]]
+            s = rnd[m][n]
+            rows.append((m, n, result[m][n], min(one), max(one), s["p05"], s["p95"], s["min"], s["max"], PAPER[m][n]))
+    print(
+        f"\nSensitivity: one cell factor x [{lo:.2g}, {hi:.2g}] at a time; all factors log-uniform in "
+        f"[1/{cfg.random_span:g}, {cfg.random_span:g}] ({cfg.random_samples} draws):"
+    )
+    heads = ["metric", "name", "default", "1-at-a-time lo", "hi", "random p05", "p95", "min", "max", "paper"]
+    print(common.format_table(heads, rows, ".3f"))
+    cheaper = rnd["int_cheaper"]
+    print("INT cheaper than its FP counterpart, share of random draws:")
+    for m in METRICS:
+        print(f"  {m:6s} " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in cheaper[m].items()))
+
+
+def main(argv=None) -> dict:
+    cfg, out = common.parse_config(Config, argv, __doc__, PRESETS)
+    t0 = time.perf_counter()
+    p, lib = cfg.params(), hw.CellLibrary()
+    table = hw.table5(lib, p)
+    scales, oat, rnd = sensitivity(cfg, lib)
+    cells = hw.unit_totals(p)
+    result = {
+        **table,
+        "paper": PAPER,
+        "schemes": scheme_costs(p, lib),
+        "cells_per_slot": cells,
+        "factors": {"area": dict(lib.area), "energy": dict(lib.energy), "toggle": dict(lib.toggle)},
+        "sensitivity": {
+            "scales": scales.tolist(),
+            "one_at_a_time": {
+                g: {m: {n: r[m][:, i].tolist() for i, n in enumerate(hw.NAMES)} for m in METRICS}
+                for g, r in oat.items()
+            },
+            "random": _summaries(rnd),
+        },
+        "config": cfg,
+    }
+    folder = common.output_dir("hardware", out)
+    common.write_json(folder / "hardware.json", result)
+    common.write_csv(
+        folder / "hardware.csv",
+        [{"metric": m, "name": n, "model": table[m][n], "paper": PAPER[m][n]} for m in METRICS for n in hw.NAMES],
+    )
+    common.write_csv(folder / "breakdown.csv", _breakdown_rows(p, lib))
+    common.write_csv(
+        folder / "sensitivity.csv",
+        [
+            {"cell": g, "scale": float(s), "metric": m, "name": n, "ratio": ratio}
+            for g, by_metric in result["sensitivity"]["one_at_a_time"].items()
+            for m, by_name in by_metric.items()
+            for n, values in by_name.items()
+            for s, ratio in zip(scales, values)
+        ],
+    )
+    curves = {m: {n: {g: oat[g][m][:, hw.NAMES.index(n)] for g in hw.CELLS} for n in SWEPT} for m in METRICS}
+    bands = {m: {n: (v["p05"], v["p95"]) for n, v in result["sensitivity"]["random"][m].items()} for m in METRICS}
+    plotting.save(plotting.hardware_sensitivity_figure(scales, curves, bands, PAPER, SWEPT), folder / "hardware.png")
+    print_summary(result, cfg)
+    print(
+        f"\nwrote {folder}/hardware.json, hardware.csv, breakdown.csv, sensitivity.csv, hardware.png "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""analysis.hardware (Table 6 cell counts, Eq. 44, Table 7 units, Table 5 ordering) and experiments.hardware."""
+
+import json
+
+import numpy as np
+import pytest
+
+import lowbit_jax as lb
+from analysis import hardware as hw
+from experiments import hardware as exp_hw
+from lowbit_jax.formats import fp, int_
+
+E4M3, E2M3, E2M1, INT8, INT4 = fp(4, 3), fp(2, 3), fp(2, 1), int_(8), int_(4)
+
+
+# --- circuits, derived by hand ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "a, b, expected",
+    [
+        # 4x4 Braun array (the textbook figure): 16 ANDs; 3 carry-save rows of 3 adders (the first adds only two
+        # partial products: 3 HA) and a 3-cell ripple row (first cell HA): 12 adders = 8 FA + 4 HA.
+        (4, 4, {"AND": 16, "FA": 8, "HA": 4}),
+        # 2x2: 4 ANDs; p1 = a1b0 + a0b1 (HA), p2/p3 = a1b1 + carry (HA): 2 HA, no FA.
+        (2, 2, {"AND": 4, "HA": 2}),
+        # 8x4 (INT reuse scheme 2 lane): 32 ANDs; the model's rectangular rule (exact Braun only for a = b): b-1 = 3
+        # rows of a = 8 cells = 24 adders, a = 8 of them HA.
+        (8, 4, {"AND": 32, "FA": 16, "HA": 8}),
+        (4, 8, {"AND": 32, "FA": 16, "HA": 8}),
+        # one-bit operand: the product is a row of ANDs, nothing to add.
+        (3, 1, {"AND": 3}),
+    ],
+)
+def test_array_multiplier(a, b, expected):
+    assert hw.array_multiplier(a, b) == expected
+
+
+def test_small_circuits():
+    assert hw.ripple_adder(16) == {"FA": 15, "HA": 1}  # LSB has no carry-in
+    assert hw.ripple_adder(1) == {"HA": 1}
+    assert hw.subtractor(4) == {"XOR": 4, "FA": 4}  # a + ~b + 1: invert b, carry-in 1
+    assert hw.comparator(4) == {"XOR": 4, "AND": 4, "OR": 4}
+    assert hw.stages(24) == 5 and hw.stages(14) == 4 and hw.stages(10) == 4 and hw.stages(16) == 4
+    assert hw.barrel_shifter(10) == {"MUX2": 40}  # 4 stages of 10 muxes
+    assert hw.normalizer(24) == {"MUX2": 120, "OR": 23}  # 5 x 24 shifter + 23-OR leading-one tree
+
+
+@pytest.mark.parametrize(
+    "elem, n", [(E4M3, 24), (E2M3, 14), (E2M1, 10), (fp(5, 2), 24), (fp(3, 2), 20), (fp(3, 4), 24)]
+)
+def test_aligner_width_eq44(elem, n):
+    # n = min(2^(x+1) + 2y, 24): E4M3 min(38, 24), E2M3 8 + 6, E2M1 8 + 2, E5M2 min(68, 24), E3M2 16 + 4.
+    assert hw.aligner_width(elem.exp_bits, elem.man_bits) == n
+    assert hw.aligner_width(4, 3, psum_bits=48) == 38  # the cap is the psum width
+
+
+def test_table6_units_mxfp8_and_mxint8():
+    # E4M3, k = 32: mantissa 4x4 -> 32*16; x = 4; n = 24 with 5 shifter stages.
+    assert hw.table6_units(E4M3, k=32) == {
+        "multiplier": 512,
+        "exponent adder": 128,
+        "mantissa adder": 768,
+        "exponent subtractor": 128,
+        "comparator": 128,
+        "aligner": 32 * 24 * 5,
+        "normalizer": 24 * 5,
+    }
+    assert hw.table6_units(INT8, k=32) == {"multiplier": 32 * 64, "int adder": 2 * 32 * 8}
+    assert hw.table6_units(INT8, INT4, k=1) == {"multiplier": 32, "int adder": 12}
+
+
+def test_mac_cells_e2m1_nv_block():
+    # 16 lanes of E2M1 (x = 2, y = 1, n = 10), per lane: 2x2 multiplier 4 AND + 2 HA; 2-bit exponent adder 1 FA +
+    # 1 HA; 10-bit mantissa adder 9 FA + 1 HA; subtractor 2 XOR + 2 FA; comparator 2 XOR/AND/OR; aligner 40 MUX2.
+    # Normalizer once: 40 MUX2 + 9 OR.
+    assert hw.mac_cells(E2M1, k=16) == {
+        "multiplier": {"AND": 64, "HA": 32},
+        "exponent adder": {"FA": 16, "HA": 16},
+        "mantissa adder": {"FA": 144, "HA": 16},
+        "exponent subtractor": {"XOR": 32, "FA": 32},
+        "comparator": {"XOR": 32, "AND": 32, "OR": 32},
+        "aligner": {"MUX2": 640},
+        "normalizer": {"MUX2": 40, "OR": 9},
+    }
+
+
+@pytest.mark.parametrize(
+    "a, b", [(E4M3, E4M3), (E2M3, E2M3), (E2M1, E2M1), (fp(5, 2), fp(5, 2)), (INT8, INT8), (INT8, INT4)]
+)
+def test_mac_cells_carry_the_table6_counts(a, b):
+    units, cells = hw.table6_units(a, b, k=32), hw.mac_cells(a, b, k=32)
+    assert set(units) == set(cells)
+    assert cells["multiplier"]["AND"] == units["multiplier"]
+    for adder in ("int adder", "exponent adder", "mantissa adder"):
+        if adder in units:
+            assert cells[adder]["FA"] + cells[adder]["HA"] == units[adder]
+    for row in ("aligner", "normalizer"):
+        if row in units:
+            assert cells[row]["MUX2"] == units[row]
+    for row in ("exponent subtractor", "comparator"):
+        if row in units:
+            assert cells[row]["XOR"] == units[row]
+
+
+def test_dequantizer_and_accumulator():
+    assert hw.dequantizer_cells("ue8m0") == {"FA": 14, "HA": 2}  # two 8-bit adds
+    # two E4M3 x E4M3 products: 2 x (4x4 array 16 AND + 8 FA + 4 HA, 4-bit exponent adder 3 FA + 1 HA)
+    assert hw.dequantizer_cells("e4m3") == {"AND": 32, "FA": 22, "HA": 10}
+    # FP32 add, n = 24: mantissa 23 FA + HA, subtract 8 XOR + 8 FA, compare 8 XOR/AND/OR, align and normalize
+    # 120 MUX2 each, 23 OR leading-one tree.
+    assert hw.accumulator_cells(hw.HardwareParams()) == {
+        "FA": 31,
+        "HA": 1,
+        "XOR": 16,
+        "AND": 8,
+        "OR": 31,
+        "MUX2": 240,
+    }
+
+
+def test_units_per_slot():
+    units = hw.paper_units()
+    assert [len(u.lanes) for u in units.values()] == [1, 1, 2, 2, 2, 2]
+    mixed_int, mixed_fp = units["MXINT8+NVINT4"], units["MXFP8+NVFP4"]
+    assert {(lane.a.bits, lane.b.bits) for lane in mixed_int.lanes} == {(8, 4)}
+    assert mixed_int.combine == (21, 1 / 32)  # 16-bit product + 5 bits of block growth, once per MX block
+    assert [(lane.a, lane.k) for lane in mixed_fp.lanes] == [(E4M3, 16), (E2M1, 16)]
+    assert mixed_fp.modes == (("ue8m0", 1 / 32), ("e4m3", 2 / 16))
+    # MXFP8 per slot: the normalizer, dequantizer and accumulator are shared by 32 lanes.
+    cells = hw.unit_cells(units["MXFP8"])
+    assert cells["normalizer"] == pytest.approx({"MUX2": 120 / 32, "OR": 23 / 32})
+    assert cells["dequantizer"] == pytest.approx({"FA": 14 / 32, "HA": 2 / 32})
+    assert cells["accumulator"]["MUX2"] == pytest.approx(240 / 32)
+    # a custom block size shares the per-block logic among more lanes
+    wide = hw.unit_cells(hw.format_unit(lb.get_format("mxint8", block_size=64)))
+    assert wide["dequantizer"] == pytest.approx({"FA": 14 / 64, "HA": 2 / 64})
+
+
+def test_table5_ordering_default_factors():
+    t = hw.table5()
+    for m in ("energy", "area"):
+        r = t[m]
+        assert set(r) == set(hw.NAMES)
+        assert r["MXFP8"] == 1.0 and r["MXFP8+NVFP4"] == 1.0
+        assert r["MXINT8"] < 1.0  # MXINT8 cheaper than MXFP8
+        assert r["NVINT4"] < r["NVFP4"] < 1.0
+        assert r["NVINT4"] < r["MXINT8"]
+        assert r["MXINT8+NVINT4"] < 1.0  # mixed INT cheaper than mixed FP
+
+
+def test_table7_scheme_ordering():
+    def area(a, b, **kw):
+        p = hw.HardwareParams(**kw)
+        return hw.unit_cost(hw.mixed_unit(a, b, p), p=p)[0]
+
+    ints = [area("mxint8", "nvint4", int_scheme=s) for s in ("none", "reuse1", "reuse2")]
+    assert ints[0] > ints[1] > ints[2]
+    assert area("mxfp8", "nvfp4", fp_scheme="none") > area("mxfp8", "nvfp4", fp_scheme="reuse")
+
+
+def test_uniform_toggle_cancels_and_energy_tracks_area():
+    base = hw.table5()
+    toggled = hw.table5(hw.CellLibrary(toggle=dict.fromkeys(hw.CELLS, 0.9)))
+    assert toggled["energy"] == pytest.approx(base["energy"])
+    same = hw.table5(hw.CellLibrary(energy=dict(hw.DEFAULT_AREA)))
+    assert same["energy"] == pytest.approx(same["area"])
+    # scaling the MUX2 factor up makes the FP units (aligner-heavy) costlier: INT ratios fall
+    assert hw.table5(hw.CellLibrary().scaled("MUX2", 2.0))["area"]["MXINT8"] < base["area"]["MXINT8"]
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: hw.format_unit("bf16"), "identity format"),
+        (lambda: hw.format_unit("fp8_channel"), "MX \\(UE8M0\\) and NV \\(E4M3\\)"),
+        (lambda: hw.format_unit(lb.get_format("mxint8", block_size="tensor")), "integer block size"),
+        (lambda: hw.format_unit("mxint9"), "unknown format"),
+        (lambda: hw.mixed_unit("mxint8", "nvfp4"), "one kind"),
+        (lambda: hw.mixed_unit("nvfp4", "mxfp8"), "one kind"),
+        (lambda: hw.mixed_unit("mxint8", "nvint4", hw.HardwareParams(throughput_ratio=4)), "scheme 2"),
+        (lambda: hw.table6_units(lb.get_format("mxfp8")), "FPElem or IntElem"),
+        (lambda: hw.table6_units(INT8, E4M3), "two INT elements"),
+        (lambda: hw.dequantizer_cells("fp32"), "UE8M0"),
+        (lambda: hw.HardwareParams(int_scheme="reuse3"), "int_scheme"),
+        (lambda: hw.CellLibrary(area={"AND": 1.0}), "positive factor"),
+    ],
+)
+def test_bad_inputs(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+# --- the experiment ----------------------------------------------------------------------------------------------
+
+
+def test_experiment_tiny(tmp_path, capsys):
+    result = exp_hw.main(["--preset", "tiny", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "hardware.json").read_text())
+    for m in ("energy", "area"):
+        assert list(saved[m]) == list(hw.NAMES)
+        assert saved[m] == pytest.approx(hw.table5()[m])
+        assert saved["paper"][m]["MXINT8"] == {"energy": 0.63, "area": 0.79}[m]
+    sens = saved["sensitivity"]
+    assert len(sens["scales"]) == 3 and set(sens["one_at_a_time"]) == set(hw.CELLS)
+    stats = sens["random"]["area"]["MXINT8"]
+    assert stats["min"] <= stats["p05"] <= stats["median"] <= stats["p95"] <= stats["max"]
+    assert set(saved["schemes"]) == {"INT none", "INT reuse1", "INT reuse2", "FP none", "FP reuse"}
+    for name in ("hardware.csv", "breakdown.csv", "sensitivity.csv", "hardware.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    out = capsys.readouterr().out
+    assert "MXINT8+NVINT4" in out and "paper" in out
+    assert np.isfinite(result["energy"]["NVINT4"])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--sweep-min", "2"], ["--random-span", "1"], ["--int-scheme", "bogus"], ["--sweep-points", "x"]],
+)
+def test_experiment_bad_flags(argv, capsys):
+    with pytest.raises(SystemExit):
+        exp_hw.main(argv)
