@@ -159,7 +159,7 @@ ElemType = FPElem | IntElem
 def fp(exp_bits: int, man_bits: int, special: Special | None = None) -> FPElem:
     """FP(e, m) with the OCP/ml_dtypes convention for its width unless `special` is given."""
     if special is None:
-        if 1 + exp_bits + man_bits < 8:
+        if 1 + exp_bits + man_bits < 8 or exp_bits < 2:  # IEEE's reserved top binade needs >= 2 exponent bits
             special = "none"
         else:
             special = "fn" if (exp_bits, man_bits) == (4, 3) else "ieee"

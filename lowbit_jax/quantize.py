@@ -144,12 +144,12 @@ def block_scale(x_blocks: jax.Array, fmt: Format, lay: Layout) -> BlockScale:
 def to_elem_domain(x_blocks: jax.Array, sc: BlockScale, fmt: Format) -> jax.Array:
     """x / scale in float32 (exact for powers of two, correctly rounded otherwise), or in bf16 if asked."""
     if fmt.scale_dtype == "bfloat16":
-        x_blocks = x_blocks.astype(jnp.bfloat16).astype(jnp.float32)
+        x_blocks = rounding.round_bf16(x_blocks)
     if sc.exp is not None:
         return rounding.mul_pow2(x_blocks, -sc.exp)
-    v = jnp.where(sc.divisor > 0, rounding.div_exact(x_blocks, sc.divisor), 0.0)
+    v = jnp.where(sc.divisor > 0, rounding.div_exact(x_blocks, sc.divisor), jnp.copysign(0.0, x_blocks))
     if fmt.scale_dtype == "bfloat16":
-        v = v.astype(jnp.bfloat16).astype(jnp.float32)
+        v = rounding.round_bf16(v)
     return v
 
 

@@ -52,6 +52,17 @@ def div_exact(num: jnp.ndarray, den: jnp.ndarray) -> jnp.ndarray:
     return num / jnp.maximum(den, jnp.abs(num) * 0.0)
 
 
+def round_bf16(x_f32: jnp.ndarray) -> jnp.ndarray:
+    """Round float32 to the nearest bfloat16 (ties to even), kept as float32.
+
+    bf16 arithmetic is emulated as float32 arithmetic followed by this explicit rounding: under jit XLA may drop
+    the rounding of bf16 intermediates (excess precision), e.g. `(a.astype(bf16) / b).astype(f32)` comes out as
+    the unrounded float32 quotient. One float32 operation rounded once to bf16 is the correctly rounded bf16
+    result (24 >= 2 * 8 + 2 bits, so the double rounding is innocuous).
+    """
+    return lax.reduce_precision(x_f32.astype(jnp.float32), exponent_bits=8, mantissa_bits=7)
+
+
 def _round_integral(y: jnp.ndarray, uniform: jnp.ndarray | None) -> jnp.ndarray:
     """Round y >= 0 to an integer: half to even, or up with probability frac(y) when `uniform` is given."""
     if uniform is None:
@@ -78,7 +89,7 @@ def round_int(v: jnp.ndarray, elem: IntElem, uniform: jnp.ndarray | None = None)
     """Round float32 `v` to INT(b) codes (as float32): RNE (or stochastic), clipped to [min, max]."""
     c = jnp.clip(v, elem.min, elem.max)
     a = _round_integral(jnp.abs(c), uniform)
-    return jnp.copysign(a, c)
+    return jnp.where(a == 0, 0.0, jnp.copysign(a, c))  # integer codes have no -0: keep fake_quant == dequantize
 
 
 def round_elem(v: jnp.ndarray, elem: ElemType, uniform: jnp.ndarray | None = None) -> jnp.ndarray:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from lowbit_jax.formats import E4M3_SCALE_MAX, ElemType
-from lowbit_jax.rounding import div_exact, f32_exponent, f32_mantissa
+from lowbit_jax.rounding import div_exact, f32_exponent, f32_mantissa, round_bf16
 
 E8M0_MIN_EXP, E8M0_MAX_EXP, E8M0_NAN = -127, 127, 255
 F32_MIN_NORMAL = 2.0**-126
@@ -44,11 +44,11 @@ def ue8m0_exponent(amax: jnp.ndarray, elem: ElemType, rule: str) -> jnp.ndarray:
     a_exp, a_man = f32_exponent(amax), f32_mantissa(amax)
     e = a_exp - q_exp
     if rule == "ceil":
-        e = e + (a_man > q_man)
+        e = e + (a_man > q_man).astype(jnp.int32)
     elif rule == "round":
         up, down = _sqrt2_thresholds(q_man | 1 << 23)
         a_sig = a_man | 1 << 23
-        e = e + (a_sig >= up) - (a_sig < down)
+        e = e + (a_sig >= up).astype(jnp.int32) - (a_sig < down).astype(jnp.int32)
     elif rule != "floor":
         raise ValueError(f"unknown scale_rounding {rule!r}")
     return jnp.clip(e, E8M0_MIN_EXP, E8M0_MAX_EXP).astype(jnp.int32)
@@ -59,8 +59,8 @@ def ue8m0_exponent_bf16(amax: jnp.ndarray, elem: ElemType, rule: str) -> jnp.nda
 
     A negative control: log2 in bf16 can land on an integer and undo the ceil (NOTES.md section 11).
     """
-    s = amax.astype(jnp.bfloat16) / jnp.bfloat16(elem.max)
-    log2_s = jnp.log2(s)
+    s = round_bf16(div_exact(round_bf16(amax), round_bf16(jnp.float32(elem.max))))
+    log2_s = round_bf16(jnp.log2(s))
     op = {"ceil": jnp.ceil, "floor": jnp.floor, "round": jnp.round}[rule]
     e = jnp.where(s > 0, op(log2_s).astype(jnp.float32), E8M0_MIN_EXP)
     return jnp.clip(e, E8M0_MIN_EXP, E8M0_MAX_EXP).astype(jnp.int32)
@@ -89,7 +89,8 @@ def nv_tensor_scale(amax_tensor: jnp.ndarray, elem: ElemType) -> jnp.ndarray:
 
 def nv_block_scale(amax_block: jnp.ndarray, g: jnp.ndarray, elem: ElemType) -> jnp.ndarray:
     """E4M3 block scale = E4M3_RNE_saturating(amax / Qmax / g) as float32 (0 for a zero or underflowing block)."""
-    s = div_exact(div_exact(amax_block, jnp.float32(elem.max)), g)
+    # The barrier keeps two correctly rounded divisions: XLA rewrites (a / b) / c into a / (b * c) otherwise.
+    s = div_exact(lax.optimization_barrier(div_exact(amax_block, jnp.float32(elem.max))), g)
     s_e4m3 = jnp.clip(s, 0.0, E4M3_SCALE_MAX).astype(jnp.float8_e4m3fn).astype(jnp.float32)
     return jnp.where(jnp.isfinite(amax_block), s_e4m3, jnp.nan)
 
@@ -97,6 +98,5 @@ def nv_block_scale(amax_block: jnp.ndarray, g: jnp.ndarray, elem: ElemType) -> j
 def fp32_scale(amax: jnp.ndarray, elem: ElemType, scale_dtype: str = "float32") -> jnp.ndarray:
     """Unrounded scale amax / Qmax (paper Eq. 7) in `scale_dtype`, returned as float32."""
     if scale_dtype == "bfloat16":
-        s = amax.astype(jnp.bfloat16) / jnp.bfloat16(elem.max)
-        return s.astype(jnp.float32)
+        return round_bf16(div_exact(round_bf16(amax), round_bf16(jnp.float32(elem.max))))
     return div_exact(amax, jnp.float32(elem.max))

@@ -1,0 +1,218 @@
+"""Strict JAX configuration for the whole suite, plus the independent oracles the core tests share.
+
+Oracles here never call lowbit_jax: ml_dtypes numpy casts of clipped values (element rounding), gfloat 0.5.2
+(`round_ndarray` on float64 for MX blocks), and a numpy float32 transcription of DESIGN.md section 4's NV rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import ml_dtypes
+import numpy as np
+from gfloat import Domain, FormatInfo, RoundMode, round_ndarray
+from gfloat.formats import (
+    format_info_ocp_e2m1,
+    format_info_ocp_e2m3,
+    format_info_ocp_e3m2,
+    format_info_ocp_e4m3,
+    format_info_ocp_e5m2,
+    format_info_ocp_int8,
+)
+from hypothesis import HealthCheck, settings
+
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+settings.register_profile(
+    "lowbit", max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("lowbit")
+
+import lowbit_jax as lb  # noqa: E402  (after the config updates)
+
+# --- element types: (exp_bits, man_bits) -> ml_dtypes dtype and gfloat format info --------------------------------
+
+ML_DTYPES = {  # (exp_bits, man_bits, special) -> ml_dtypes dtype with the same value set
+    (4, 3, "fn"): ml_dtypes.float8_e4m3fn,
+    (5, 2, "ieee"): ml_dtypes.float8_e5m2,
+    (2, 3, "none"): ml_dtypes.float6_e2m3fn,
+    (3, 2, "none"): ml_dtypes.float6_e3m2fn,
+    (2, 1, "none"): ml_dtypes.float4_e2m1fn,
+    (3, 4, "ieee"): ml_dtypes.float8_e3m4,
+    (4, 3, "ieee"): ml_dtypes.float8_e4m3,
+}
+
+
+def gfloat_fp(exp_bits: int, man_bits: int, special: str) -> FormatInfo:
+    """gfloat description of FP(e, m) with lowbit_jax's special-value convention ("none", "fn" or "ieee")."""
+    return FormatInfo(
+        f"e{exp_bits}m{man_bits}_{special}",
+        1 + exp_bits + man_bits,
+        man_bits + 1,
+        bias=2 ** (exp_bits - 1) - 1,
+        is_signed=True,
+        domain=Domain.Extended if special == "ieee" else Domain.Finite,
+        has_nz=True,
+        num_high_nans={"none": 0, "fn": 1, "ieee": 2**man_bits - 1}[special],
+        has_subnormals=True,
+        is_twos_complement=False,
+    )
+
+
+def gfloat_int(bits: int):
+    """gfloat INT(b) element in the MXINT convention: k/2^(b-2), range [-2, 2 - 2^-(b-2)] (references.md b)."""
+    return dataclasses.replace(format_info_ocp_int8, k=bits, precision=bits)
+
+
+GFLOAT_FI = {
+    "mxfp8_e4m3": format_info_ocp_e4m3,
+    "mxfp8_e5m2": format_info_ocp_e5m2,
+    "mxfp6_e2m3": format_info_ocp_e2m3,
+    "mxfp6_e3m2": format_info_ocp_e3m2,
+    "mxfp4": format_info_ocp_e2m1,
+    "mxint8": gfloat_int(8),
+    "mxint6": gfloat_int(6),
+    "mxint4": gfloat_int(4),
+}
+MX_FORMATS = list(GFLOAT_FI)
+
+
+def ml_round(v, elem) -> np.ndarray:
+    """ml_dtypes' RNE cast of the value clipped to +-max (float32 in, float32 out)."""
+    v = np.clip(np.asarray(v, np.float32), -elem.max, elem.max)
+    return v.astype(ML_DTYPES[(elem.exp_bits, elem.man_bits, elem.special)]).astype(np.float32)
+
+
+def bits32(x) -> np.ndarray:
+    """uint32 view of a float32 array (compares values bit for bit, so -0.0 != +0.0 and NaN == same NaN)."""
+    return np.asarray(x, np.float32).view(np.uint32)
+
+
+def assert_same_bits(actual, expected, what: str = "") -> None:
+    """Bitwise float32 equality with a readable report of the first mismatches (any NaN counts as NaN)."""
+    a, e = np.asarray(actual, np.float32), np.asarray(expected, np.float32)
+    assert a.shape == e.shape, (a.shape, e.shape)
+    same = (bits32(a) == bits32(e)) | (np.isnan(a) & np.isnan(e))
+    if not same.all():
+        idx = np.argwhere(~same)[:8]
+        rows = [f"{tuple(i)}: got {a[tuple(i)]!r} expected {e[tuple(i)]!r}" for i in idx]
+        raise AssertionError(f"{what}: {int((~same).sum())} of {a.size} differ\n" + "\n".join(rows))
+
+
+# --- MX oracle (references.md section b), float64 -----------------------------------------------------------------
+
+
+def mx_scale_exponent(amax: np.ndarray, fi, rule: str) -> np.ndarray:
+    """Scale exponent per block in float64 arithmetic (exact for float32 amax): OCP floor, paper ceil, or round."""
+    safe = np.where(amax > 0, amax, 1.0)
+    if rule == "floor":
+        e = np.floor(np.log2(safe)) - fi.emax
+    elif rule == "ceil":
+        e = np.ceil(np.log2(safe / fi.max))
+    else:
+        e = np.round(np.log2(safe / fi.max))
+    return np.where(amax > 0, np.clip(e, -127, 127), -127)
+
+
+def mx_reference(x, name: str, rule: str = "ceil", block: int = 32, asymmetric: bool = False) -> np.ndarray:
+    """Fake-quantize float64 `x` in blocks along the last axis (zero-padded, cropped) with gfloat RNE elements.
+
+    INT elements: gfloat's two's-complement grid reaches -2.0; the symmetric contract clips to +-max instead.
+    Blocks holding NaN or Inf are all-NaN (DESIGN.md section 4; gfloat itself maps Inf blocks differently).
+    """
+    fi = GFLOAT_FI[name]
+    x = np.asarray(x, np.float64)
+    n = x.shape[-1]
+    pad = -n % block
+    xp = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
+    xb = xp.reshape(*xp.shape[:-1], -1, block)
+    finite = np.isfinite(xb).all(axis=-1, keepdims=True)
+    xb = np.where(finite, xb, 0.0)
+    amax = np.abs(xb).max(axis=-1, keepdims=True)
+    e = mx_scale_exponent(amax, fi, rule)
+    q = round_ndarray(fi, xb / 2.0**e, RoundMode.TiesToEven, sat=True)
+    if name.startswith("mxint") and not asymmetric:
+        q = np.clip(q, -fi.max, fi.max)
+    y = np.where(finite, q * 2.0**e, np.nan)
+    return y.reshape(xp.shape)[..., :n]
+
+
+# --- NV oracle: DESIGN.md section 4 in numpy float32 (IEEE division) -------------------------------------------------
+
+E4M3_MAX = np.float32(448.0)
+
+
+def nv_elem_round(v: np.ndarray, kind: str, qmax: float) -> np.ndarray:
+    """RNE saturating element rounding: ml_dtypes E2M1 cast of the clipped value, or round-half-even for INT4."""
+    v = np.clip(v, -qmax, qmax)
+    if kind == "fp":
+        return v.astype(ml_dtypes.float4_e2m1fn).astype(np.float32)
+    r = np.round(v).astype(np.float32)  # numpy rounds half to even
+    return np.where(r == 0, np.float32(0), r)  # INT codes have no -0
+
+
+def nv_reference(x, kind: str, block: int = 16) -> tuple[np.ndarray, np.ndarray, np.float32]:
+    """(fake-quantized x, float32 E4M3 block scales, tensor scale g) along the last axis, all in numpy float32.
+
+    g = amax / (Qmax * 448) (1 for an all-zero tensor); s = E4M3_RNE(clip(amax_b / Qmax / g, 0, 448));
+    element = RNE_sat(x / (s * g)); value = element * (s * g); a zero scale gives zeros with x's sign.
+    """
+    qmax = np.float32(6.0 if kind == "fp" else 7.0)
+    x = np.asarray(x, np.float32)
+    n = x.shape[-1]
+    xp = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, -n % block)])
+    xb = xp.reshape(*xp.shape[:-1], -1, block)
+    finite = np.isfinite(xb).all(axis=-1, keepdims=True)
+    amax = np.abs(np.where(finite, xb, np.float32(0))).max(axis=-1, keepdims=True)
+    amax_t = amax.max()
+    g = amax_t / (qmax * E4M3_MAX) if amax_t > 0 else np.float32(1.0)
+    g = np.float32(max(g, np.float32(2.0**-126))) if amax_t > 0 else g
+    s = np.clip(amax / qmax / g, 0, E4M3_MAX).astype(ml_dtypes.float8_e4m3fn).astype(np.float32)
+    d = s * g
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = np.where(d > 0, xb / d, np.copysign(np.float32(0), xb))
+    q = nv_elem_round(v.astype(np.float32), kind, float(qmax))
+    y = np.where(finite, q * d, np.float32(np.nan)).astype(np.float32)
+    s = np.where(finite, s, np.float32(np.nan))
+    return y.reshape(xp.shape)[..., :n], s[..., 0], np.float32(g)
+
+
+# --- jitted entry points (one compilation per format and shape) -----------------------------------------------------
+
+
+@functools.cache
+def jit_fake_quant():
+    return jax.jit(lb.fake_quant, static_argnames=("fmt", "axis"))
+
+
+@functools.cache
+def jit_quantize():
+    return jax.jit(lb.quantize, static_argnames=("fmt", "axis"))
+
+
+def fq(x, fmt, axis: int = -1, key=None) -> np.ndarray:
+    """Jitted fake_quant as a numpy array."""
+    return np.asarray(jit_fake_quant()(x, fmt=fmt, axis=axis, key=key))
+
+
+@functools.cache
+def _fq_many(fmts: tuple):
+    return jax.jit(lambda x: tuple(lb.fake_quant(x, f) for f in fmts))
+
+
+def fq_many(x, fmts) -> list[np.ndarray]:
+    """fake_quant of x under several formats in one compilation (XLA:CPU compiles cost ~0.1 s each)."""
+    return [np.asarray(y) for y in _fq_many(tuple(fmts))(x)]
+
+
+def heavy_blocks(rng: np.random.Generator, rows: int, n: int, block: int, lo: int = -20, hi: int = 20) -> np.ndarray:
+    """float32 test data: Gaussian, Student-t and uniform entries, each block with its own power-of-two magnitude."""
+    kind = rng.integers(0, 3, size=(rows, n))
+    vals = np.where(kind == 0, rng.normal(size=(rows, n)), rng.standard_t(2, size=(rows, n)))
+    vals = np.where(kind == 2, rng.uniform(-1, 1, size=(rows, n)), vals)
+    nb = -(-n // block)
+    mag = 2.0 ** rng.integers(lo, hi, size=(rows, nb)).repeat(block, axis=1)[:, :n]
+    return (vals * mag).astype(np.float32)
