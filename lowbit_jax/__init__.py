@@ -1,5 +1,7 @@
 """lowbit_jax: exact emulation and analysis of fine-grained low-bit formats (MX, NV, any FP(e,m) / INT(b))."""
 
+from lowbit_jax import hadamard
+from lowbit_jax.capture import Captured
 from lowbit_jax.formats import (
     PER_CHANNEL,
     PER_TENSOR,
@@ -12,7 +14,9 @@ from lowbit_jax.formats import (
     int_,
     list_formats,
 )
+from lowbit_jax.interceptor import Report, capture, quantize_nnx, quantized
 from lowbit_jax.qarray import QArray
+from lowbit_jax.qdot import QDotConfig, qdot_general, qeinsum
 from lowbit_jax.quantize import dequantize, fake_quant, quantize
 
 __all__ = [
@@ -30,5 +34,14 @@ __all__ = [
     "int_",
     "list_formats",
     "quantize",
+    "hadamard",
+    "QDotConfig",
+    "qdot_general",
+    "qeinsum",
+    "Captured",
+    "Report",
+    "capture",
+    "quantize_nnx",
+    "quantized",
 ]
 __version__ = "0.1.0"

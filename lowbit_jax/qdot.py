@@ -50,7 +50,8 @@ class QDotConfig:
     """Formats of the six GEMM operands (None = unquantized), SR for dY, Hadamard rotation, accumulation dtype.
 
     rotation: Hadamard size h applied along the contracting axis of both operands of the forward GEMM (and of
-    the two backward GEMMs if rotate_grads) before quantization; signs from the key (seed 0 without a key).
+    the two backward GEMMs if rotate_grads) before quantization; signs from the key, or from
+    jax.random.key(rotation_seed) when no key is given. stochastic_grads needs a key once differentiated.
     """
 
     x_fwd: Format | str | None = None
@@ -63,6 +64,7 @@ class QDotConfig:
     rotation: int | None = None
     rotate_grads: bool = False
     accum_dtype: str = "float32"
+    rotation_seed: int = 0
 
     def __post_init__(self):
         for name in OPERANDS:
@@ -170,7 +172,6 @@ def gemm(spec: _Gemm, a, b, *, rot_key=None, key_a=None, key_b=None):
     """a [B.., Fa.., K] . b [B.., Fb.., K] -> [B.., Fa.., Fb..] in accum_dtype, operands rotated then quantized."""
     a, b = _at_least_f32(a), _at_least_f32(b)
     if spec.rotation and (spec.fmt_a is not None or spec.fmt_b is not None):
-        rot_key = jax.random.key(0) if rot_key is None else rot_key
         a, b = hadamard.rotate(a, spec.rotation, rot_key), hadamard.rotate(b, spec.rotation, rot_key)
     acc = jnp.dtype(spec.accum_dtype)
     a = _quant(a, spec.fmt_a, key_a).astype(acc)
@@ -200,12 +201,19 @@ def _key(key, slot: str, enabled: bool = True):
     return None if key is None or not enabled else jax.random.fold_in(key, _KEY_SLOTS[slot])
 
 
+def _rot_key(spec: _Spec, key, slot: str):
+    """Hadamard signs: from the key, else from jax.random.key(config.rotation_seed)."""
+    if not spec.config.rotation:
+        return None
+    return _key(jax.random.key(spec.config.rotation_seed) if key is None else key, slot)
+
+
 def _forward(spec: _Spec, lhs, rhs, key):
     (lc, rc), (lb, rb) = spec.dims
     a = canonical(lhs, lb, free_dims(lhs.ndim, lc, lb), lc)
     b = canonical(rhs, rb, free_dims(rhs.ndim, rc, rb), rc)
     g = _gemm_spec(spec, "x_fwd", "w_fwd", len(lb), True)
-    return gemm(g, a, b, rot_key=_key(key, "rot_fwd")).astype(spec.out_dtype)
+    return gemm(g, a, b, rot_key=_rot_key(spec, key, "rot_fwd")).astype(spec.out_dtype)
 
 
 def _grad_lhs(spec: _Spec, dy, rhs, key):
@@ -218,7 +226,7 @@ def _grad_lhs(spec: _Spec, dy, rhs, key):
     b = canonical(rhs, rb, rc, rf)
     cfg = spec.config
     g = _gemm_spec(spec, "dy_dx", "w_dx", nb, cfg.rotate_grads)
-    dx_t = gemm(g, a, b, rot_key=_key(key, "rot_dx"), key_a=_key(key, "sr_dx", cfg.stochastic_grads))
+    dx_t = gemm(g, a, b, rot_key=_rot_key(spec, key, "rot_dx"), key_a=_key(key, "sr_dx", cfg.stochastic_grads))
     lf = free_dims(dx_t.ndim, lc, lb)
     return jnp.transpose(dx_t, np.argsort(lb + lf + lc))
 
@@ -232,7 +240,7 @@ def _grad_rhs(spec: _Spec, lhs, dy, key):
     b = canonical(dy, tuple(range(nb)), tuple(range(nb + nlf, dy.ndim)), tuple(range(nb, nb + nlf)))
     cfg = spec.config
     g = _gemm_spec(spec, "x_dw", "dy_dw", nb, cfg.rotate_grads)
-    dw_t = gemm(g, a, b, rot_key=_key(key, "rot_dw"), key_b=_key(key, "sr_dw", cfg.stochastic_grads))
+    dw_t = gemm(g, a, b, rot_key=_rot_key(spec, key, "rot_dw"), key_b=_key(key, "sr_dw", cfg.stochastic_grads))
     rf = free_dims(dw_t.ndim, rc, rb)
     return jnp.transpose(dw_t, np.argsort(rb + rc + rf))
 
@@ -248,6 +256,8 @@ def _qdot_fwd(spec: _Spec, lhs, rhs, key):
 
 def _qdot_bwd(spec: _Spec, res, dy):
     lhs, rhs, key = res
+    if spec.config.stochastic_grads and key is None:
+        raise ValueError("QDotConfig.stochastic_grads needs a PRNG key: pass key= to qdot_general / lb.quantized")
     return _grad_lhs(spec, dy, rhs, key).astype(lhs.dtype), _grad_rhs(spec, lhs, dy, key).astype(rhs.dtype), None
 
 
@@ -268,18 +278,17 @@ def qdot_general(
 ):
     """Drop-in for lax.dot_general whose forward and backward GEMMs quantize their operands per `config`.
 
-    key: PRNG key for stochastic rounding of dY (needed if config.stochastic_grads) and the rotation signs.
+    key: PRNG key for stochastic rounding of dY (needed to differentiate with config.stochastic_grads) and
+    for the rotation signs; sub-keys are fold_in(key, slot) for each GEMM's rotation and each SR operand.
     out_sharding: accepted for Flax NNX hooks; applied to the output with a sharding constraint.
     """
     config = QDotConfig() if config is None else config
-    if config.stochastic_grads and key is None:
-        raise ValueError("QDotConfig.stochastic_grads needs a PRNG key: pass key= to qdot_general")
     lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
     dims = normalize_dims(dimension_numbers, lhs.ndim, rhs.ndim)
+    avals = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (lhs, rhs)]  # no sharding: dtype and shape only
     out = jax.eval_shape(
         functools.partial(lax.dot_general, dimension_numbers=dims, preferred_element_type=preferred_element_type),
-        lhs,
-        rhs,
+        *avals,
     )
     precision = lax.Precision.HIGHEST if precision is None else precision
     y = _qdot_jit(_Spec(dims, config, precision, jnp.dtype(out.dtype).name), lhs, rhs, key)

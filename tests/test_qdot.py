@@ -50,7 +50,7 @@ def vjp_at(fn, x, w, dy):
 DN_2D = (((1,), (0,)), ((), ()))
 
 
-@pytest.mark.parametrize("fmt", ["mxfp4", "mxint8", "nvfp4", "mxfp6_e3m2", "int8_channel"])
+@pytest.mark.parametrize("fmt", ["mxfp4", "mxint8", "nvfp4", "int8_channel"])
 def test_forward_equals_dequantize_then_dot(fmt):
     x, w = rand((8, 64), 0, scale=3.0), rand((64, 24), 1)
     y = qdot_general(x, w, DN_2D, QDotConfig.direct_cast(fmt))
@@ -94,8 +94,11 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("shapes", CASES, ids=range(len(CASES)))
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize(
+    "shapes,dtype",
+    [(c, jnp.float32) for c in CASES] + [(CASES[2], jnp.bfloat16), (CASES[4], jnp.bfloat16)],
+    ids=[f"f32-{i}" for i in range(len(CASES))] + ["bf16-2", "bf16-4"],
+)
 def test_unquantized_equals_jax_grad_of_dot_general(shapes, dtype):
     ls, rs, dn = shapes
     x, w = rand(ls, 0, dtype), rand(rs, 1, dtype)
@@ -146,8 +149,9 @@ def test_direct_cast_backward_is_exact_straight_through():
 def test_stochastic_grads_need_a_key_and_are_seeded():
     x, w, dy = rand((32, 32), 0), rand((32, 32), 1), rand((32, 32), 2, scale=1e-3)
     cfg = QDotConfig.train("mxint4", stochastic_grads=True)
+    qdot_general(x, w, DN_2D, cfg)  # the forward needs no key
     with pytest.raises(ValueError, match="needs a PRNG key"):
-        qdot_general(x, w, DN_2D, cfg)
+        jax.grad(lambda a: jnp.sum(qdot_general(a, w, DN_2D, cfg)))(x)
 
     @jax.jit
     def grads(key):
@@ -168,6 +172,7 @@ def test_rotation_is_applied_before_quantization_and_keeps_unquantized_products(
     x, w, key = rand((8, 64), 0), rand((64, 16), 1), jax.random.key(3)
     ident = QDotConfig.direct_cast("fp32", rotation=32)  # identity format: rotation alone, no rounding
     np.testing.assert_allclose(qdot_general(x, w, DN_2D, ident, key=key), dot(x, w), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(qdot_general(x, w, DN_2D, ident), dot(x, w), rtol=1e-5, atol=1e-5)  # seeded
     cfg = QDotConfig.direct_cast("mxint4", rotation=16)
     xr, wr = (
         lb.hadamard.rotate(x, 16, jax.random.fold_in(key, 0)),
