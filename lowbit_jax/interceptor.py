@@ -243,6 +243,8 @@ class NNXHook:
 
 def nnx_layers(model) -> list[tuple[str, nnx.Module]]:
     """(path, module) of every nnx.Linear / LinearGeneral / Einsum reachable from `model`."""
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"model= takes Flax NNX modules (linen models need no model=), got {type(model).__name__}")
     return [("/".join(str(p) for p in path), m) for path, m in nnx.iter_modules(model) if type(m) in _NNX_HOOKS]
 
 

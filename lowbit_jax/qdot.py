@@ -13,8 +13,10 @@ length K; quantization blocks (and Hadamard chunks of size h) run along that mer
 GEMM use the same merged order, so their blocks line up element for element. Quantized operands are computed
 in float32 and the GEMM accumulates in `accum_dtype` at HIGHEST precision unless `precision` is given.
 
-Sharding: the arithmetic is defined on the global array, so sharded and single-device results agree; keep
-local shard lengths of a contracting dim multiples of the block size to avoid communication inside a block.
+Sharding: the arithmetic is defined on the global array, so under jit with NamedSharding inputs (GSPMD,
+AxisType.Auto meshes) sharded and single-device results agree and no block depends on where shards end;
+keep local shard lengths of a contracting dim multiples of the block size to avoid communication inside a
+block. Explicit sharding-in-types meshes (AxisType.Explicit) are not supported yet.
 """
 
 from __future__ import annotations

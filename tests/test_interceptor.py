@@ -237,6 +237,12 @@ def test_bad_rules_fail_at_construction(rules, match):
             pass
 
 
+def test_model_argument_must_be_nnx():
+    with pytest.raises(TypeError, match="NNX"):
+        with lb.quantized([(".*", TRAIN8)], model=MLP()):
+            pass
+
+
 def test_presets_and_first_match_wins():
     rules = parse_rules([("a/.*", ("direct_cast", "nvfp4")), (".*", "train:mxfp8"), (".*", None)])
     assert rules[0].config == QDotConfig.direct_cast("nvfp4") and rules[1].config == QDotConfig.train("mxfp8")
