@@ -124,9 +124,23 @@ class BlockScale(NamedTuple):
     block_scale: jax.Array | None  # E4M3 / FP32 block scale as float32 (before the tensor scale)
 
 
+def block_amax(x_blocks: jax.Array, lay: Layout) -> jax.Array:
+    """max |x| of every block (block axis kept with size 1); NaN/Inf for blocks holding them."""
+    return jnp.max(jnp.abs(x_blocks), axis=lay.block_axis, keepdims=True)
+
+
+def nv_tensor_amax(amax: jax.Array) -> jax.Array:
+    """The NV tensor amax: the largest finite block amax (blocks holding NaN/Inf are left out)."""
+    return jnp.max(jnp.where(jnp.isfinite(amax), amax, 0.0))
+
+
 def block_scale(x_blocks: jax.Array, fmt: Format, lay: Layout) -> BlockScale:
     """The scale of every block of `x_blocks` under `fmt`'s rule."""
-    amax = jnp.max(jnp.abs(x_blocks), axis=lay.block_axis, keepdims=True)
+    return scale_from_amax(block_amax(x_blocks, lay), fmt)
+
+
+def scale_from_amax(amax: jax.Array, fmt: Format, g: jax.Array | None = None) -> BlockScale:
+    """The BlockScale of blocks with these amaxes; `g`: the NV tensor scale (default: from these blocks)."""
     finite = jnp.isfinite(amax)
     elem = fmt.elem
     if fmt.scale == "ue8m0":
@@ -135,8 +149,7 @@ def block_scale(x_blocks: jax.Array, fmt: Format, lay: Layout) -> BlockScale:
     if fmt.scale == "fp32":
         s = scaling.fp32_scale(amax, elem, fmt.scale_dtype)
         return BlockScale(None, s, finite, None, s)
-    amax_tensor = jnp.max(jnp.where(finite, amax, 0.0))
-    g = scaling.nv_tensor_scale(amax_tensor, elem)
+    g = scaling.nv_tensor_scale(nv_tensor_amax(amax), elem) if g is None else g
     s = scaling.nv_block_scale(amax, g, elem)
     return BlockScale(None, s * g, finite, g, s)
 
@@ -174,19 +187,29 @@ def quantize_blocks(x: jax.Array, fmt: Format, axis: int, key=None) -> tuple[jax
     return values, sc, lay
 
 
-def _stored_scales(sc: BlockScale, fmt: Format, lay: Layout) -> jax.Array:
+def encode_scales(sc: BlockScale, fmt: Format) -> jax.Array:
+    """Block scales in their storage dtype (float8_e8m0fnu, float8_e4m3fn, float32/bfloat16), shape kept."""
     if fmt.scale == "ue8m0":
-        scales = scaling.e8m0_encode(sc.exp, sc.finite)
-    elif fmt.scale == "e4m3":
-        scales = sc.block_scale.astype(jnp.float8_e4m3fn)
-    else:
-        scales = jnp.where(sc.finite, sc.block_scale, jnp.nan).astype(fmt.scale_dtype)
-    return scales.reshape(lay.scales_shape)
+        return scaling.e8m0_encode(sc.exp, sc.finite)
+    if fmt.scale == "e4m3":
+        return sc.block_scale.astype(jnp.float8_e4m3fn)
+    return jnp.where(sc.finite, sc.block_scale, jnp.nan).astype(fmt.scale_dtype)
 
 
-def quantize(x, fmt: Format | str, axis: int = -1, *, key=None) -> QArray:
-    """Quantize `x` in blocks along `axis`; `key` switches element rounding from RNE to stochastic."""
+def _stored_scales(sc: BlockScale, fmt: Format, lay: Layout) -> jax.Array:
+    return encode_scales(sc, fmt).reshape(lay.scales_shape)
+
+
+def quantize(x, fmt: Format | str, axis: int = -1, *, key=None, impl: str = "xla") -> QArray:
+    """Quantize `x` in blocks along `axis`; `key` switches element rounding from RNE to stochastic.
+
+    impl: "xla" (this module), "pallas" (the kernel; interpreted on CPU) or "auto" (Pallas on GPU only).
+    """
     x, fmt, axis = check_input(x, fmt, axis)
+    if impl != "xla":
+        from lowbit_jax import kernels  # deferred: the kernels import this module
+
+        return kernels.quantize(x, fmt, axis, key=key, impl=impl)
     if fmt.is_identity:
         return QArray(x.astype(fmt.passthrough_dtype), None, None, fmt, axis, x.shape, x.dtype)
     values, sc, lay = quantize_blocks(x, fmt, axis, key)
@@ -242,7 +265,14 @@ def _fake_quant_bwd(fmt, axis, _, g):
 _fake_quant_ste.defvjp(_fake_quant_fwd, _fake_quant_bwd)
 
 
-def fake_quant(x, fmt: Format | str, axis: int = -1, *, key=None) -> jax.Array:
-    """dequantize(quantize(x)) in one pass, same shape and dtype as x; the gradient passes straight through."""
+def fake_quant(x, fmt: Format | str, axis: int = -1, *, key=None, impl: str = "xla") -> jax.Array:
+    """dequantize(quantize(x)) in one pass, same shape and dtype as x; the gradient passes straight through.
+
+    impl: "xla" (this module), "pallas" (the kernel; interpreted on CPU) or "auto" (Pallas on GPU only).
+    """
     x, fmt, axis = check_input(x, fmt, axis)
+    if impl != "xla":
+        from lowbit_jax import kernels  # deferred: the kernels import this module
+
+        return kernels.fake_quant(x, fmt, axis, key=key, impl=impl)
     return _fake_quant_ste(x, fmt, axis, key)

@@ -1,0 +1,297 @@
+"""Pallas kernels: fused fake-quant, and quantize to codes + scales, for every block format (2-D, last axis).
+
+Same signatures as `reference.py` plus static knobs (tiles, backend), bit-identical to it. The tile math is
+the library's own code (quantize.scale_from_amax / to_elem_domain / from_elem_domain, rounding.round_elem,
+rounding.encode), so the kernel and the core cannot drift apart.
+
+Layout. Blocked formats (MX, NV, any int block size): x (M, L) is zero-padded to whole blocks and viewed,
+for free, as (M * L/block, block); one grid step takes `tiles.rows` whole blocks, so the block amax is a row
+reduction inside the tile. The NV tensor amax is a separate reduction outside the kernel; its tensor scale g
+comes in as a (1, 1) input. Per-channel and per-tensor formats: the amax is reduced outside and comes in as
+an (M, 1) input; the kernel tiles (tiles.rows, tiles.cols) freely. Stochastic-rounding bits come in as a
+uint32 input tiled like x. The Hadamard rotation is fused when h divides the block (the butterflies run as
+exact permutation products in the tile); otherwise (h > block, per-channel, per-tensor) the same
+`reference.rotate_rows` runs before the kernel.
+
+Backends: "interpret" (CPU and tests), "triton" (GPU; primitives swapped by `substitute.TRITON_RULES`),
+"mosaic" (Mosaic GPU, pl.pallas_call's default on Hopper; best effort). Outputs with dtypes a GPU backend
+may not store (float4, int4, float8_e8m0fnu) are written as bytes and converted outside with `byte_outputs`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from lowbit_jax import rounding, scaling
+from lowbit_jax.formats import Format, FPElem
+from lowbit_jax.kernels import reference, substitute
+from lowbit_jax.quantize import (
+    BlockScale,
+    encode_scales,
+    from_elem_domain,
+    layout,
+    nv_tensor_amax,
+    scale_from_amax,
+    to_elem_domain,
+)
+
+BACKENDS = ("interpret", "triton", "mosaic")
+DEFAULT_GPU_BACKEND = "triton"
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiles:
+    """Tiling (static): `blocks` per grid step (blocked formats); rows x cols per step (per-channel/tensor)."""
+
+    blocks: int = 256
+    rows: int = 16
+    cols: int = 512
+    num_warps: int = 4  # Triton only
+    num_stages: int = 1  # Triton only
+
+
+def default_backend() -> str:
+    """'interpret' off GPUs, else DEFAULT_GPU_BACKEND."""
+    return DEFAULT_GPU_BACKEND if jax.default_backend() == "gpu" else "interpret"
+
+
+def _fit(n: int, tile: int) -> int:
+    """The tile, or the smallest power of two covering n when n is smaller (Triton wants powers of two)."""
+    return tile if n >= tile else 1 << max(0, (n - 1).bit_length())
+
+
+# --------------------------------------------------------------------------------------------- tile math
+def rotate_tile(x, signs_row, h: int):
+    """reference.rotate_rows on a (rows, W) tile, h | W: butterflies with the partner from a 0/1 product."""
+    w = x.shape[-1]
+    col = lax.broadcasted_iota(jnp.int32, (1, w), 1)
+    row = lax.broadcasted_iota(jnp.int32, (w, 1), 0)
+    y = x * signs_row
+    s = 1
+    while s < h:
+        partner = jnp.dot(y, (row == (col ^ s)).astype(jnp.float32), precision=lax.Precision.HIGHEST)
+        y = reference.canonical_zero(jnp.where((col & s) == 0, y + partner, partner - y))
+        s *= 2
+    return y * reference.rotation_scale(h)
+
+
+def tile_values(fmt: Format, h: int, x, bits, amax, g, signs):
+    """Element values and BlockScale of a tile: rows are blocks (amax None) or use the given amax."""
+    x = x.astype(jnp.float32)
+    if signs is not None:
+        x = rotate_tile(x, signs, h)
+    if amax is None:
+        amax = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
+    sc = scale_from_amax(amax, fmt, g)
+    uniform = None if bits is None else rounding.uniform_from_bits(bits)
+    return rounding.round_elem(to_elem_domain(x, sc, fmt), fmt.elem, uniform), sc
+
+
+def code_bytes(values, elem) -> jax.Array:
+    """Codes as bytes: int8 for INT elements, the uint8 bit pattern (sign | exponent | mantissa) for FP."""
+    if not isinstance(elem, FPElem):
+        return values.astype(jnp.int8)
+    a = jnp.abs(values)
+    normal = a >= elem.min_normal
+    exp = jnp.maximum(rounding.f32_exponent(a), elem.emin)
+    field = jnp.where(normal, exp + elem.bias, 0)
+    man = jnp.round(a * rounding.pow2(elem.man_bits - exp)).astype(jnp.int32) - jnp.where(normal, 1 << elem.man_bits, 0)
+    sign = jnp.signbit(values).astype(jnp.int32) << (elem.exp_bits + elem.man_bits)
+    return (sign | (field << elem.man_bits) | man).astype(jnp.uint8)
+
+
+def scale_bytes(sc: BlockScale, fmt: Format) -> jax.Array:
+    """encode_scales with 8-bit scales as their uint8 bit patterns."""
+    if fmt.scale == "ue8m0":
+        return jnp.where(sc.finite, sc.exp + 127, scaling.E8M0_NAN).astype(jnp.uint8)
+    if fmt.scale == "e4m3":
+        return lax.bitcast_convert_type(encode_scales(sc, fmt), jnp.uint8)
+    return encode_scales(sc, fmt)
+
+
+def _body(fmt, h, out, out_dtype, byte_outputs, has, *arrays):
+    """Tile function: arrays named by `has` in -> output tuple (fake: y; quantize: codes [, scales])."""
+    got = dict(zip(has, arrays))
+    values, sc = tile_values(fmt, h, got["x"], got.get("bits"), got.get("amax"), got.get("g"), got.get("signs"))
+    if out == "fake":
+        return (from_elem_domain(values, sc).astype(out_dtype),)
+    kept = jnp.where(sc.finite, values, 0.0)
+    codes = code_bytes(kept, fmt.elem) if byte_outputs else rounding.encode(kept, fmt.elem)
+    if out == "codes":
+        return (codes,)
+    return codes, (scale_bytes(sc, fmt) if byte_outputs else encode_scales(sc, fmt))
+
+
+def _kernel(tile_fn, n_in, *refs):
+    outs = tile_fn(*(r[...] for r in refs[:n_in]))
+    for ref, val in zip(refs[n_in:], outs):
+        ref[...] = val
+
+
+# --------------------------------------------------------------------------------------------- launch
+def _compiler_kwargs(backend: str, tiles: Tiles) -> dict:
+    if backend.startswith("interpret"):
+        return {"interpret": True}
+    if backend == "triton":
+        from jax.experimental.pallas import triton as pltriton
+
+        return {"compiler_params": pltriton.CompilerParams(num_warps=tiles.num_warps, num_stages=tiles.num_stages)}
+    if backend == "mosaic":
+        from jax.experimental.pallas import mosaic_gpu as plgpu
+
+        return {"compiler_params": plgpu.CompilerParams()}
+    raise ValueError(f"backend must be one of {BACKENDS} or 'interpret_portable', got {backend!r}")
+
+
+def _rules(backend: str):
+    return {"triton": substitute.TRITON_RULES, "interpret_portable": substitute.PORTABLE_RULES}.get(backend)
+
+
+def _launch(spec: dict, inputs: dict, outs: list, grid, backend: str, tiles: Tiles):
+    """pallas_call over `grid`; inputs and outs as name -> (array, BlockSpec) and [(ShapeDtypeStruct, BlockSpec)]."""
+    names = tuple(inputs)
+    body = functools.partial(_body, spec["fmt"], spec["h"], spec["out"], spec["out_dtype"], spec["bytes"], names)
+    kernel = functools.partial(_kernel, substitute.substituted(body, _rules(backend)), len(names))
+    return pl.pallas_call(
+        kernel,
+        out_shape=[o[0] for o in outs],
+        grid=grid,
+        in_specs=[inputs[n][1] for n in names],
+        out_specs=[o[1] for o in outs],
+        **_compiler_kwargs(backend, tiles),
+    )(*(inputs[n][0] for n in names))
+
+
+def _code_dtype(fmt: Format, byte_outputs: bool):
+    if not byte_outputs:
+        return fmt.elem.storage_dtype
+    return jnp.uint8 if isinstance(fmt.elem, FPElem) else jnp.int8
+
+
+def _scale_dtype(fmt: Format, byte_outputs: bool):
+    if fmt.scale == "ue8m0":
+        return jnp.uint8 if byte_outputs else jnp.float8_e8m0fnu
+    if fmt.scale == "e4m3":
+        return jnp.uint8 if byte_outputs else jnp.float8_e4m3fn
+    return jnp.dtype(fmt.scale_dtype)
+
+
+def codes_from_bytes(codes: jax.Array, fmt: Format) -> jax.Array:
+    """Byte codes -> the element's storage dtype (bitcast for 8-bit floats, exact casts otherwise)."""
+    dtype, elem = fmt.elem.storage_dtype, fmt.elem
+    if codes.dtype == dtype:
+        return codes
+    if not isinstance(elem, FPElem):
+        return codes.astype(dtype)
+    if elem.bits == 8:
+        return lax.bitcast_convert_type(codes, dtype)
+    return rounding.decode(codes, elem).astype(dtype)
+
+
+def scales_from_bytes(scales: jax.Array, fmt: Format) -> jax.Array:
+    """Byte scales -> float8_e8m0fnu / float8_e4m3fn (bitcasts); other scales unchanged."""
+    dtype = _scale_dtype(fmt, False)
+    return scales if scales.dtype == dtype else lax.bitcast_convert_type(scales, dtype)
+
+
+def _nv_g(amax, fmt: Format):
+    """The (1, 1) NV tensor scale from block amaxes, or None for other scale rules."""
+    if fmt.scale != "e4m3":
+        return None
+    return scaling.nv_tensor_scale(nv_tensor_amax(amax), fmt.elem).reshape(1, 1)
+
+
+def _amax_rows(x) -> jax.Array:
+    return jnp.max(jnp.abs(x.astype(jnp.float32)), axis=-1, keepdims=True)
+
+
+def _run_blocked(x, fmt, rbits, signs, out, out_dtype, tiles, backend, byte_outputs):
+    """Blocked formats: rows of the (M * n_blocks, block) view are blocks; scales come out of the kernel."""
+    m, length = x.shape
+    lay = layout((m, length), fmt.block_size, 1)
+    blk, rows = lay.block, m * lay.n_blocks
+    h = 0 if signs is None else signs.shape[0]
+    if h and blk % h:
+        x, signs, h = reference.rotate_rows(x, signs), None, 0
+    pad = lay.n_blocks * blk - length
+    x = (jnp.pad(x, ((0, 0), (0, pad))) if pad else x).reshape(rows, blk)
+    tr = _fit(rows, tiles.blocks)
+    row_spec = pl.BlockSpec((tr, blk), lambda i: (i, 0))
+    one = lambda shape: pl.BlockSpec(shape, lambda i: (0, 0))
+    inputs = {"x": (x, row_spec)}
+    if rbits is not None:
+        inputs["bits"] = (rbits.reshape(rows, blk), row_spec)
+    g = _nv_g(_amax_rows(x if not h else reference.rotate_rows(x, signs)), fmt)
+    if g is not None:
+        inputs["g"] = (g, one((1, 1)))
+    if h:
+        inputs["signs"] = (jnp.tile(signs.astype(jnp.float32), blk // h).reshape(1, blk), one((1, blk)))
+    spec = {"fmt": fmt, "h": h, "out": out, "out_dtype": out_dtype, "bytes": byte_outputs}
+    code_dtype = out_dtype if out == "fake" else _code_dtype(fmt, byte_outputs)
+    outs = [(jax.ShapeDtypeStruct((rows, blk), code_dtype), row_spec)]
+    if out == "quantize":
+        scale_spec = pl.BlockSpec((tr, 1), lambda i: (i, 0))
+        outs.append((jax.ShapeDtypeStruct((rows, 1), _scale_dtype(fmt, byte_outputs)), scale_spec))
+    res = _launch(spec, inputs, outs, (pl.cdiv(rows, tr),), backend, tiles)
+    y = res[0].reshape(m, lay.n_blocks * blk)
+    if out == "fake":
+        return y[:, :length] if pad else y
+    tensor = None if g is None else g.reshape(())
+    return codes_from_bytes(y, fmt), scales_from_bytes(res[1].reshape(m, lay.n_blocks), fmt), tensor
+
+
+def _run_rowwise(x, fmt, rbits, signs, out, out_dtype, tiles, backend, byte_outputs):
+    """Per-channel / per-tensor formats: amax (and scales) reduced outside, tiles of (rows, cols)."""
+    m, length = x.shape
+    if signs is not None:
+        x = reference.rotate_rows(x, signs)
+    amax = _amax_rows(x)
+    if fmt.block_size != "channel":
+        amax = jnp.broadcast_to(jnp.max(amax), (m, 1))
+    g = _nv_g(amax, fmt)
+    tr, tc = _fit(m, tiles.rows), _fit(length, tiles.cols)
+    tile_spec = pl.BlockSpec((tr, tc), lambda i, j: (i, j))
+    inputs = {"x": (x, tile_spec), "amax": (amax, pl.BlockSpec((tr, 1), lambda i, j: (i, 0)))}
+    if rbits is not None:
+        inputs["bits"] = (rbits, tile_spec)
+    if g is not None:
+        inputs["g"] = (g, pl.BlockSpec((1, 1), lambda i, j: (0, 0)))
+    spec = {"fmt": fmt, "h": 0, "out": "fake" if out == "fake" else "codes", "out_dtype": out_dtype}
+    spec["bytes"] = byte_outputs
+    code_dtype = out_dtype if out == "fake" else _code_dtype(fmt, byte_outputs)
+    outs = [(jax.ShapeDtypeStruct((m, length), code_dtype), tile_spec)]
+    [y] = _launch(spec, inputs, outs, (pl.cdiv(m, tr), pl.cdiv(length, tc)), backend, tiles)
+    if out == "fake":
+        return y
+    sc = scale_from_amax(amax, fmt, g)
+    scales = encode_scales(sc, fmt)
+    scales = scales if fmt.block_size == "channel" else scales[0, 0]
+    return codes_from_bytes(y, fmt), scales, None if g is None else g.reshape(())
+
+
+def _run(x_2d, fmt, rbits, rotation, out, tiles, backend, byte_outputs):
+    reference.check_2d(x_2d, fmt, rotation)
+    backend = default_backend() if backend is None else backend
+    byte_outputs = not backend.startswith("interpret") if byte_outputs is None else byte_outputs
+    run = _run_blocked if isinstance(fmt.block_size, int) else _run_rowwise
+    return run(x_2d, fmt, rbits, rotation, out, x_2d.dtype, tiles, backend, byte_outputs)
+
+
+@functools.partial(jax.jit, static_argnames=("fmt", "tiles", "backend"))
+def fake_quant_pallas(x_2d, fmt: Format, *, rbits=None, rotation=None, tiles: Tiles = Tiles(), backend=None):
+    """Pallas twin of reference.fake_quant_ref; backend None: interpret off GPUs, DEFAULT_GPU_BACKEND on them."""
+    return _run(x_2d, fmt, rbits, rotation, "fake", tiles, backend, False)
+
+
+@functools.partial(jax.jit, static_argnames=("fmt", "tiles", "backend", "byte_outputs"))
+def quantize_pallas(
+    x_2d, fmt: Format, *, rbits=None, rotation=None, tiles: Tiles = Tiles(), backend=None, byte_outputs=None
+):
+    """Pallas twin of reference.quantize_ref -> (codes, scales, tensor_scale); byte_outputs None: on GPUs."""
+    return _run(x_2d, fmt, rbits, rotation, "quantize", tiles, backend, byte_outputs)
