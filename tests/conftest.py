@@ -105,8 +105,19 @@ def assert_same_bits(actual, expected, what: str = "") -> None:
 # --- MX oracle (references.md section b), float64 -----------------------------------------------------------------
 
 
-def mx_scale_exponent(amax: np.ndarray, fi, rule: str) -> np.ndarray:
-    """Scale exponent per block in float64 arithmetic (exact for float32 amax): OCP floor, paper ceil, or round."""
+def int_code_shift(name: str) -> int:
+    """gfloat's INT(b) grid is k / 2^(b-2); lowbit_jax stores the integers k, so its exponent is lower by b - 2."""
+    return int(name[-1]) - 2 if name.startswith("mxint") else 0
+
+
+def mx_scale_exponent(amax: np.ndarray, name: str, rule: str) -> np.ndarray:
+    """Scale exponent per block on gfloat's element grid, float64 arithmetic (exact for float32 amax).
+
+    floor: OCP floor(log2 amax) - emax_elem; ceil: paper Eq. 9 ceil(log2(amax / Qmax)); round: nearest integer.
+    The [-127, 127] clamp applies to the scale of the stored codes (paper Eq. 9 with Qmax = 127 / 31 / 7 for INT,
+    DESIGN.md section 4), i.e. for MXINT to the gfloat exponent minus b - 2. It only matters below ~2^-120.
+    """
+    fi, shift = GFLOAT_FI[name], int_code_shift(name)
     safe = np.where(amax > 0, amax, 1.0)
     if rule == "floor":
         e = np.floor(np.log2(safe)) - fi.emax
@@ -114,7 +125,7 @@ def mx_scale_exponent(amax: np.ndarray, fi, rule: str) -> np.ndarray:
         e = np.ceil(np.log2(safe / fi.max))
     else:
         e = np.round(np.log2(safe / fi.max))
-    return np.where(amax > 0, np.clip(e, -127, 127), -127)
+    return np.where(amax > 0, np.clip(e - shift, -127, 127), -127) + shift
 
 
 def mx_reference(x, name: str, rule: str = "ceil", block: int = 32, asymmetric: bool = False) -> np.ndarray:
@@ -132,7 +143,7 @@ def mx_reference(x, name: str, rule: str = "ceil", block: int = 32, asymmetric: 
     finite = np.isfinite(xb).all(axis=-1, keepdims=True)
     xb = np.where(finite, xb, 0.0)
     amax = np.abs(xb).max(axis=-1, keepdims=True)
-    e = mx_scale_exponent(amax, fi, rule)
+    e = mx_scale_exponent(amax, name, rule)
     q = round_ndarray(fi, xb / 2.0**e, RoundMode.TiesToEven, sat=True)
     if name.startswith("mxint") and not asymmetric:
         q = np.clip(q, -fi.max, fi.max)
