@@ -33,6 +33,7 @@ from lowbit_jax.formats import Format, FPElem
 from lowbit_jax.kernels import reference, substitute
 from lowbit_jax.quantize import (
     BlockScale,
+    amax_along,
     encode_scales,
     from_elem_domain,
     layout,
@@ -87,7 +88,7 @@ def tile_values(fmt: Format, h: int, x, bits, amax, g, signs):
     if signs is not None:
         x = rotate_tile(x, signs, h)
     if amax is None:
-        amax = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
+        amax = amax_along(x, 1)
     sc = scale_from_amax(amax, fmt, g)
     uniform = None if bits is None else rounding.uniform_from_bits(bits)
     return rounding.round_elem(to_elem_domain(x, sc, fmt), fmt.elem, uniform), sc
@@ -208,7 +209,7 @@ def _nv_g(amax, fmt: Format):
 
 
 def _amax_rows(x) -> jax.Array:
-    return jnp.max(jnp.abs(x.astype(jnp.float32)), axis=-1, keepdims=True)
+    return amax_along(x.astype(jnp.float32), 1)
 
 
 def _run_blocked(x, fmt, rbits, signs, out, out_dtype, tiles, backend, byte_outputs):
@@ -251,9 +252,10 @@ def _run_rowwise(x, fmt, rbits, signs, out, out_dtype, tiles, backend, byte_outp
     m, length = x.shape
     if signs is not None:
         x = reference.rotate_rows(x, signs)
-    amax = _amax_rows(x)
-    if fmt.block_size != "channel":
-        amax = jnp.broadcast_to(jnp.max(amax), (m, 1))
+    if fmt.block_size == "channel":
+        amax = _amax_rows(x)
+    else:
+        amax = jnp.broadcast_to(_amax_rows(x.reshape(1, -1)), (m, 1))
     g = _nv_g(amax, fmt)
     tr, tc = _fit(m, tiles.rows), _fit(length, tiles.cols)
     tile_spec = pl.BlockSpec((tr, tc), lambda i, j: (i, j))

@@ -172,6 +172,16 @@ def test_shapes_and_partial_tiles(shape, name, tiles):
     assert_all_same(pq.quantize_pallas(x, fmt, tiles=tiles), ref("quant", x, fmt))
 
 
+@pytest.mark.parametrize("name", ["mxfp4", "nvfp4", "fp8_channel"])
+def test_nan_block_on_a_wide_array(name):
+    """XLA:CPU's max reduction skips NaNs on wide arrays; the whole block must still come out NaN."""
+    x, fmt = hard_input((4, 4128)), lb.get_format(name)
+    want = ref("fake", x, fmt)
+    block = 4128 if name == "fp8_channel" else fmt.block_size
+    assert np.isnan(np.asarray(want[0, :block])).all() and not np.isnan(np.asarray(want[3, :block])).any()
+    assert_same(pq.fake_quant_pallas(x, fmt, tiles=pq.Tiles(blocks=128, rows=2, cols=2048)), want)
+
+
 @pytest.mark.parametrize("name", ["mxfp8_e5m2", "mxfp4", "mxfp6_e2m3", "mxint4", "nvfp4", "fp8_channel"])
 def test_triton_rules_and_byte_outputs_on_cpu(name):
     """The GPU code path (primitive substitution, byte outputs converted outside) run in interpret mode."""
