@@ -3,14 +3,18 @@
     python -m experiments.bench                      # 4096x4096 float32 on the CPU, about 30 s
     python -m experiments.bench --device gpu         # 8192x8192 float32 and bfloat16 on a GPU
     python -m experiments.bench --formats mxfp4,nvfp4 --size 2048 --dtypes float32,bfloat16
+    python -m experiments.bench --device gpu --impls xla,pallas,pallas-mosaic   # Pallas kernels vs XLA, GPU
 
 Each row times `jit(fake_quant)` (median of --repeats runs after a warm-up) and reports GB/s as
 (bytes read + bytes written) / time, and the ratio quant_time / copy_time against `jit(jnp.copy)` on the same
 array in the same run. Targets on the 2-core CPU (issue 2): ratio <= 1.6 for MX formats, <= 2.0 for NV
-formats (they read the tensor twice: tensor amax, then blocks).
+formats (they read the tensor twice: tensor amax, then blocks). --impls: xla (the core), pallas (the kernel on
+its default GPU backend), pallas-triton, pallas-mosaic; off a GPU the Pallas kernels only run interpreted
+(slow: use a small --size). Issue 5's GPU goal: Pallas >= 80 % of copy GB/s and faster than XLA, per format.
 
 Output (--out, default results/bench/): bench.json = {"machine": str, "rows": [{"format", "impl", "dtype",
-"size", "ms", "gbps", "ratio_to_copy"}]}, bench.csv with the same rows.
+"size", "ms", "gbps", "ratio_to_copy", "error"}]}, bench.csv with the same rows; a row whose kernel failed to
+compile has NaN timings (null in JSON) and the error's first line.
 """
 
 from __future__ import annotations
@@ -25,12 +29,16 @@ import jax.numpy as jnp
 
 import lowbit_jax as lb
 from experiments import common
+from lowbit_jax import kernels
+
+IMPLS = {"xla": None, "pallas": "default", "pallas-triton": "triton", "pallas-mosaic": "mosaic"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     formats: tuple[str, ...] = tuple(f for f in lb.list_formats() if f not in ("bf16", "fp32"))
     dtypes: tuple[str, ...] = ("float32",)
+    impls: tuple[str, ...] = ("xla",)
     size: int = 4096
     repeats: int = 15
     device: str = "cpu"
@@ -46,11 +54,14 @@ class Config:
         for d in self.dtypes:
             if d not in ("float32", "bfloat16", "float16"):
                 raise ValueError(f"--dtypes takes float32, bfloat16, float16; got {d!r}")
+        for impl in self.impls:
+            if impl not in IMPLS:
+                raise ValueError(f"--impls takes {', '.join(IMPLS)}; got {impl!r}")
 
 
 PRESETS = {
     "tiny": Config(formats=("mxfp8", "mxint4", "nvfp4"), size=256, repeats=2),
-    "gpu": Config(dtypes=("float32", "bfloat16"), size=8192, device="gpu", repeats=30),
+    "gpu": Config(dtypes=("float32", "bfloat16"), impls=("xla", "pallas"), size=8192, device="gpu", repeats=30),
 }
 
 
@@ -65,31 +76,63 @@ def median_seconds(fn, x, repeats: int) -> float:
     return statistics.median(times)
 
 
+def quant_fn(name: str, impl: str):
+    """jit(fake_quant) of one format through one implementation."""
+    if impl == "xla":
+        return jax.jit(lambda v: lb.fake_quant(v, name))
+    backend = None if IMPLS[impl] == "default" else IMPLS[impl]
+    return jax.jit(lambda v: kernels.fake_quant(v, name, impl="pallas", backend=backend))
+
+
 def bench_rows(cfg: Config) -> list[dict]:
-    """One row per (dtype, format) plus the copy baseline per dtype."""
+    """One row per (dtype, format, impl) plus the copy baseline per dtype."""
     device = jax.devices(cfg.device)[0]
     rows = []
-    copy = jax.jit(jnp.copy)
-    jobs = [(d, f) for d in cfg.dtypes for f in ("copy", *cfg.formats)]
-    for dtype, name in common.progress(jobs, desc="bench", unit="case"):
+    jobs = []
+    for d in cfg.dtypes:
+        jobs += [(d, "copy", "xla")] + [(d, f, i) for f in cfg.formats for i in cfg.impls]
+    for dtype, name, impl in common.progress(jobs, desc="bench", unit="case"):
         key = jax.random.key(cfg.seed)
         x = jax.device_put(jax.random.normal(key, (cfg.size, cfg.size), jnp.float32).astype(dtype), device)
-        fn = copy if name == "copy" else jax.jit(lambda v, n=name: lb.fake_quant(v, n))
-        seconds = median_seconds(fn, x, cfg.repeats)
+        fn = jax.jit(jnp.copy) if name == "copy" else quant_fn(name, impl)
+        try:
+            seconds, error = median_seconds(fn, x, cfg.repeats), ""
+        except Exception as err:  # a kernel that does not lower on this backend: record it, keep going
+            seconds, error = float("nan"), f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
         if name == "copy":
             copy_seconds = seconds
         rows.append(
             {
                 "format": name,
-                "impl": "xla",
+                "impl": "copy" if name == "copy" else impl,
                 "dtype": dtype,
                 "size": cfg.size,
                 "ms": seconds * 1e3,
                 "gbps": 2 * x.nbytes / seconds / 1e9,
                 "ratio_to_copy": seconds / copy_seconds,
+                "error": error,
             }
         )
+        if cfg.device == "gpu":  # live record: a timeout guard must not lose the rows measured so far
+            print(f"{dtype} {name} {rows[-1]['impl']}: {rows[-1]['gbps']:.1f} GB/s {error}", flush=True)
     return rows
+
+
+def comparison(rows: list[dict]) -> tuple[list[str], list[tuple]]:
+    """Per (dtype, format): GB/s of copy and of each impl, and each Pallas impl's % of copy and speed-up over XLA."""
+    by = {(r["dtype"], r["format"], r["impl"]): r["gbps"] for r in rows}
+    impls = list(dict.fromkeys(r["impl"] for r in rows if r["impl"] != "copy"))
+    pallas = [i for i in impls if i != "xla"]
+    headers = ["dtype", "format", "copy"] + impls + [f"{p} %copy" for p in pallas]
+    headers += [f"{p} / xla" for p in pallas if "xla" in impls]
+    table = []
+    for dtype, fmt in dict.fromkeys((r["dtype"], r["format"]) for r in rows if r["impl"] != "copy"):
+        copy = by[(dtype, "copy", "copy")]
+        cells = [by.get((dtype, fmt, i), float("nan")) for i in impls]
+        cells += [100 * by[(dtype, fmt, p)] / copy for p in pallas]
+        cells += [by[(dtype, fmt, p)] / by[(dtype, fmt, "xla")] for p in pallas if "xla" in impls]
+        table.append((dtype, fmt, copy, *cells))
+    return headers, table
 
 
 def main(argv=None) -> dict:
@@ -104,6 +147,12 @@ def main(argv=None) -> dict:
     print(f"\n{result['machine']}\n")
     table = [(r["format"], r["impl"], r["dtype"], r["ms"], r["gbps"], r["ratio_to_copy"]) for r in rows]
     print(common.format_table(["format", "impl", "dtype", "ms", "GB/s", "ratio"], table, ".2f"))
+    if len(cfg.impls) > 1 or cfg.impls != ("xla",):
+        print("\nGB/s side by side (same array, same run)\n")
+        print(common.format_table(*comparison(rows), ".1f"))
+    for r in rows:
+        if r["error"]:
+            print(f"failed: {r['format']} {r['impl']} {r['dtype']}: {r['error']}")
     print(f"\nwrote {folder}/bench.json and bench.csv")
     return result
 

@@ -15,7 +15,10 @@ import typing
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from tqdm.auto import tqdm
+try:
+    from tqdm.auto import tqdm
+except ImportError:  # a bare GPU machine (scripts/gpu_check.sh): plain iteration, no bar
+    tqdm = None
 
 RESULTS = Path("results")
 
@@ -135,6 +138,8 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence], floatfmt: str
 
 def progress(iterable=None, **kwargs):
     """tqdm progress bar on stderr (disabled when stderr is not a terminal unless forced by the caller)."""
+    if tqdm is None:
+        return iterable
     kwargs.setdefault("file", sys.stderr)
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kwargs)

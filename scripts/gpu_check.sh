@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The one command for a GPU machine (H100/H200, no network; DESIGN.md section 7), under 5 minutes:
+#
+#   bash scripts/gpu_check.sh [OUT_DIR]          # default results/gpu_check
+#
+# 1. the GPU-marked kernel tests: Pallas kernels (Triton; Mosaic GPU for a few formats) bit-identical to the
+#    XLA-compiled reference on the GPU, and the XLA reference on the GPU bit-identical to the CPU's;
+# 2. python -m experiments.bench --preset gpu: Pallas, XLA and copy GB/s, 8192x8192 float32 and bfloat16;
+# 3. the same for the Mosaic GPU backend on four formats (bfloat16).
+# Each step runs under `timeout`; the whole log lands in OUT_DIR/gpu_check.md, fenced and ready to paste into
+# docs/benchmarks.md. Installs nothing: uses the checkout through PYTHONPATH=. and the machine's jax, numpy,
+# ml_dtypes, flax and pytest (pytest-xdist and pytest-timeout are used when present).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-results/gpu_check}"
+mkdir -p "$out"
+log="$out/gpu_check.md"
+py="${PYTHON:-python3}"
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+: >"$log"
+
+say() { echo "$*" | tee -a "$log"; }
+
+step() { # step LIMIT_S TITLE CMD...: one time-limited, fenced step of the log
+  local limit=$1 title=$2 t0=$SECONDS rc
+  shift 2
+  say "" && say "## $title" && say "" && say '```'
+  timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$log"
+  rc=${PIPESTATUS[0]}
+  say '```'
+  say "exit status $rc after $((SECONDS - t0)) s$([ "$rc" = 124 ] && echo ", stopped by the ${limit} s guard")"
+}
+
+say "# gpu_check $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+step 40 "machine" bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; \
+  $py -c 'import jax; print(\"jax\", jax.__version__, jax.default_backend(), jax.devices())'"
+if ! timeout 40 "$py" -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu")'; then
+  say "no GPU visible to JAX: nothing to check"
+  exit 1
+fi
+
+opts=(-m gpu -q -rfEs --noconftest -p no:cacheprovider)
+"$py" -c 'import xdist' 2>/dev/null && opts+=(-n 4)
+"$py" -c 'import pytest_timeout' 2>/dev/null && opts+=(--timeout=90)
+step 130 "GPU tests: tests/kernels -m gpu" "$py" -m pytest tests/kernels "${opts[@]}"
+step 100 "bench: Pallas (default backend) vs XLA vs copy" \
+  "$py" -m experiments.bench --preset gpu --impls xla,pallas --out "$out/bench"
+step 40 "bench: Mosaic GPU backend, bfloat16" "$py" -m experiments.bench --preset gpu --dtypes bfloat16 \
+  --formats mxfp8,mxfp4,mxint8,nvfp4 --impls xla,pallas-mosaic --out "$out/bench_mosaic"
+say "" && say "wrote $log (and bench JSON/CSV under $out)"
