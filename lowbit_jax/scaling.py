@@ -89,8 +89,9 @@ def nv_tensor_scale(amax_tensor: jnp.ndarray, elem: ElemType) -> jnp.ndarray:
 
 def nv_block_scale(amax_block: jnp.ndarray, g: jnp.ndarray, elem: ElemType) -> jnp.ndarray:
     """E4M3 block scale = E4M3_RNE_saturating(amax / Qmax / g) as float32 (0 for a zero or underflowing block)."""
-    # The barrier keeps two correctly rounded divisions: XLA rewrites (a / b) / c into a / (b * c) otherwise.
-    s = div_exact(lax.optimization_barrier(div_exact(amax_block, jnp.float32(elem.max))), g)
+    # Two correctly rounded divisions: XLA rewrites (a / b) / c into a / (b * c), which rounds differently; the
+    # max(., 0) (a no-op for amax >= 0, NaN kept) hides the inner divide. Plain ops, so Pallas kernels lower it too.
+    s = div_exact(jnp.maximum(div_exact(amax_block, jnp.float32(elem.max)), 0.0), g)
     s_e4m3 = jnp.clip(s, 0.0, E4M3_SCALE_MAX).astype(jnp.float8_e4m3fn).astype(jnp.float32)
     return jnp.where(jnp.isfinite(amax_block), s_e4m3, jnp.nan)
 
