@@ -5,16 +5,20 @@ the library's own code (quantize.scale_from_amax / to_elem_domain / from_elem_do
 rounding.encode), so the kernel and the core cannot drift apart.
 
 Layout. Blocked formats (MX, NV, any int block size): x (M, L) is zero-padded to whole blocks and viewed,
-for free, as (M * L/block, block); one grid step takes `tiles.rows` whole blocks, so the block amax is a row
+for free, as (M * L/block, block); one grid step takes `tiles.blocks` whole blocks, so the block amax is a row
 reduction inside the tile. The NV tensor amax is a separate reduction outside the kernel; its tensor scale g
 comes in as a (1, 1) input. Per-channel and per-tensor formats: the amax is reduced outside and comes in as
-an (M, 1) input; the kernel tiles (tiles.rows, tiles.cols) freely. Stochastic-rounding bits come in as a
+an (M, 1) input; the kernel tiles (tiles.rows, tiles.cols) freely. Arrays are zero-padded to whole tiles
+(Pallas Triton does not mask partial tiles) and cropped after. Stochastic-rounding bits come in as a
 uint32 input tiled like x. The Hadamard rotation is fused when h divides the block (the butterflies run as
 exact permutation products in the tile); otherwise (h > block, per-channel, per-tensor) the same
 `reference.rotate_rows` runs before the kernel.
 
-Backends: "interpret" (CPU and tests), "triton" (GPU; primitives swapped by `substitute.TRITON_RULES`),
-"mosaic" (Mosaic GPU, pl.pallas_call's default on Hopper; best effort). Outputs with dtypes a GPU backend
+Backends: "interpret" (CPU and tests), "triton" (GPU; primitives swapped by `substitute.TRITON_RULES`;
+block sizes and tiles must be powers of two), "mosaic" (Mosaic GPU, pl.pallas_call's default on Hopper; best
+effort), "interpret_portable" (interpret mode with the Triton-portable rules, to test them on a CPU).
+DEFAULT_GPU_BACKEND is Triton, provisionally: Pallas' Mosaic GPU lowering of pl.pallas_call is deprecated
+and needs per-op layouts; rechoose from scripts/gpu_check.sh's measurements. Outputs with dtypes a GPU backend
 may not store (float4, int4, float8_e8m0fnu) are written as bytes and converted outside with `byte_outputs`.
 """
 
@@ -29,10 +33,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from lowbit_jax import rounding, scaling
-from lowbit_jax.formats import Format, FPElem
-from lowbit_jax.kernels import reference, substitute
+from lowbit_jax.formats import Format
+from lowbit_jax.kernels import reference, storage, substitute
 from lowbit_jax.quantize import (
-    BlockScale,
     amax_along,
     encode_scales,
     from_elem_domain,
@@ -67,6 +70,12 @@ def _fit(n: int, tile: int) -> int:
     return tile if n >= tile else 1 << max(0, (n - 1).bit_length())
 
 
+def _pad_to(a: jax.Array, rows: int, cols: int) -> jax.Array:
+    """a zero-padded at the end to (rows, cols): whole tiles, since Pallas Triton does not mask partial ones."""
+    extra = ((0, rows - a.shape[0]), (0, cols - a.shape[1]))
+    return jnp.pad(a, extra) if any(e for _, e in extra) else a
+
+
 # --------------------------------------------------------------------------------------------- tile math
 def rotate_tile(x, signs_row, h: int):
     """reference.rotate_rows on a (rows, W) tile, h | W: butterflies with the partner from a 0/1 product."""
@@ -94,28 +103,6 @@ def tile_values(fmt: Format, h: int, x, bits, amax, g, signs):
     return rounding.round_elem(to_elem_domain(x, sc, fmt), fmt.elem, uniform), sc
 
 
-def code_bytes(values, elem) -> jax.Array:
-    """Codes as bytes: int8 for INT elements, the uint8 bit pattern (sign | exponent | mantissa) for FP."""
-    if not isinstance(elem, FPElem):
-        return values.astype(jnp.int8)
-    a = jnp.abs(values)
-    normal = a >= elem.min_normal
-    exp = jnp.maximum(rounding.f32_exponent(a), elem.emin)
-    field = jnp.where(normal, exp + elem.bias, 0)
-    man = jnp.round(a * rounding.pow2(elem.man_bits - exp)).astype(jnp.int32) - jnp.where(normal, 1 << elem.man_bits, 0)
-    sign = jnp.signbit(values).astype(jnp.int32) << (elem.exp_bits + elem.man_bits)
-    return (sign | (field << elem.man_bits) | man).astype(jnp.uint8)
-
-
-def scale_bytes(sc: BlockScale, fmt: Format) -> jax.Array:
-    """encode_scales with 8-bit scales as their uint8 bit patterns."""
-    if fmt.scale == "ue8m0":
-        return jnp.where(sc.finite, sc.exp + 127, scaling.E8M0_NAN).astype(jnp.uint8)
-    if fmt.scale == "e4m3":
-        return lax.bitcast_convert_type(encode_scales(sc, fmt), jnp.uint8)
-    return encode_scales(sc, fmt)
-
-
 def _body(fmt, h, out, out_dtype, byte_outputs, has, *arrays):
     """Tile function: arrays named by `has` in -> output tuple (fake: y; quantize: codes [, scales])."""
     got = dict(zip(has, arrays))
@@ -123,10 +110,10 @@ def _body(fmt, h, out, out_dtype, byte_outputs, has, *arrays):
     if out == "fake":
         return (from_elem_domain(values, sc).astype(out_dtype),)
     kept = jnp.where(sc.finite, values, 0.0)
-    codes = code_bytes(kept, fmt.elem) if byte_outputs else rounding.encode(kept, fmt.elem)
+    codes = storage.code_bytes(kept, fmt.elem) if byte_outputs else rounding.encode(kept, fmt.elem)
     if out == "codes":
         return (codes,)
-    return codes, (scale_bytes(sc, fmt) if byte_outputs else encode_scales(sc, fmt))
+    return codes, (storage.scale_bytes(sc, fmt) if byte_outputs else encode_scales(sc, fmt))
 
 
 def _kernel(tile_fn, n_in, *refs):
@@ -169,38 +156,6 @@ def _launch(spec: dict, inputs: dict, outs: list, grid, backend: str, tiles: Til
     )(*(inputs[n][0] for n in names))
 
 
-def _code_dtype(fmt: Format, byte_outputs: bool):
-    if not byte_outputs:
-        return fmt.elem.storage_dtype
-    return jnp.uint8 if isinstance(fmt.elem, FPElem) else jnp.int8
-
-
-def _scale_dtype(fmt: Format, byte_outputs: bool):
-    if fmt.scale == "ue8m0":
-        return jnp.uint8 if byte_outputs else jnp.float8_e8m0fnu
-    if fmt.scale == "e4m3":
-        return jnp.uint8 if byte_outputs else jnp.float8_e4m3fn
-    return jnp.dtype(fmt.scale_dtype)
-
-
-def codes_from_bytes(codes: jax.Array, fmt: Format) -> jax.Array:
-    """Byte codes -> the element's storage dtype (bitcast for 8-bit floats, exact casts otherwise)."""
-    dtype, elem = fmt.elem.storage_dtype, fmt.elem
-    if codes.dtype == dtype:
-        return codes
-    if not isinstance(elem, FPElem):
-        return codes.astype(dtype)
-    if elem.bits == 8:
-        return lax.bitcast_convert_type(codes, dtype)
-    return rounding.decode(codes, elem).astype(dtype)
-
-
-def scales_from_bytes(scales: jax.Array, fmt: Format) -> jax.Array:
-    """Byte scales -> float8_e8m0fnu / float8_e4m3fn (bitcasts); other scales unchanged."""
-    dtype = _scale_dtype(fmt, False)
-    return scales if scales.dtype == dtype else lax.bitcast_convert_type(scales, dtype)
-
-
 def _nv_g(amax, fmt: Format):
     """The (1, 1) NV tensor scale from block amaxes, or None for other scale rules."""
     if fmt.scale != "e4m3":
@@ -222,29 +177,34 @@ def _run_blocked(x, fmt, rbits, signs, out, out_dtype, tiles, backend, byte_outp
         x, signs, h = reference.rotate_rows(x, signs), None, 0
     pad = lay.n_blocks * blk - length
     x = (jnp.pad(x, ((0, 0), (0, pad))) if pad else x).reshape(rows, blk)
-    tr = _fit(rows, tiles.blocks)
+    tr = max(_fit(rows, tiles.blocks), 1 if backend.startswith("interpret") else 16)  # Triton dots: M >= 16
+    steps = pl.cdiv(rows, tr)
     row_spec = pl.BlockSpec((tr, blk), lambda i: (i, 0))
     one = lambda shape: pl.BlockSpec(shape, lambda i: (0, 0))
-    inputs = {"x": (x, row_spec)}
-    if rbits is not None:
-        inputs["bits"] = (rbits.reshape(rows, blk), row_spec)
     g = _nv_g(_amax_rows(x if not h else reference.rotate_rows(x, signs)), fmt)
+    inputs = {"x": (_pad_to(x, steps * tr, blk), row_spec)}
+    if rbits is not None:
+        inputs["bits"] = (_pad_to(rbits.reshape(rows, blk), steps * tr, blk), row_spec)
     if g is not None:
         inputs["g"] = (g, one((1, 1)))
     if h:
         inputs["signs"] = (jnp.tile(signs.astype(jnp.float32), blk // h).reshape(1, blk), one((1, blk)))
     spec = {"fmt": fmt, "h": h, "out": out, "out_dtype": out_dtype, "bytes": byte_outputs}
-    code_dtype = out_dtype if out == "fake" else _code_dtype(fmt, byte_outputs)
-    outs = [(jax.ShapeDtypeStruct((rows, blk), code_dtype), row_spec)]
+    code_dtype = out_dtype if out == "fake" else storage.code_dtype(fmt, byte_outputs)
+    outs = [(jax.ShapeDtypeStruct((steps * tr, blk), code_dtype), row_spec)]
     if out == "quantize":
         scale_spec = pl.BlockSpec((tr, 1), lambda i: (i, 0))
-        outs.append((jax.ShapeDtypeStruct((rows, 1), _scale_dtype(fmt, byte_outputs)), scale_spec))
-    res = _launch(spec, inputs, outs, (pl.cdiv(rows, tr),), backend, tiles)
-    y = res[0].reshape(m, lay.n_blocks * blk)
+        outs.append((jax.ShapeDtypeStruct((steps * tr, 1), storage.scale_dtype(fmt, byte_outputs)), scale_spec))
+    res = _launch(spec, inputs, outs, (steps,), backend, tiles)
+    y = res[0][:rows].reshape(m, lay.n_blocks * blk)
     if out == "fake":
         return y[:, :length] if pad else y
     tensor = None if g is None else g.reshape(())
-    return codes_from_bytes(y, fmt), scales_from_bytes(res[1].reshape(m, lay.n_blocks), fmt), tensor
+    return (
+        storage.codes_from_bytes(y, fmt),
+        storage.scales_from_bytes(res[1][:rows].reshape(m, lay.n_blocks), fmt),
+        tensor,
+    )
 
 
 def _run_rowwise(x, fmt, rbits, signs, out, out_dtype, tiles, backend, byte_outputs):
@@ -258,23 +218,27 @@ def _run_rowwise(x, fmt, rbits, signs, out, out_dtype, tiles, backend, byte_outp
         amax = jnp.broadcast_to(_amax_rows(x.reshape(1, -1)), (m, 1))
     g = _nv_g(amax, fmt)
     tr, tc = _fit(m, tiles.rows), _fit(length, tiles.cols)
+    grid = (pl.cdiv(m, tr), pl.cdiv(length, tc))
+    mp, lp = grid[0] * tr, grid[1] * tc
     tile_spec = pl.BlockSpec((tr, tc), lambda i, j: (i, j))
-    inputs = {"x": (x, tile_spec), "amax": (amax, pl.BlockSpec((tr, 1), lambda i, j: (i, 0)))}
+    amax_spec = pl.BlockSpec((tr, 1), lambda i, j: (i, 0))
+    inputs = {"x": (_pad_to(x, mp, lp), tile_spec), "amax": (_pad_to(amax, mp, 1), amax_spec)}
     if rbits is not None:
-        inputs["bits"] = (rbits, tile_spec)
+        inputs["bits"] = (_pad_to(rbits, mp, lp), tile_spec)
     if g is not None:
         inputs["g"] = (g, pl.BlockSpec((1, 1), lambda i, j: (0, 0)))
     spec = {"fmt": fmt, "h": 0, "out": "fake" if out == "fake" else "codes", "out_dtype": out_dtype}
     spec["bytes"] = byte_outputs
-    code_dtype = out_dtype if out == "fake" else _code_dtype(fmt, byte_outputs)
-    outs = [(jax.ShapeDtypeStruct((m, length), code_dtype), tile_spec)]
-    [y] = _launch(spec, inputs, outs, (pl.cdiv(m, tr), pl.cdiv(length, tc)), backend, tiles)
+    code_dtype = out_dtype if out == "fake" else storage.code_dtype(fmt, byte_outputs)
+    outs = [(jax.ShapeDtypeStruct((mp, lp), code_dtype), tile_spec)]
+    [y] = _launch(spec, inputs, outs, grid, backend, tiles)
+    y = y[:m, :length] if (mp, lp) != (m, length) else y
     if out == "fake":
         return y
     sc = scale_from_amax(amax, fmt, g)
     scales = encode_scales(sc, fmt)
     scales = scales if fmt.block_size == "channel" else scales[0, 0]
-    return codes_from_bytes(y, fmt), scales, None if g is None else g.reshape(())
+    return storage.codes_from_bytes(y, fmt), scales, None if g is None else g.reshape(())
 
 
 def _run(x_2d, fmt, rbits, rotation, out, tiles, backend, byte_outputs):
