@@ -9,6 +9,7 @@ jaxpr and re-evaluates it with those primitives replaced:
   div (float32)           -> PTX `div.rn.f32` (IEEE, correctly rounded)
   max / min / clamp       -> NaN-propagating, as XLA's
   reduce_max (float)      -> NaN if any element is NaN, as XLA's
+  reduce_precision (bf16) -> a bf16 round trip (Triton keeps it; XLA may elide it, so not off the GPU)
 
 `PORTABLE_RULES` uses no inline assembly, so the CPU tests run the same machinery in interpret mode.
 """
@@ -95,6 +96,13 @@ def div_ptx(a, b):
     return _asm("div.rn.f32 $0, $1, $2;", a, b)
 
 
+def reduce_precision_bf16(x, *, exponent_bits, mantissa_bits):
+    """rounding.round_bf16 (reduce_precision to bf16) as a cast pair, which Triton rounds to nearest even."""
+    if (exponent_bits, mantissa_bits) != (8, 7) or jnp.result_type(x) != _F32:
+        return lax.reduce_precision_p.bind(x, exponent_bits=exponent_bits, mantissa_bits=mantissa_bits)
+    return x.astype(jnp.bfloat16).astype(jnp.float32)
+
+
 PORTABLE_RULES = {
     lax.round_p: rne_exact,
     lax.max_p: max_rule,
@@ -102,7 +110,7 @@ PORTABLE_RULES = {
     lax.clamp_p: clamp_rule,
     lax.reduce_max_p: reduce_max_rule,
 }
-TRITON_RULES = {**PORTABLE_RULES, lax.div_p: div_ptx}
+TRITON_RULES = {**PORTABLE_RULES, lax.div_p: div_ptx, lax.reduce_precision_p: reduce_precision_bf16}
 
 
 def _sub_jaxpr(eqn):
