@@ -2,6 +2,7 @@
 
     y = kernels.fake_quant(x, fmt, axis, key=key, impl="pallas")      # == lb.fake_quant(x, fmt, axis, key=key)
     q = kernels.quantize(x, fmt, axis, impl="auto")                    # Pallas on a GPU, XLA elsewhere
+    y = kernels.qmatmul(kernels.quantize(x, fmt), kernels.quantize(w, fmt))  # x @ w.T from QArrays, float32
     y = kernels.fake_quant(x, fmt, -1, rotation=kernels.rotation_signs(32, key))  # Q(x R), R block Hadamard
 
 "xla" runs the core (lowbit_jax.quantize); "pallas" runs `pallas_quantize` (interpreted off GPUs, so it works
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 
 from lowbit_jax.formats import Format
 from lowbit_jax.kernels import reference
+from lowbit_jax.kernels.pallas_qmatmul import MatTiles, qmatmul_pallas, qmatmul_ref
 from lowbit_jax.kernels.pallas_quantize import Tiles, fake_quant_pallas, quantize_pallas
 from lowbit_jax.qarray import QArray
 from lowbit_jax.quantize import (
@@ -39,7 +41,17 @@ from lowbit_jax.quantize import (
 
 IMPLS = ("xla", "pallas", "auto")
 
-__all__ = ["IMPLS", "Tiles", "fake_quant", "quantize", "resolve_impl", "rotation_signs", "sr_bits"]
+__all__ = [
+    "IMPLS",
+    "MatTiles",
+    "Tiles",
+    "fake_quant",
+    "qmatmul",
+    "quantize",
+    "resolve_impl",
+    "rotation_signs",
+    "sr_bits",
+]
 
 
 def resolve_impl(impl: str) -> str:
@@ -164,3 +176,10 @@ def quantize(x, fmt, axis=-1, *, key=None, impl="auto", rotation=None, tiles=Non
         return core_quantize(x, fmt, axis, key=key)
     codes, scales, tensor = _quantize_jit(x, key, rotation, _Static(fmt, axis, impl, tiles or Tiles(), backend))
     return QArray(codes, scales, tensor, fmt, axis, x.shape, x.dtype)
+
+
+def qmatmul(a: QArray, b: QArray, *, impl="auto", tiles=None, backend=None) -> jax.Array:
+    """a (M, K) . b (N, K)^T in float32 for QArrays quantized along K: qdot_general's forward on stored operands."""
+    if resolve_impl(impl) == "xla":
+        return jax.jit(qmatmul_ref)(a, b)
+    return qmatmul_pallas(a, b, tiles=tiles or MatTiles(), backend=backend)

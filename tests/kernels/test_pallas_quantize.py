@@ -109,9 +109,9 @@ def test_reference_is_the_core(name):
 
     @jax.jit
     def refs(v, b):
-        return reference.fake_quant_ref(v, fmt), reference.fake_quant_ref(v, fmt, rbits=b), quant_ref(v, fmt, b)
+        fq = reference.fake_quant_ref
+        return fq(v, fmt), fq(v, fmt, rbits=b), reference.quantize_ref(v, fmt, rbits=b)
 
-    quant_ref = lambda v, f, b: reference.quantize_ref(v, f, rbits=b)
     (c_rne, c_sr, c_q), (r_rne, r_sr, r_q) = core(x, key), refs(x, bits)
     assert_same(r_rne, c_rne, "rne")
     assert_same(r_sr, c_sr, "sr")
@@ -129,7 +129,6 @@ def test_stochastic_rounding_uses_the_given_bits(name):
 @pytest.mark.parametrize("name,h", [("mxfp4", 32), ("mxint8", 16), ("nvfp4", 16), ("nvint4", 32), ("fp8_channel", 16)])
 def test_rotation_fused_or_not_matches_reference(name, h):
     x, fmt = hard_input((6, 96), jnp.bfloat16), lb.get_format(name)
-    x = jnp.where(jnp.isfinite(x), x, 1.0)  # NaN spreads over a whole rotation chunk; keep blocks comparable
     signs = kernels.rotation_signs(h, jax.random.key(5))
     bits = kernels.sr_bits(jax.random.key(6), x.shape, fmt, 1)
     assert_same(pq.fake_quant_pallas(x, fmt, rotation=signs, tiles=TINY), ref("fake", x, fmt, rotation=signs))
@@ -289,7 +288,6 @@ def test_gpu_mosaic_backend(name, kind):
 @pytest.mark.parametrize("name", GPU_SMALL + ["int8_channel"])
 def test_gpu_sr_and_rotation(name, h):
     x, fmt = hard_input(GPU_SHAPE, jnp.bfloat16), lb.get_format(name)
-    x = jnp.where(jnp.isfinite(x), x, 1.0)
     bits = kernels.sr_bits(jax.random.key(6), x.shape, fmt, 1)
     signs = None if h is None else kernels.rotation_signs(h, jax.random.key(5))
     kw = dict(rbits=bits, rotation=signs)
