@@ -50,14 +50,20 @@ def test_reference_is_qdot_forward_and_kernel_matches(fa, fb):
 
 def test_errors_and_auto():
     x, w = operands(8, 8, 64)
-    qa, qb = lb.quantize(x, "mxfp8"), lb.quantize(w[:, :32], "mxfp8")
+    qa, qw, q32, qx0 = jax.jit(
+        lambda x, w: (
+            lb.quantize(x, "mxfp8"),
+            lb.quantize(w, "mxfp8"),
+            lb.quantize(w[:, :32], "mxfp8"),
+            lb.quantize(x, "mxfp8", axis=0),
+        )
+    )(x, w)
     with pytest.raises(ValueError, match="K = 64"):
-        pm.qmatmul_ref(qa, qb)
+        pm.qmatmul_ref(qa, q32)
     with pytest.raises(ValueError, match="blocked format quantized along axis 1"):
-        pm.qmatmul_ref(lb.quantize(x, "mxfp8", axis=0), qa)
-    if not ON_GPU:
-        got = kernels.qmatmul(qa, lb.quantize(w, "mxfp8"))  # auto: XLA off GPUs
-        np.testing.assert_array_equal(np.asarray(got), np.asarray(pm.qmatmul_ref(qa, lb.quantize(w, "mxfp8"))))
+        pm.qmatmul_ref(qx0, qa)
+    if not ON_GPU:  # auto: XLA off GPUs
+        np.testing.assert_array_equal(np.asarray(kernels.qmatmul(qa, qw)), np.asarray(jax.jit(pm.qmatmul_ref)(qa, qw)))
 
 
 @pytest.mark.gpu
