@@ -255,17 +255,27 @@ def test_sign_of_zero_nan_and_inf(elem):
 INTS = [int_(b, r) for b in range(2, 9) for r in ("symmetric", "asymmetric")]
 
 
+def int_sweep() -> np.ndarray:
+    """Every integer and half-integer in [-131, 131], the half-integers' float32 neighbours, random, specials."""
+    k = np.arange(-131, 132, dtype=np.float32)
+    halves = k + np.float32(0.5)
+    v = np.concatenate([k, halves, np.nextafter(halves, np.float32(np.inf)), np.nextafter(halves, np.float32(-np.inf))])
+    v = np.concatenate([v, np.random.default_rng(4).uniform(-132, 132, 500).astype(np.float32)])
+    return np.concatenate([v, np.array([-0.0, -0.3, 1e30, -1e30, np.inf, -np.inf, -1000.0, 1000.0], np.float32)])
+
+
+@functools.cache
+def int_outputs() -> dict:
+    """round_int of int_sweep() for every INT element, in one compilation."""
+    out = jax.jit(lambda v: [rounding.round_elem(v, e) for e in INTS])(int_sweep())
+    return dict(zip(INTS, (np.asarray(o) for o in out), strict=True))
+
+
 @pytest.mark.parametrize("elem", INTS, ids=[f"int{e.bits}_{e.int_range}" for e in INTS])
 def test_int_rounding_half_even_and_clipped(elem):
     """round_int == numpy round-half-even of the clipped value; +0 for zeros (integer codes have no -0)."""
-    hi = 2 ** (elem.bits - 1)
-    k = np.arange(-hi - 3, hi + 3, dtype=np.float32)
-    halves = k + np.float32(0.5)
-    v = np.concatenate([k, halves, np.nextafter(halves, np.float32(np.inf)), np.nextafter(halves, np.float32(-np.inf))])
-    v = np.concatenate([v, np.random.default_rng(4).uniform(-hi - 2, hi + 2, 500).astype(np.float32)])
-    v = np.concatenate([v, np.array([-0.0, -0.3, 1e30, -1e30, np.inf, -np.inf, -1000.0, 1000.0], np.float32)])
+    v, out = int_sweep(), int_outputs()[elem]
     expected = np.round(np.clip(v, elem.min, elem.max)) + np.float32(0)  # + 0 turns -0 into +0
-    out = np.asarray(round_jit(elem)(jnp.asarray(v)))
     assert_same_bits(out, expected, elem.name)
     # closed form (paper App. B.2 Eq. 18, NOTES 4): [-(2^(b-1)-1), 2^(b-1)-1]; asymmetric adds -2^(b-1)
     lo = -(2 ** (elem.bits - 1)) if elem.int_range == "asymmetric" else -(2 ** (elem.bits - 1) - 1)
