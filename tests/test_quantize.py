@@ -458,6 +458,9 @@ def test_qarray_pytree_jit_vmap_grad(name):
     q2 = jax.tree_util.tree_unflatten(treedef, leaves)
     assert q2.fmt == q.fmt and q2.shape == q.shape and q2.axis == q.axis
     assert_same_bits(dq(q2), fq(x, name), "jit round trip")
+    as_bf16 = jax.jit(lambda q_: lb.dequantize(q_, jnp.bfloat16))(q)  # explicit output dtype: one final cast
+    assert as_bf16.dtype == jnp.bfloat16
+    assert_same_bits(np.asarray(as_bf16).astype(np.float32), fq(x, name).astype(ml_dtypes.bfloat16), "dtype=bf16")
     qv = jax.jit(jax.vmap(lambda v: lb.quantize(v, name)))(x)  # one tensor per row (NV: per-row tensor scale)
     assert qv.shape == (48,) and qv.codes.shape[0] == 3
     per_row = np.stack([fq(x[i : i + 1], name)[0] for i in range(3)])
