@@ -42,7 +42,12 @@ class Advice:
 
 def predicted_qsnr_db(x: jax.Array, fmt: Format, axis: int = -1, variant: str = "reference") -> tuple[float, float]:
     """(mean block crest, theory QSNR of the tensor): block error ratios R(kappa_b) weighted by block energy."""
-    amax, energy, count = (np.asarray(a, np.float64).ravel() for a in block_stats(x, fmt.block_size, axis))
+    return predicted_from_block_stats(*block_stats(x, fmt.block_size, axis), fmt, variant)
+
+
+def predicted_from_block_stats(amax, energy, count, fmt: Format, variant: str = "reference") -> tuple[float, float]:
+    """predicted_qsnr_db from the blocks' (amax, sum of squares, count), as analysis.crest.block_stats gives them."""
+    amax, energy, count = (np.asarray(a, np.float64).ravel() for a in (amax, energy, count))
     ok = energy > 0
     kappa = amax[ok] / np.sqrt(energy[ok] / count[ok])
     ratio = 10.0 ** (-theory.qsnr_curve(fmt, kappa, variant) / 10.0)
