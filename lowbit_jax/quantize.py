@@ -221,6 +221,12 @@ def quantize(x, fmt: Format | str, axis: int = -1, *, key=None, impl: str = "xla
         from lowbit_jax import kernels  # deferred: the kernels import this module
 
         return kernels.quantize(x, fmt, axis, key=key, impl=impl)
+    return _quantize_xla(x, fmt, axis, key)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _quantize_xla(x: jax.Array, fmt: Format, axis: int, key) -> QArray:
+    """The XLA quantizer, jitted so that eager calls compile once per shape instead of dispatching op by op."""
     if fmt.is_identity:
         return QArray(x.astype(fmt.passthrough_dtype), None, None, fmt, axis, x.shape, x.dtype)
     values, sc, lay = quantize_blocks(x, fmt, axis, key)
@@ -244,7 +250,11 @@ def _scale_from_qarray(q: QArray, lay: Layout) -> BlockScale:
 
 def dequantize(q: QArray, dtype=None) -> jax.Array:
     """Values of a QArray in `dtype` (default: the original input dtype), cropped to the original shape."""
-    dtype = q.dtype if dtype is None else dtype
+    return _dequantize(q, jnp.dtype(q.dtype if dtype is None else dtype))
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _dequantize(q: QArray, dtype) -> jax.Array:
     if q.fmt.is_identity:
         return q.codes.astype(dtype)
     lay = layout(q.shape, q.fmt.block_size, q.axis)
@@ -274,6 +284,7 @@ def _fake_quant_bwd(fmt, axis, _, g):
 
 
 _fake_quant_ste.defvjp(_fake_quant_fwd, _fake_quant_bwd)
+_fake_quant_xla = jax.jit(_fake_quant_ste, static_argnums=(1, 2))  # eager calls compile once per shape
 
 
 def fake_quant(x, fmt: Format | str, axis: int = -1, *, key=None, impl: str = "xla") -> jax.Array:
@@ -286,4 +297,4 @@ def fake_quant(x, fmt: Format | str, axis: int = -1, *, key=None, impl: str = "x
         from lowbit_jax import kernels  # deferred: the kernels import this module
 
         return kernels.fake_quant(x, fmt, axis, key=key, impl=impl)
-    return _fake_quant_ste(x, fmt, axis, key)
+    return _fake_quant_xla(x, fmt, axis, key)
