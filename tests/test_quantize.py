@@ -254,6 +254,18 @@ def test_nonfinite_block_is_all_nan_others_unaffected(name, special):
     assert_same_bits(dq(qz(bad, name)), out, "dequantize")
 
 
+def test_nonfinite_blocks_on_a_wide_array():
+    """(8, 4128) (XLA:CPU's max reduction skipped NaNs at this width): NaN / Inf blocks still come out all-NaN."""
+    x = np.random.default_rng(27).normal(size=(8, 4128)).astype(np.float32)
+    x[3, 100], x[5, 4000] = np.nan, -np.inf
+    for name, bs in (("mxfp8_e4m3", 32), ("nvfp4", 16), ("fp8_channel", 4128)):
+        out = fq(x, name)
+        bad = np.zeros_like(x, bool)
+        bad[3, 100 // bs * bs : (100 // bs + 1) * bs] = True
+        bad[5, 4000 // bs * bs : (4000 // bs + 1) * bs] = True
+        assert np.isnan(out[bad]).all() and np.isfinite(out[~bad]).all(), name
+
+
 @pytest.mark.parametrize("name", ["mxfp8_e4m3", "mxint4", "nvfp4"])
 def test_padding_is_cropped_and_never_changes_amax(name):
     """Length 37: equals the explicitly zero-padded array's result, cropped; codes keep the padded length.
