@@ -67,18 +67,19 @@ def crest_quantiles_figure(table: dict[str, dict[str, dict[str, dict[str, float]
 
 
 def drift_figure(metrics: dict[str, dict[str, dict[str, float]]], formats: Sequence[str], names: Sequence[str]):
-    """Bars per format, with and without rotation, one panel per metric; metrics[rotation][format][metric]."""
-    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.2), squeeze=False)
+    """Bars per format (log scale), with and without rotation, one panel per metric; metrics[rotation][format][name]
+    holds values where lower is better (e.g. 1 - cosine, KL)."""
+    fig, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names), 3.0), squeeze=False)
     x = np.arange(len(formats))
     width = 0.8 / max(1, len(metrics))
     for ax, name in zip(axes[0], names):
         for i, (rot, by_fmt) in enumerate(metrics.items()):
             ax.bar(x + (i - (len(metrics) - 1) / 2) * width, [by_fmt[f][name] for f in formats], width, label=rot)
         ax.set_xticks(x, formats, rotation=60, fontsize=7)
+        ax.set_yscale("log")
         ax.set_title(name, fontsize=9)
-        if name == "kl":
-            ax.set_yscale("log")
+        ax.tick_params(axis="y", labelsize=7)
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=7)
+    axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -24,7 +24,7 @@ Output (--out, default results/direct_cast/):
               "fp_metric_wins", "int_batch_wins", "fp_batch_wins", "crest_q3", "kappa_star", "predicted",
               "agrees"}}}   winner / predicted: "int" | "fp" (by KL / by crest Q3 < kappa*)
     config, machine, runtime_s
-  metrics.csv, wins.csv   flat tables;  drift.png  metrics per format, with and without rotation
+  metrics.csv, wins.csv   flat tables;  drift.png  1 - cosine, 1 - retrieval agreement and KL per format (log)
 """
 
 from __future__ import annotations
@@ -217,6 +217,14 @@ def print_summary(result: dict) -> None:
     print(common.format_table(heads, rows, ".2f"))
 
 
+def lower_is_better(metrics: dict) -> tuple[dict, list[str]]:
+    """The metrics as values where lower is better (1 - m for cosines and retrieval, KL as is), for the figure."""
+    name = {m: f"1 - {m}" if HIGHER_IS_BETTER[m] else m for m in METRICS}
+    flip = lambda m, v: 1.0 - v if HIGHER_IS_BETTER[m] else v
+    shown = {r: {f: {name[m]: flip(m, v[m]) for m in METRICS} for f, v in d.items()} for r, d in metrics.items()}
+    return shown, list(name.values())
+
+
 def flat_tables(result: dict) -> tuple[list[dict], list[dict]]:
     metrics = [{"rotation": r, "format": f, **m} for r, by_fmt in result["metrics"].items() for f, m in by_fmt.items()]
     wins = [
@@ -248,7 +256,8 @@ def main(argv=None) -> dict:
     metric_rows, win_rows = flat_tables(result)
     common.write_csv(folder / "metrics.csv", metric_rows)
     common.write_csv(folder / "wins.csv", win_rows)
-    save(real_plots.drift_figure(metrics, [f.label for f in cfg.formats], METRICS), folder / "drift.png")
+    shown, names = lower_is_better(metrics)
+    save(real_plots.drift_figure(shown, [f.label for f in cfg.formats], names), folder / "drift.png")
     print_summary(result)
     print(f"\n{len(ids)} held-out passages; wrote {folder}/direct_cast.json, CSVs, PNG ({result['runtime_s']:.0f} s)")
     return result
