@@ -67,6 +67,7 @@ class QDotConfig:
     rotate_grads: bool = False
     accum_dtype: str = "float32"
     rotation_seed: int = 0
+    impl: str = "xla"  # quantizer implementation: "xla", "pallas" (interpreted on CPU) or "auto" (Pallas on GPU)
 
     def __post_init__(self):
         for name in OPERANDS:
@@ -77,6 +78,8 @@ class QDotConfig:
         if not jnp.issubdtype(dt, jnp.floating):
             raise ValueError(f"accum_dtype must be a floating dtype, got {self.accum_dtype!r}")
         object.__setattr__(self, "accum_dtype", dt.name)
+        if self.impl not in ("xla", "pallas", "auto"):
+            raise ValueError(f"impl must be 'xla', 'pallas' or 'auto', got {self.impl!r}")
 
     @classmethod
     def train(cls, fmt: Format | str, **kwargs) -> QDotConfig:
@@ -160,10 +163,11 @@ class _Gemm:
     rotation: int | None
     accum_dtype: str
     precision: object
+    impl: str = "xla"
 
 
-def _quant(x_f32, fmt: Format | None, key):
-    return x_f32 if fmt is None else fake_quant(x_f32, fmt, axis=-1, key=key)
+def _quant(x_f32, fmt: Format | None, key, impl: str = "xla"):
+    return x_f32 if fmt is None else fake_quant(x_f32, fmt, axis=-1, key=key, impl=impl)
 
 
 def _at_least_f32(x):
@@ -176,8 +180,8 @@ def gemm(spec: _Gemm, a, b, *, rot_key=None, key_a=None, key_b=None):
     if spec.rotation and (spec.fmt_a is not None or spec.fmt_b is not None):
         a, b = hadamard.rotate(a, spec.rotation, rot_key), hadamard.rotate(b, spec.rotation, rot_key)
     acc = jnp.dtype(spec.accum_dtype)
-    a = _quant(a, spec.fmt_a, key_a).astype(acc)
-    b = _quant(b, spec.fmt_b, key_b).astype(acc)
+    a = _quant(a, spec.fmt_a, key_a, spec.impl).astype(acc)
+    b = _quant(b, spec.fmt_b, key_b, spec.impl).astype(acc)
     batch = tuple(range(spec.n_batch))
     dims = (((a.ndim - 1,), (b.ndim - 1,)), (batch, batch))
     return lax.dot_general(a, b, dims, precision=spec.precision, preferred_element_type=acc)
@@ -195,7 +199,13 @@ class _Spec:
 def _gemm_spec(spec: _Spec, fa: str, fb: str, n_batch: int, rotate: bool) -> _Gemm:
     cfg = spec.config
     return _Gemm(
-        getattr(cfg, fa), getattr(cfg, fb), n_batch, cfg.rotation if rotate else None, cfg.accum_dtype, spec.precision
+        getattr(cfg, fa),
+        getattr(cfg, fb),
+        n_batch,
+        cfg.rotation if rotate else None,
+        cfg.accum_dtype,
+        spec.precision,
+        cfg.impl,
     )
 
 

@@ -232,3 +232,16 @@ def test_einsum_spec_errors():
         einsum_dims("aa,ab->b", 2, 2)
     with pytest.raises(ValueError, match="ranks"):
         einsum_dims("ab,bc->ac", 3, 2)
+
+
+def test_impl_pallas_matches_xla():
+    """impl='pallas' (interpreted on CPU) gives the same GEMM as the XLA quantizer, bit for bit."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((16, 64)).astype(np.float32)
+    w = rng.standard_normal((64, 16)).astype(np.float32)
+    dims = (((1,), (0,)), ((), ()))
+    y_xla = lb.qdot_general(x, w, dims, lb.QDotConfig.direct_cast("mxfp4"))
+    y_pallas = lb.qdot_general(x, w, dims, lb.QDotConfig.direct_cast("mxfp4", impl="pallas"))
+    np.testing.assert_array_equal(np.asarray(y_xla), np.asarray(y_pallas))
+    with pytest.raises(ValueError, match="impl"):
+        lb.QDotConfig(impl="cuda")
