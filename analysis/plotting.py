@@ -107,3 +107,137 @@ def hardware_sensitivity_figure(
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
+
+
+def training_curves_figure(curves: dict[str, dict[str, list]], baseline: str = "none"):
+    """Training loss (EMA) and validation loss against step, one line per precision; with the baseline present, a
+    third panel shows each precision's training EMA minus the baseline's. curves[label] has step, loss_ema,
+    val_step, val_loss."""
+    has_base = baseline in curves and len(curves) > 1
+    fig, axes = plt.subplots(1, 3 if has_base else 2, figsize=(5.0 * (3 if has_base else 2), 3.8), squeeze=False)
+    ax_tr, ax_val = axes[0, 0], axes[0, 1]
+    for label, c in curves.items():
+        ax_tr.plot(c["step"], c["loss_ema"], lw=1.3, label=label)
+        ax_val.plot(c["val_step"], c["val_loss"], "o-", ms=3, lw=1.3, label=label)
+        if has_base and label != baseline:
+            base = np.asarray(curves[baseline]["loss_ema"])
+            n = min(len(base), len(c["loss_ema"]))
+            axes[0, 2].plot(c["step"][:n], np.asarray(c["loss_ema"][:n]) - base[:n], lw=1.3, label=label)
+    for ax, title in ((ax_tr, "training loss (EMA 0.9)"), (ax_val, "validation loss")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylabel("nats / token")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if has_base:
+        axes[0, 2].axhline(0.0, color="k", lw=0.8)
+        axes[0, 2].set_title(f"training EMA minus {baseline}")
+        axes[0, 2].set_xlabel("step")
+        axes[0, 2].grid(alpha=0.3)
+        axes[0, 2].legend(fontsize=8)
+        lo = min(len(curves[baseline]["step"]) // 10, 50)
+        if lo:
+            axes[0, 2].set_xlim(curves[baseline]["step"][lo], None)
+    fig.tight_layout()
+    return fig
+
+
+def clipping_figure(rows: list[dict], paired: list[dict], baseline: dict | None, blocks: Sequence[str]):
+    """Left: final validation loss (mean +- std over seeds) against block size, one line per scale and INT range,
+    the unquantized baseline as a band. Right: the paired asym - sym difference per seed and its mean."""
+    fig, (ax, axd) = plt.subplots(1, 2, figsize=(11.0, 4.0))
+    x = np.arange(len(blocks))
+    styles = {"asymmetric": "o-", "symmetric": "s--"}
+    for scale in dict.fromkeys(r["scale"] for r in rows):
+        for rng, style in styles.items():
+            pts = {r["block"]: r for r in rows if r["scale"] == scale and r["int_range"] == rng}
+            xs = [i for i, b in enumerate(blocks) if b in pts]
+            ys = [pts[blocks[i]]["mean"] for i in xs]
+            es = [pts[blocks[i]]["std"] for i in xs]
+            ax.errorbar(xs, ys, yerr=es, fmt=style, ms=4, capsize=3, lw=1.2, label=f"{scale} scale, {rng}")
+    if baseline:
+        m, s = baseline["mean"], baseline["std"]
+        ax.axhspan(m - s, m + s, color="0.85", label="unquantized (mean +- std)")
+        ax.axhline(m, color="0.4", lw=0.8)
+    for k, scale in enumerate(dict.fromkeys(p["scale"] for p in paired)):
+        ps = {p["block"]: p for p in paired if p["scale"] == scale}
+        for i, b in enumerate(blocks):
+            if b in ps:
+                off = i + 0.12 * (k - 0.5)
+                axd.plot([off] * len(ps[b]["asym_minus_sym"]), ps[b]["asym_minus_sym"], ".", color=f"C{k}", alpha=0.6)
+                axd.errorbar(off, ps[b]["mean"], yerr=ps[b]["std"], fmt="D", color=f"C{k}", capsize=3, ms=5)
+        axd.plot([], [], "D", color=f"C{k}", label=f"{scale}: asym - sym (mean +- std, dots: seeds)")
+    axd.axhline(0.0, color="k", lw=0.8)
+    for a, title in ((ax, "final validation loss"), (axd, "paired difference, same seed and data")):
+        a.set_xticks(x, [("per-ch." if b == "channel" else b) for b in blocks])
+        a.set_xlabel("block size")
+        a.set_title(title)
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
+    ax.set_ylabel("nats / token")
+    fig.tight_layout()
+    return fig
+
+
+def grad_bias_figure(cases: list[dict]):
+    """Per case: relative gradient bias against its noise floor (log scale), and the signed errors (parameter
+    gradients and dY operands) with the extra-code fraction annotated."""
+    labels = [c["label"] for c in cases]
+    y = np.arange(len(cases))
+    fig, (ax, axs) = plt.subplots(1, 2, figsize=(13.0, 0.32 * len(cases) + 1.6), sharey=True)
+    tiny = 1e-12
+    ax.barh(y - 0.2, [max(c["relative_bias"], tiny) for c in cases], 0.4, label="relative bias ||E[ĝ-g]|| / ||g||")
+    ax.barh(y + 0.2, [max(c["noise_floor"], tiny) for c in cases], 0.4, label="noise floor (standard error)")
+    ax.set_xscale("log")
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_title("bias vs noise floor")
+    ax.legend(fontsize=7)
+    axs.barh(y - 0.2, [c["mean_signed_error"] for c in cases], 0.4, label="mean signed error of ĝ (/ mean|g|)")
+    axs.barh(y + 0.2, [c["operand_signed_error"]["dy"] for c in cases], 0.4, label="dY operands: Σ(Q(x)-x) / Σ|x|")
+    for yi, c in zip(y, cases):
+        if c["extreme_code_fraction"] > 0:
+            axs.annotate(
+                f"{100 * c['extreme_code_fraction']:.1f}% blocks at -2^(b-1)", (0, yi), fontsize=6, va="center"
+            )
+    axs.axvline(0.0, color="k", lw=0.8)
+    axs.set_title("signed errors (negative: pushed down)")
+    axs.legend(fontsize=7)
+    for a in (ax, axs):
+        a.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return fig
+
+
+def direct_cast_lm_figure(rows: list[dict], formats: Sequence[str]):
+    """KL x 10^6 (paper convention, log scale) per format, without and with Hadamard rotation (mean over
+    checkpoints), INT formats blue and FP formats orange."""
+    fig, ax = plt.subplots(figsize=(1.0 * len(formats) + 2.5, 3.8))
+    x = np.arange(len(formats))
+    for k, rot in enumerate((False, True)):
+        vals = [
+            np.mean([r["kl_paper"] for r in rows if r["format"] == f and bool(r["rotation"]) == rot] or [np.nan])
+            for f in formats
+        ]
+        if np.all(np.isnan(vals)):
+            continue
+        colors = [INT_COLOR if "int" in f else FP_COLOR for f in formats]
+        ax.bar(
+            x + 0.4 * (k - 0.5),
+            vals,
+            0.38,
+            color=colors,
+            alpha=1.0 if not rot else 0.55,
+            hatch="//" if rot else "",
+            edgecolor="k",
+            lw=0.5,
+            label="Hadamard rotation" if rot else "no rotation",
+        )
+    ax.set_yscale("log")
+    ax.set_xticks(x, formats, rotation=30)
+    ax.set_ylabel("top-25 KL x 10^6 (÷25 convention)")
+    ax.set_title("direct-cast inference vs the float model")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

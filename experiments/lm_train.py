@@ -1,0 +1,177 @@
+"""Training core shared by the language-model experiments: config, precision strings, optimizer, vmapped steps.
+
+Several seeds train at once: parameters carry a leading replica axis and the step is vmapped over it, while all
+replicas see the same batch (same data order). Data parallelism: batches are sharded over a 1-D ('data',) mesh of
+`devices` devices, parameters and optimizer state are replicated (GSPMD inserts the gradient all-reduce).
+Precision strings: "none" or a lowbit_jax format name with ':'-separated overrides, e.g. "mxint8",
+"int8_channel:block_size=32:scale_dtype=bfloat16:int_range=asymmetric".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import lowbit_jax as lb
+from experiments import lm_data
+from lowbit_jax.models import llama
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Model shape, data and optimizer settings of one training run (AdamW, warmup then cosine to min_lr_ratio)."""
+
+    dim: int = 192
+    n_layers: int = 4
+    n_heads: int = 6
+    n_kv_heads: int = 2
+    ffn_dim: int = 512
+    seq_len: int = 128
+    batch_size: int = 16
+    steps: int = 600
+    lr: float = 2e-3
+    warmup_steps: int = 30
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    clip_norm: float = 1.0
+    eval_every: int = 100
+    eval_windows: int = 0  # 0: the whole validation split
+    log_every: int = 10
+    data_seed: int = 0
+    dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on GPU
+    stochastic_grads: bool = False
+
+    def __post_init__(self):
+        self.model()
+        if min(self.seq_len, self.batch_size, self.steps, self.eval_every, self.log_every) < 1:
+            raise ValueError("--seq-len, --batch-size, --steps, --eval-every and --log-every must be positive")
+        if not 0 <= self.warmup_steps < self.steps or not 0 < self.min_lr_ratio <= 1 or self.lr <= 0:
+            raise ValueError("need 0 <= --warmup-steps < --steps, 0 < --min-lr-ratio <= 1 and --lr > 0")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"--dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+
+    def model(self) -> llama.LlamaConfig:
+        return llama.LlamaConfig(
+            vocab_size=lm_data.VOCAB_SIZE,
+            dim=self.dim,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            n_kv_heads=self.n_kv_heads,
+            ffn_dim=self.ffn_dim,
+            dtype=resolve_dtype(self.dtype),
+        )
+
+
+def resolve_dtype(dtype: str) -> str:
+    """'auto' -> bfloat16 on GPU, float32 elsewhere (the unquantized baseline's compute dtype)."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if jax.default_backend() == "gpu" else "float32"
+
+
+# ---------------------------------------------------------------------------------------------- precision
+def parse_precision(text: str) -> lb.Format | None:
+    """'none' -> None; 'name:key=value:...' -> lb.get_format(name, key=value, ...)."""
+    name, *parts = text.strip().split(":")
+    if name == "none":
+        if parts:
+            raise ValueError(f"precision 'none' takes no overrides, got {text!r}")
+        return None
+    overrides = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"precision {text!r}: overrides are key=value, got {part!r}")
+        overrides[key] = int(value) if value.lstrip("-").isdigit() else value
+    return lb.get_format(name, **overrides)
+
+
+def slug(text: str) -> str:
+    """A folder name for a precision string."""
+    return text.replace(":", "_").replace("=", "-")
+
+
+def qdot_config(precision: str, stochastic_grads: bool = False) -> lb.QDotConfig | None:
+    """The six-operand training config of a precision string (None for 'none')."""
+    fmt = parse_precision(precision)
+    return None if fmt is None else lb.QDotConfig.train(fmt, stochastic_grads=stochastic_grads)
+
+
+# ---------------------------------------------------------------------------------------------- optimizer
+def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
+    """Linear warmup to cfg.lr, cosine decay to cfg.min_lr_ratio * cfg.lr at the last step."""
+    return optax.warmup_cosine_decay_schedule(
+        0.0, cfg.lr, max(cfg.warmup_steps, 1), max(cfg.steps, cfg.warmup_steps + 1), cfg.lr * cfg.min_lr_ratio
+    )
+
+
+def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    """Global-norm clipping, then AdamW (0.9, 0.95) with decoupled weight decay on matrices only."""
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+    adamw = optax.adamw(lr_schedule(cfg), b1=0.9, b2=0.95, weight_decay=cfg.weight_decay, mask=decay_mask)
+    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw)
+
+
+# ---------------------------------------------------------------------------------------------- steps
+def loss_under(mcfg: llama.LlamaConfig, qconfig: lb.QDotConfig | None) -> Callable:
+    """loss(params, batch, key): mean cross-entropy with every Dense but lm_head quantized by `qconfig`."""
+    rules = llama.rules(qconfig) if qconfig is not None else []
+
+    def loss(params, batch, key=None):
+        with lb.quantized(rules, key=key):
+            return llama.loss_fn(params, mcfg, batch)
+
+    return loss
+
+
+def make_step(cfg: TrainConfig, qconfig: lb.QDotConfig | None, opt: optax.GradientTransformation) -> Callable:
+    """step(params_R, opt_state_R, batch, keys_R) -> (params, opt_state, loss_R, grad_norm_R), vmapped over R."""
+    loss = loss_under(cfg.model(), qconfig)
+    use_key = qconfig is not None and qconfig.stochastic_grads
+
+    def step(params, opt_state, batch, key):
+        value, grads = jax.value_and_grad(loss)(params, batch, key if use_key else None)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value, optax.global_norm(grads)
+
+    return jax.vmap(step, in_axes=(0, 0, None, 0))
+
+
+def make_eval(cfg: TrainConfig, qconfig: lb.QDotConfig | None) -> Callable:
+    """eval(params_R, windows) -> summed token NLL per replica, forward quantized as in training."""
+    mcfg = cfg.model()
+    rules = llama.rules(qconfig) if qconfig is not None else []
+
+    def total_nll(params, windows):
+        with lb.quantized(rules):
+            return jnp.sum(llama.token_nll(params, mcfg, windows))
+
+    return jax.vmap(total_nll, in_axes=(0, None))
+
+
+def data_mesh(devices: int):
+    """A 1-D ('data',) mesh over the first `devices` devices (None for one device)."""
+    if devices <= 1:
+        return None
+    available = jax.devices()
+    if len(available) < devices:
+        raise ValueError(
+            f"--devices {devices}: only {len(available)} devices; on CPU set "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={devices} before starting Python"
+        )
+    return jax.make_mesh((devices,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=available[:devices])
+
+
+def compile_fns(step, evaluate, mesh):
+    """jit the step and eval; with a mesh, batches are sharded along 'data' and everything else replicated."""
+    if mesh is None:
+        return jax.jit(step), jax.jit(evaluate)
+    rep, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    step = jax.jit(step, in_shardings=(rep, rep, shard, rep), out_shardings=rep)
+    return step, jax.jit(evaluate, in_shardings=(rep, shard), out_shardings=rep)
