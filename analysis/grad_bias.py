@@ -1,10 +1,17 @@
-"""Gradient-bias statistics. The paper's Algorithm 1: how often x / (x / 127) lands on 128 in low precision."""
+"""Gradient-bias statistics: the paper's Algorithm 1 (how often x / (x / 127) lands on 128 in low precision) and a
+direct measurement: quantized against exact gradients of the same parameters, and the operands' extra-code hits."""
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+import lowbit_jax as lb
+from lowbit_jax.quantize import layout, to_blocks
 from lowbit_jax.rounding import div_exact
 
 PROBE_DTYPES = ("bfloat16", "float16", "float32")
@@ -32,3 +39,149 @@ def overflow_probe(key: jax.Array, shape=(4096, 4096), dtypes=PROBE_DTYPES) -> d
     """Algorithm 1 on D ~ N(0, 1) of `shape`: {dtype: fraction mapped to 128}."""
     d = jax.random.normal(key, shape, jnp.float32)
     return {dt: float(overflow_fraction(d, dt)) for dt in dtypes}
+
+
+# ---------------------------------------------------------------------------------------------- direct bias
+@dataclass(frozen=True)
+class BiasStats:
+    """Quantized gradients g_hat against exact gradients g over B batches x K stochastic-rounding keys.
+
+    relative_bias = ||E[g_hat - g]|| / rms_b ||g_b||; relative_error = rms ||g_hat - g|| / rms_b ||g_b||;
+    noise_floor = the standard error of that bias estimate (what relative_bias reads if the error has zero mean),
+    bias_z = relative_bias / noise_floor; cosine = mean cos(g_hat, g); mean_signed_error = mean(E[g_hat - g]) /
+    mean|g| over all elements, with its z-score over batches; per_layer: the same two per parameter path.
+    """
+
+    relative_bias: float
+    relative_error: float
+    noise_floor: float
+    bias_z: float
+    cosine: float
+    mean_signed_error: float
+    mean_signed_error_z: float
+    per_layer: dict[str, dict[str, float]]
+    samples: int
+
+
+def flat_grads(tree) -> dict[str, np.ndarray]:
+    """A gradient pytree as {'/'-joined path: float64 numpy array}."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v, np.float64) for path, v in leaves}
+
+
+def _vec(d: dict[str, np.ndarray]) -> np.ndarray:
+    return np.concatenate([v.ravel() for v in d.values()])
+
+
+def _zscore(means: np.ndarray) -> float:
+    """mean / standard error of per-sample values (0 when they do not vary)."""
+    if means.size < 2 or not np.any(means != means[0]):
+        return 0.0 if not np.any(means) else float(np.sign(means.mean()) * np.inf)
+    return float(means.mean() / (means.std(ddof=1) / np.sqrt(means.size)))
+
+
+def _signed(err: np.ndarray, g_abs: float) -> float:
+    return float(err.mean() / g_abs) if g_abs > 0 else 0.0
+
+
+def bias_statistics(exact: list[dict], quantized: list[list[dict]]) -> BiasStats:
+    """BiasStats from exact[b] and quantized[b][k] gradients (flat dicts as from flat_grads)."""
+    g = np.stack([_vec(e) for e in exact])
+    q = np.stack([np.stack([_vec(s) for s in row]) for row in quantized])  # (B, K, N)
+    err = q - g[:, None, :]
+    scale = np.sqrt(np.mean(np.sum(g * g, axis=1)))
+    unit = err.mean(axis=1) if err.shape[0] > 1 else err[0]  # independent units: batch means, else keys
+    bias = unit.mean(axis=0)
+    n = unit.shape[0]
+    se = np.sqrt(np.sum((unit - bias) ** 2) / (n * (n - 1))) if n > 1 else 0.0
+    norms = np.linalg.norm(q, axis=2) * np.linalg.norm(g, axis=1)[:, None]
+    cos = np.sum(q * g[:, None, :], axis=2) / np.where(norms > 0, norms, 1.0)
+    g_abs = float(np.mean(np.abs(g)))
+    per_layer, start = {}, 0
+    for path, v in exact[0].items():
+        sl = slice(start, start + v.size)
+        start += v.size
+        layer_scale = np.sqrt(np.mean(np.sum(g[:, sl] ** 2, axis=1)))
+        per_layer[path] = {
+            "mean_signed_error": _signed(bias[sl], float(np.mean(np.abs(g[:, sl])))),
+            "relative_bias": float(np.linalg.norm(bias[sl]) / layer_scale) if layer_scale > 0 else 0.0,
+        }
+    rel_bias = float(np.linalg.norm(bias) / scale) if scale > 0 else 0.0
+    floor = float(se / scale) if scale > 0 else 0.0
+    return BiasStats(
+        relative_bias=rel_bias,
+        relative_error=float(np.sqrt(np.mean(np.sum(err * err, axis=2))) / scale) if scale > 0 else 0.0,
+        noise_floor=floor,
+        bias_z=rel_bias / floor if floor > 0 else (0.0 if rel_bias == 0 else float("inf")),
+        cosine=float(cos.mean()),
+        mean_signed_error=_signed(bias, g_abs),
+        mean_signed_error_z=_zscore(unit.mean(axis=1)),
+        per_layer=per_layer,
+        samples=int(err.shape[0] * err.shape[1]),
+    )
+
+
+def grad_fn(loss_fn, rules, stochastic: bool = False):
+    """jit(params, batch, key) -> gradient of loss_fn(params, batch) with the GEMMs matched by `rules` quantized."""
+
+    def grads(params, batch, key):
+        def f(p):
+            with lb.quantized(rules, key=key if stochastic else None):
+                return loss_fn(p, batch)
+
+        return jax.grad(f)(params)
+
+    return jax.jit(grads)
+
+
+# ---------------------------------------------------------------------------------------------- operands
+def _extra_code_blocks(x, fmt: lb.Format) -> tuple[jax.Array, jax.Array]:
+    """(blocks holding the code -2^(b-1), non-zero blocks) of x (rows, K) quantized in blocks along K."""
+    lay = layout(x.shape, fmt.block_size, x.ndim - 1)
+    blocks = jnp.sum(jnp.max(jnp.abs(to_blocks(x, lay)), axis=lay.block_axis) > 0)
+    elem = fmt.elem
+    if elem is None or elem.kind != "int" or elem.int_range != "asymmetric":
+        return jnp.zeros((), blocks.dtype), blocks
+    codes = lb.quantize(x, fmt, axis=-1).codes.astype(jnp.float32)
+    hits = jnp.any(to_blocks(codes, layout(codes.shape, lay.block, codes.ndim - 1)) == elem.min, axis=lay.block_axis)
+    return jnp.sum(hits), blocks
+
+
+@functools.partial(jax.jit, static_argnames="fmt")
+def _operand_pass(mats: list, fmt: lb.Format):
+    counts = [_extra_code_blocks(m, fmt) for m in mats]
+    return [c[0] for c in counts], [c[1] for c in counts], [lb.fake_quant(m, fmt, axis=-1) - m for m in mats]
+
+
+@dataclass(frozen=True)
+class OperandStats:
+    """Extra-code hits over non-zero blocks, and sum(Q(x) - x) / sum|x| (float64 sums) of a group of matrices."""
+
+    extra_code_blocks: int
+    blocks: int
+    signed_error: float
+
+    @property
+    def extreme_code_fraction(self) -> float:
+        return self.extra_code_blocks / self.blocks if self.blocks else 0.0
+
+
+def operand_stats_groups(groups: list[list], fmt: lb.Format) -> list[OperandStats]:
+    """OperandStats of each group of float32 matrices (rows, K), each matrix quantized in blocks along its last
+    axis; one compilation for all groups. Only asymmetric INT has the extra code -2^(b-1); others report 0 hits."""
+    mats = [jnp.asarray(m, jnp.float32) for g in groups for m in g]
+    hits, blocks, errs = _operand_pass(mats, fmt)
+    out, i = [], 0
+    for g in groups:
+        sl = slice(i, i + len(g))
+        i += len(g)
+        err = sum(float(np.sum(np.asarray(e, np.float64))) for e in errs[sl])
+        mag = sum(float(np.sum(np.abs(np.asarray(m, np.float64)))) for m in mats[sl])
+        h, b = sum(int(v) for v in hits[sl]), sum(int(v) for v in blocks[sl])
+        out.append(OperandStats(h, b, err / mag if mag else 0.0))
+    return out
+
+
+def operand_stats(mats: list, fmt: lb.Format) -> OperandStats:
+    """OperandStats of one group of matrices."""
+    return operand_stats_groups([mats], fmt)[0]
