@@ -116,13 +116,14 @@ def training_curves_figure(curves: dict[str, dict[str, list]], baseline: str = "
     has_base = baseline in curves and len(curves) > 1
     fig, axes = plt.subplots(1, 3 if has_base else 2, figsize=(5.0 * (3 if has_base else 2), 3.8), squeeze=False)
     ax_tr, ax_val = axes[0, 0], axes[0, 1]
-    for label, c in curves.items():
-        ax_tr.plot(c["step"], c["loss_ema"], lw=1.3, label=label)
-        ax_val.plot(c["val_step"], c["val_loss"], "o-", ms=3, lw=1.3, label=label)
+    for i, (label, c) in enumerate(curves.items()):
+        ax_tr.plot(c["step"], c["loss_ema"], lw=1.3, color=f"C{i}", label=label)
+        ax_val.plot(c["val_step"], c["val_loss"], "o-", ms=3, lw=1.3, color=f"C{i}", label=label)
         if has_base and label != baseline:
             base = np.asarray(curves[baseline]["loss_ema"])
             n = min(len(base), len(c["loss_ema"]))
-            axes[0, 2].plot(c["step"][:n], np.asarray(c["loss_ema"][:n]) - base[:n], lw=1.3, label=label)
+            diff = np.asarray(c["loss_ema"][:n]) - base[:n]
+            axes[0, 2].plot(c["step"][:n], diff, lw=1.3, color=f"C{i}", label=label)
     for ax, title in ((ax_tr, "training loss (EMA 0.9)"), (ax_val, "validation loss")):
         ax.set_title(title)
         ax.set_xlabel("step")
@@ -180,30 +181,37 @@ def clipping_figure(rows: list[dict], paired: list[dict], baseline: dict | None,
 
 
 def grad_bias_figure(cases: list[dict]):
-    """Per case: relative gradient bias against its noise floor (log scale), and the signed errors (parameter
-    gradients and dY operands) with the extra-code fraction annotated."""
+    """Per case: relative gradient bias against its noise floor (log scale; exact zeros marked), the z-score of the
+    mean signed gradient error (|z| < 2 shaded), and the signed error of the dY operands (symlog), with the share of
+    blocks whose extreme landed on the extra code -2^(b-1)."""
     labels = [c["label"] for c in cases]
     y = np.arange(len(cases))
-    fig, (ax, axs) = plt.subplots(1, 2, figsize=(13.0, 0.32 * len(cases) + 1.6), sharey=True)
-    tiny = 1e-12
-    ax.barh(y - 0.2, [max(c["relative_bias"], tiny) for c in cases], 0.4, label="relative bias ||E[ĝ-g]|| / ||g||")
-    ax.barh(y + 0.2, [max(c["noise_floor"], tiny) for c in cases], 0.4, label="noise floor (standard error)")
+    fig, (ax, axz, axs) = plt.subplots(1, 3, figsize=(15.0, 0.32 * len(cases) + 1.8), sharey=True)
+    floor = 1e-4
+    ax.barh(y - 0.2, [max(c["relative_bias"], floor) for c in cases], 0.4, label="relative bias ||E[ĝ-g]|| / ||g||")
+    ax.barh(y + 0.2, [max(c["noise_floor"], floor) for c in cases], 0.4, label="noise floor (standard error)")
+    for yi, c in zip(y, cases):
+        if c["relative_bias"] == 0:
+            ax.annotate("exactly 0", (floor * 1.3, yi), fontsize=7, va="center")
     ax.set_xscale("log")
+    ax.set_xlim(floor, None)
     ax.set_yticks(y, labels, fontsize=7)
     ax.invert_yaxis()
-    ax.set_title("bias vs noise floor")
-    ax.legend(fontsize=7)
-    axs.barh(y - 0.2, [c["mean_signed_error"] for c in cases], 0.4, label="mean signed error of ĝ (/ mean|g|)")
-    axs.barh(y + 0.2, [c["operand_signed_error"]["dy"] for c in cases], 0.4, label="dY operands: Σ(Q(x)-x) / Σ|x|")
+    ax.set_title("gradient bias vs noise floor")
+    ax.legend(fontsize=7, loc="lower right")
+    axz.axvspan(-2, 2, color="0.9")
+    axz.barh(y, [c["mean_signed_error_z"] for c in cases], 0.6, color="tab:green")
+    axz.set_title("z-score of the mean signed gradient error")
+    dy = [c["operand_signed_error"]["dy"] for c in cases]
+    axs.barh(y, dy, 0.6, color="tab:purple")
+    axs.set_xscale("symlog", linthresh=1e-6)
     for yi, c in zip(y, cases):
         if c["extreme_code_fraction"] > 0:
-            axs.annotate(
-                f"{100 * c['extreme_code_fraction']:.1f}% blocks at -2^(b-1)", (0, yi), fontsize=6, va="center"
-            )
-    axs.axvline(0.0, color="k", lw=0.8)
-    axs.set_title("signed errors (negative: pushed down)")
-    axs.legend(fontsize=7)
-    for a in (ax, axs):
+            text = f"{100 * c['extreme_code_fraction']:.1f}% blocks at -2^(b-1)"
+            axs.annotate(text, (0, yi + 0.35), fontsize=6, va="center", ha="center")
+    axs.set_title("dY operands: Σ(Q(x) - x) / Σ|x|")
+    for a in (ax, axz, axs):
+        a.axvline(0.0, color="k", lw=0.8) if a is not ax else None
         a.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return fig

@@ -116,6 +116,8 @@ def verdicts(result: dict) -> list[str]:
             f"{p['scale']:>5} block {p['block']:>7}: asym - sym = {p['mean']:+.4f} +- {p['std']:.4f} "
             f"(std over seeds); {size}; {cmp} than the seed spread {spread:.4f}"
         )
+    if len(lines) > 1:
+        lines.append(f"({len(lines)} comparisons at 2 s.e.: about {len(lines) / 20:.1f} 'resolved' by chance alone)")
     return lines
 
 

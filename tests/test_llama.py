@@ -9,7 +9,7 @@ import pytest
 import lowbit_jax as lb
 from lowbit_jax.models import llama
 
-CFG = llama.LlamaConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64)
+CFG = llama.LlamaConfig(dim=32, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=64)
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,8 @@ def test_shapes_and_counts(params):
     assert logits.shape == (2, 16, 256) and logits.dtype == jnp.float32
     attn = 32 * 32 * 2 + 32 * 16 * 2  # q, o: D x D; k, v: D x (K * E) with K = 2, E = 8
     per_layer = attn + 3 * 32 * 64 + 2 * 32
-    assert llama.n_params(params, ("embed", "lm_head")) == 2 * per_layer + 32
-    assert llama.n_params(params) == 2 * per_layer + 32 + 2 * 256 * 32
+    assert llama.n_params(params, ("embed", "lm_head")) == per_layer + 32
+    assert llama.n_params(params) == per_layer + 32 + 2 * 256 * 32
 
 
 def test_causal(params):
@@ -43,14 +43,14 @@ def test_causal(params):
 
 
 def test_gqa_equals_mha_with_repeated_kv_heads(params):
-    mha = llama.LlamaConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=4, ffn_dim=64)
+    mha = llama.LlamaConfig(dim=32, n_layers=1, n_heads=4, n_kv_heads=4, ffn_dim=64)
     e = CFG.head_dim
 
     def repeat(kernel):  # (D, K * E) -> (D, H * E): query head h reads kv head h // (H / K)
         return jnp.repeat(kernel.reshape(32, 2, e), 2, axis=1).reshape(32, 4 * e)
 
     p = jax.tree.map(lambda a: a, params)
-    for i in range(2):
+    for i in range(CFG.n_layers):
         attn = dict(p[f"layers_{i}"]["attn"])
         attn["k_proj"] = {"kernel": repeat(attn["k_proj"]["kernel"])}
         attn["v_proj"] = {"kernel": repeat(attn["v_proj"]["kernel"])}
@@ -90,7 +90,7 @@ def test_interceptor_quantizes_all_but_the_head(params):
 
 
 def test_bfloat16_compute_dtype(params):
-    cfg = llama.LlamaConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, dtype="bfloat16")
+    cfg = llama.LlamaConfig(dim=32, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=64, dtype="bfloat16")
     y = apply(cfg, params, tokens())
     y32 = apply(CFG, params, tokens())
     assert y.dtype == jnp.float32 and float(jnp.abs(y - y32).max()) < 0.05

@@ -72,7 +72,10 @@ def test_bad_flags(capsys):
 
 
 def test_tiny_training_on_one_and_eight_devices(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    flags = (
+        "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"  # compile-bound: skip LLVM opt
+    )
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     script = pathlib.Path(__file__).with_name("train_dp_check.py")
     out = subprocess.run(
         [sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=600
