@@ -1,7 +1,7 @@
 """Symmetric clipping ablation (paper Table 10, scaled down): INT8 training with asymmetric [-128, 127] vs symmetric
 [-127, 127] codes, bf16-arithmetic FP32-style scales vs UE8M0 scales, per-channel and blocks 256/128/64/32.
 
-    python -m experiments.clipping                    # 20 configurations x 3 seeds + baseline: about 30 min on 2 CPUs
+    python -m experiments.clipping                    # 20 configurations x 3 seeds + baseline: 54 min on 2 loaded CPUs
     python -m experiments.clipping --seeds 0,1,2,3,4 --blocks 256,32 --scales bf16
     python -m experiments.clipping --ue8m0-scale-dtype float32   # exact scale arithmetic (asym == sym by design)
     python -m experiments.clipping --preset tiny      # seconds; what the test suite runs

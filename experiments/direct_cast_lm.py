@@ -1,7 +1,7 @@
 """Direct-cast inference of a trained unquantized LM checkpoint in each of the paper's 8 formats, with and without
 Hadamard rotation: KL to the float model over its top-25 tokens (x 10^6), perplexity, INT/FP win counts (Table 3).
 
-    python -m experiments.direct_cast_lm                               # results/train/none: about 2 min on 2 CPUs
+    python -m experiments.direct_cast_lm                  # results/train/none: about 5 min on 2 loaded CPUs
     python -m experiments.direct_cast_lm --checkpoints results/train/none,results/train_seed1/none
     python -m experiments.direct_cast_lm --preset tiny --checkpoints DIR   # seconds; what the test suite runs
 
