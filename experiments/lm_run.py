@@ -57,7 +57,8 @@ def replica(params, i: int = 0):
 
 
 def eval_chunks(data: lm_data.TextData, cfg: lm_train.TrainConfig) -> list[np.ndarray]:
-    """Validation windows in chunks of batch_size (the remainder that does not fill a chunk is left out)."""
+    """Validation windows in chunks of batch_size: a remainder that does not fill a chunk is left out; fewer windows
+    than one chunk are repeated to fill it (tiny configurations)."""
     w = lm_data.val_windows(data, cfg.seq_len, cfg.eval_windows)
     n = max(1, w.shape[0] // cfg.batch_size) * cfg.batch_size
     w = w[:n] if w.shape[0] >= n else np.resize(w, (n, w.shape[1]))
