@@ -53,13 +53,7 @@ def precision(scale: str, block: str, int_range: str, ue8m0_dtype: str = "bfloat
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(lm_train.TrainConfig):
-    dim: int = 128
-    n_layers: int = 2
-    n_heads: int = 4
-    n_kv_heads: int = 2
-    ffn_dim: int = 384
-    batch_size: int = 8
+class Config(lm_train.SmallTrainConfig):
     steps: int = 300
     warmup_steps: int = 15
     eval_every: int = 300

@@ -76,13 +76,7 @@ def parse_case(text: str) -> tuple[lb.Format, bool]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(lm_train.TrainConfig):
-    dim: int = 128
-    n_layers: int = 2
-    n_heads: int = 4
-    n_kv_heads: int = 2
-    ffn_dim: int = 384
-    batch_size: int = 8
+class Config(lm_train.SmallTrainConfig):
     eval_windows: int = 64
     pretrain_steps: int = 150  # unquantized training before measuring, when no checkpoint is given (0: none)
     cases: tuple[str, ...] = DEFAULT_CASES

@@ -68,6 +68,18 @@ class TrainConfig:
         )
 
 
+@dataclass(frozen=True)
+class SmallTrainConfig(TrainConfig):
+    """The smaller model shared by the many-run studies (clipping ablation, gradient bias)."""
+
+    dim: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    ffn_dim: int = 384
+    batch_size: int = 8
+
+
 def resolve_dtype(dtype: str) -> str:
     """'auto' -> bfloat16 on GPU, float32 elsewhere (the unquantized baseline's compute dtype)."""
     if dtype != "auto":
