@@ -1,6 +1,6 @@
 """Where does fine-grained INT beat FP? QSNR theory, crossovers, and Monte-Carlo checks with the real quantizers.
 
-    python -m experiments.crossover                         # the paper's four pairs, about 1 minute on 2 CPU cores
+    python -m experiments.crossover                         # the paper's four pairs, about 20 s on an idle 2-core CPU
     python -m experiments.crossover --pairs mxint8/mxfp8_e5m2,mxint6/mxfp6_e3m2 --kappa-max 20
     python -m experiments.crossover --block-size 64 --distributions gaussian,laplace --seed 3
     python -m experiments.crossover --pairs mxint4/mxfp4 --scale e4m3 --block-size 32   # MX blocks, E4M3 scales
