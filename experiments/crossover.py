@@ -105,6 +105,11 @@ PRESETS = {
 }
 
 
+def pair_formats(pairs) -> tuple[lb.Format, ...]:
+    """The distinct formats named by 'INT/FP' pairs, in order of first appearance."""
+    return tuple(dict.fromkeys(f for p in pairs for f in parse_pair(p)[1:]))
+
+
 def mc_block_size(int_fmt: lb.Format, kappa_star: float, requested: int) -> int:
     """Block size for the measurement: the requested one, or the format's, enlarged so kappa* is within reach."""
     if requested:

@@ -41,7 +41,7 @@ from analysis import embedding, real_plots, real_tensors
 from analysis.crest import crest_factor
 from analysis.plotting import save
 from experiments import common
-from experiments.crossover import PAPER_PAIRS, parse_pair
+from experiments.crossover import PAPER_PAIRS, pair_formats, parse_pair
 from lowbit_jax.models import minilm, text
 
 METRICS = ("cos_mean", "cos_p10", "top1", "top10", "kl")
@@ -81,7 +81,7 @@ class Config:
 
     @property
     def formats(self) -> tuple[lb.Format, ...]:
-        return tuple(dict.fromkeys(f for p in self.pairs for f in parse_pair(p)[1:]))
+        return pair_formats(self.pairs)
 
     @property
     def rotations(self) -> tuple[str, ...]:

@@ -43,7 +43,7 @@ import lowbit_jax as lb
 from analysis import real_plots, real_tensors
 from analysis.plotting import save
 from experiments import common
-from experiments.crossover import PAPER_PAIRS, parse_pair
+from experiments.crossover import PAPER_PAIRS, pair_formats, parse_pair
 from lowbit_jax.models import minilm, text
 
 PAPER_TABLE2 = {  # NOTES.md section 7 (Llama-3.1-8B): (rotation, block) -> Q3
@@ -89,7 +89,7 @@ class Config:
 
     @property
     def formats(self) -> tuple[lb.Format, ...]:
-        return tuple(dict.fromkeys(f for p in self.pairs for f in parse_pair(p)[1:]))
+        return pair_formats(self.pairs)
 
 
 PRESETS = {
