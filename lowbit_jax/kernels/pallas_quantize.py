@@ -5,21 +5,24 @@ the library's own code (quantize.scale_from_amax / to_elem_domain / from_elem_do
 rounding.encode), so the kernel and the core cannot drift apart.
 
 Layout. Blocked formats (MX, NV, any int block size): x (M, L) is zero-padded to whole blocks and viewed,
-for free, as (M * L/block, block); one grid step takes `tiles.blocks` whole blocks, so the block amax is a row
-reduction inside the tile. The NV tensor amax is a separate reduction outside the kernel; its tensor scale g
-comes in as a (1, 1) input. Per-channel and per-tensor formats: the amax is reduced outside and comes in as
-an (M, 1) input; the kernel tiles (tiles.rows, tiles.cols) freely. Arrays are zero-padded to whole tiles
+for free, as (M * L/block, block), each block zero-padded to a power-of-two width; one grid step takes
+`tiles.blocks` whole blocks, so the block amax is a row reduction inside the tile. The NV tensor amax is a
+separate reduction outside the kernel; its tensor scale g comes in as a (1, 1) input. Per-channel formats whose
+padded row fits `tiles.whole_row_max` run the same way with the row as the block (one pass over x). Longer
+per-channel rows and per-tensor formats: the amax is reduced outside and comes in as an (M, 1) input; the
+kernel tiles (tiles.rows, tiles.cols) freely. Arrays are zero-padded to whole tiles
 (Pallas Triton does not mask partial tiles) and cropped after. Stochastic-rounding bits come in as a
 uint32 input tiled like x. The Hadamard rotation is fused when h divides the block (the butterflies run as
 exact permutation products in the tile); otherwise (h > block, per-channel, per-tensor) the same
 `reference.rotate_rows` runs before the kernel.
 
 Backends: "interpret" (CPU and tests), "triton" (GPU; primitives swapped by `substitute.TRITON_RULES`;
-block sizes and tiles must be powers of two), "mosaic" (Mosaic GPU, pl.pallas_call's default on Hopper; best
-effort), "interpret_portable" (interpret mode with the Triton-portable rules, to test them on a CPU).
-DEFAULT_GPU_BACKEND is Triton, provisionally: Pallas' Mosaic GPU lowering of pl.pallas_call is deprecated
-and needs per-op layouts; rechoose from scripts/gpu_check.sh's measurements. Outputs with dtypes a GPU backend
-may not store (float4, int4, float8_e8m0fnu) are written as bytes and converted outside with `byte_outputs`.
+block sizes and tiles must be powers of two), "interpret_portable" (interpret mode with the Triton-portable
+rules, to test them on a CPU). There is no Mosaic GPU backend: jax 0.10 deprecated lowering pl.pallas_call to
+Mosaic GPU and jax 0.11.2 no longer has that lowering (an AssertionError in pallas_call's gpu_lowering, seen on
+an H100, 2026-11-26); Mosaic GPU kernels are written with plgpu.kernel, a different programming model. Outputs
+with dtypes Triton may not store (float4, int4, float8_e8m0fnu) are written as bytes and converted outside
+with `byte_outputs`.
 """
 
 from __future__ import annotations
@@ -45,17 +48,19 @@ from lowbit_jax.quantize import (
     to_elem_domain,
 )
 
-BACKENDS = ("interpret", "triton", "mosaic")
+BACKENDS = ("interpret", "triton", "interpret_portable")
 DEFAULT_GPU_BACKEND = "triton"
 
 
 @dataclasses.dataclass(frozen=True)
 class Tiles:
-    """Tiling (static): `blocks` per grid step (blocked formats); rows x cols per step (per-channel/tensor)."""
+    """Tiling (static): `blocks` per grid step (blocked formats); rows x cols elements per step (per-channel and
+    per-tensor; whole rows per step when a per-channel row fits `whole_row_max`)."""
 
     blocks: int = 256
     rows: int = 16
     cols: int = 512
+    whole_row_max: int = 16384  # per-channel rows up to this padded length: one pass, amax inside the tile
     num_warps: int = 4  # Triton only
     num_stages: int = 1  # Triton only
 
@@ -130,11 +135,7 @@ def _compiler_kwargs(backend: str, tiles: Tiles) -> dict:
         from jax.experimental.pallas import triton as pltriton
 
         return {"compiler_params": pltriton.CompilerParams(num_warps=tiles.num_warps, num_stages=tiles.num_stages)}
-    if backend == "mosaic":
-        from jax.experimental.pallas import mosaic_gpu as plgpu
-
-        return {"compiler_params": plgpu.CompilerParams()}
-    raise ValueError(f"backend must be one of {BACKENDS} or 'interpret_portable', got {backend!r}")
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def _rules(backend: str):
@@ -167,41 +168,49 @@ def _amax_rows(x) -> jax.Array:
     return amax_along(x.astype(jnp.float32), 1)
 
 
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
 def _run_blocked(x, fmt, rbits, signs, out, out_dtype, tiles, backend, byte_outputs):
-    """Blocked formats: rows of the (M * n_blocks, block) view are blocks; scales come out of the kernel."""
+    """Rows of the (M * n_blocks, block) view are blocks, each zero-padded to a power-of-two width (zeros change
+    no amax); the block amax is a row reduction in the tile and scales come out of the kernel. A per-channel
+    format runs here with the whole row as its one block."""
     m, length = x.shape
     lay = layout((m, length), fmt.block_size, 1)
     blk, rows = lay.block, m * lay.n_blocks
+    width = _pow2_at_least(blk)
     h = 0 if signs is None else signs.shape[0]
     if h and blk % h:
         x, signs, h = reference.rotate_rows(x, signs), None, 0
     pad = lay.n_blocks * blk - length
     x = (jnp.pad(x, ((0, 0), (0, pad))) if pad else x).reshape(rows, blk)
-    tr = max(_fit(rows, tiles.blocks), 1 if backend.startswith("interpret") else 16)  # Triton dots: M >= 16
+    per_step = tiles.blocks if isinstance(fmt.block_size, int) else max(1, tiles.rows * tiles.cols // width)
+    tr = max(_fit(rows, per_step), 16 if h and not backend.startswith("interpret") else 1)  # Triton dots: M >= 16
     steps = pl.cdiv(rows, tr)
-    row_spec = pl.BlockSpec((tr, blk), lambda i: (i, 0))
+    row_spec = pl.BlockSpec((tr, width), lambda i: (i, 0))
     one = lambda shape: pl.BlockSpec(shape, lambda i: (0, 0))
     g = _nv_g(_amax_rows(x if not h else reference.rotate_rows(x, signs)), fmt)
-    inputs = {"x": (_pad_to(x, steps * tr, blk), row_spec)}
+    inputs = {"x": (_pad_to(x, steps * tr, width), row_spec)}
     if rbits is not None:
-        inputs["bits"] = (_pad_to(rbits.reshape(rows, blk), steps * tr, blk), row_spec)
+        inputs["bits"] = (_pad_to(rbits.reshape(rows, blk), steps * tr, width), row_spec)
     if g is not None:
         inputs["g"] = (g, one((1, 1)))
     if h:
-        inputs["signs"] = (jnp.tile(signs.astype(jnp.float32), blk // h).reshape(1, blk), one((1, blk)))
+        inputs["signs"] = (jnp.tile(signs.astype(jnp.float32), width // h).reshape(1, width), one((1, width)))
     spec = {"fmt": fmt, "h": h, "out": out, "out_dtype": out_dtype, "bytes": byte_outputs}
     code_dtype = out_dtype if out == "fake" else storage.code_dtype(fmt, byte_outputs)
-    outs = [(jax.ShapeDtypeStruct((steps * tr, blk), code_dtype), row_spec)]
+    outs = [(jax.ShapeDtypeStruct((steps * tr, width), code_dtype), row_spec)]
     if out == "quantize":
         scale_spec = pl.BlockSpec((tr, 1), lambda i: (i, 0))
         outs.append((jax.ShapeDtypeStruct((steps * tr, 1), storage.scale_dtype(fmt, byte_outputs)), scale_spec))
     res = _launch(spec, inputs, outs, (steps,), backend, tiles)
-    y = res[0][:rows].reshape(m, lay.n_blocks * blk)
+    y = res[0][:rows, :blk].reshape(m, lay.n_blocks * blk)
     if out == "fake":
         return y[:, :length] if pad else y
     tensor = None if g is None else g.reshape(())
     return (
-        storage.codes_from_bytes(y, fmt),
+        storage.codes_from_bytes(y, fmt),  # whole blocks, as QArray codes
         storage.scales_from_bytes(res[1][:rows].reshape(m, lay.n_blocks), fmt),
         tensor,
     )
@@ -245,8 +254,14 @@ def _run(x_2d, fmt, rbits, rotation, out, tiles, backend, byte_outputs):
     reference.check_2d(x_2d, fmt, rotation)
     backend = default_backend() if backend is None else backend
     byte_outputs = not backend.startswith("interpret") if byte_outputs is None else byte_outputs
-    run = _run_blocked if isinstance(fmt.block_size, int) else _run_rowwise
-    return run(x_2d, fmt, rbits, rotation, out, x_2d.dtype, tiles, backend, byte_outputs)
+    dtype = x_2d.dtype
+    if isinstance(fmt.block_size, int):
+        return _run_blocked(x_2d, fmt, rbits, rotation, out, dtype, tiles, backend, byte_outputs)
+    if fmt.block_size == "channel" and _pow2_at_least(x_2d.shape[1]) <= tiles.whole_row_max:
+        if rotation is not None:  # per-channel rotation runs before the kernel, as in _run_rowwise
+            x_2d, rotation = reference.rotate_rows(x_2d, rotation), None
+        return _run_blocked(x_2d, fmt, rbits, None, out, dtype, tiles, backend, byte_outputs)
+    return _run_rowwise(x_2d, fmt, rbits, rotation, out, dtype, tiles, backend, byte_outputs)
 
 
 @functools.partial(jax.jit, static_argnames=("fmt", "tiles", "backend"))

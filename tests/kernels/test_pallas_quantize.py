@@ -23,7 +23,6 @@ FORMATS = [f for f in lb.list_formats() if not lb.get_format(f).is_identity]
 TINY = pq.Tiles(blocks=8, rows=4, cols=32)  # (6, 100): 24 blocks of 32 -> 3 steps; 2 x 4 tiles per channel
 ON_GPU = jax.default_backend() == "gpu"
 gpu = [pytest.mark.gpu, pytest.mark.skipif(not ON_GPU, reason="needs a GPU")]
-pytestmark = pytest.mark.filterwarnings("ignore:.*pallas_call.*Mosaic GPU:DeprecationWarning")
 
 
 def as_bits(a) -> tuple[np.ndarray, np.ndarray]:
@@ -132,6 +131,19 @@ def test_rotation_fused_or_not_matches_reference(name, h):
     assert_same(pq.fake_quant_pallas(x, fmt, rotation=signs, tiles=TINY), ref("fake", x, fmt, rotation=signs))
     got = pq.quantize_pallas(x, fmt, rbits=bits, rotation=signs, tiles=TINY)
     assert_all_same(got, ref("quant", x, fmt, rbits=bits, rotation=signs))
+
+
+@pytest.mark.parametrize("whole_row_max", [0, 128], ids=["tiled-rows", "whole-rows"])
+@pytest.mark.parametrize("name", ["fp8_channel", "int8_channel"])
+def test_per_channel_paths_match_reference(name, whole_row_max):
+    """Both per-channel paths: amax reduced outside + (rows, cols) tiles, and one whole (padded) row per tile."""
+    x, fmt = hard_input((5, 80), jnp.bfloat16), lb.get_format(name)  # 80: rotations of 16 divide it, no tile does
+    tiles = pq.Tiles(rows=4, cols=32, whole_row_max=whole_row_max)
+    bits = kernels.sr_bits(jax.random.key(6), x.shape, fmt, 1)
+    signs = kernels.rotation_signs(16, jax.random.key(5))
+    for kw in ({}, {"rbits": bits, "rotation": signs}):
+        assert_same(pq.fake_quant_pallas(x, fmt, tiles=tiles, **kw), ref("fake", x, fmt, **kw), f"fake {kw}")
+        assert_all_same(pq.quantize_pallas(x, fmt, tiles=tiles, **kw), ref("quant", x, fmt, **kw), f"quant {kw}")
 
 
 def test_rotation_is_the_hadamard_matrix():
@@ -273,15 +285,6 @@ def test_gpu_quantize_kernel(backend, name):
     assert_all_same(pq.quantize_pallas(x, fmt, backend=backend), ref("quant", x, fmt), f"{backend} {name}")
 
 
-@pytest.mark.parametrize("kind", ["fake", "quant"])
-@pytest.mark.parametrize("name", GPU_SMALL)
-def test_gpu_mosaic_backend(name, kind):
-    x, fmt = hard_input(GPU_SHAPE), lb.get_format(name)
-    fn = pq.fake_quant_pallas if kind == "fake" else pq.quantize_pallas
-    got = fn(x, fmt, backend="mosaic")
-    assert_all_same(got if kind == "quant" else (got,), ref(kind, x, fmt) if kind == "quant" else (ref(kind, x, fmt),))
-
-
 @pytest.mark.parametrize("h", [None, 16, 32])
 @pytest.mark.parametrize("name", GPU_SMALL + ["int8_channel"])
 def test_gpu_sr_and_rotation(name, h):
@@ -291,6 +294,14 @@ def test_gpu_sr_and_rotation(name, h):
     kw = dict(rbits=bits, rotation=signs)
     assert_same(pq.fake_quant_pallas(x, fmt, backend="triton", **kw), ref("fake", x, fmt, **kw))
     assert_all_same(pq.quantize_pallas(x, fmt, backend="triton", **kw), ref("quant", x, fmt, **kw))
+
+
+@pytest.mark.parametrize("name", ["fp8_channel", "int8_channel"])
+def test_gpu_per_channel_tiled_rows(name):
+    x, fmt = hard_input(GPU_SHAPE, jnp.bfloat16), lb.get_format(name)
+    tiles = pq.Tiles(whole_row_max=0)  # rows longer than whole_row_max: amax outside, (rows, cols) tiles
+    assert_same(pq.fake_quant_pallas(x, fmt, tiles=tiles, backend="triton"), ref("fake", x, fmt), name)
+    assert_all_same(pq.quantize_pallas(x, fmt, tiles=tiles, backend="triton"), ref("quant", x, fmt), name)
 
 
 @pytest.mark.parametrize("name", FORMATS)

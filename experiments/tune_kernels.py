@@ -1,0 +1,155 @@
+"""Tile sweep of the Pallas fake-quant kernel on a GPU: which `Tiles` gives the most GB/s per format and dtype.
+
+    python -m experiments.tune_kernels --preset gpu        # about 1 minute on an H100
+    python -m experiments.tune_kernels --preset tiny       # the CPU (interpret mode): checks the plumbing only
+
+For each dtype and format, times `kernels.fake_quant(impl="pallas")` under every candidate tiling (blocked
+formats: blocks per grid step x Triton warps; per-channel formats: elements per grid step x warps, one whole
+row per tile), next to the XLA reference and a device copy of the same array measured in the same run, with
+`bench.median_seconds`. The defaults in `lowbit_jax.kernels.pallas_quantize.gpu_tiles` were chosen from this
+sweep's output (docs/benchmarks.md); rerun it on a new GPU before trusting them there.
+
+Output (--out, default results/tune_kernels/): tune.json = {"machine", "config", "rows": [{"dtype", "format",
+"tiles", "ms", "gbps", "pct_copy", "error"}]} and tune.csv with the same rows; a summary table of the best
+tiling per (dtype, format) is printed last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+import lowbit_jax as lb
+from experiments import bench, common
+from lowbit_jax import kernels
+from lowbit_jax.kernels.pallas_quantize import Tiles
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    formats: tuple[str, ...] = ("mxfp8_e4m3", "mxfp4", "mxint8", "nvfp4", "int8_channel")
+    dtypes: tuple[str, ...] = ("float32", "bfloat16")
+    blocks: tuple[int, ...] = (128, 256, 512, 1024, 2048)  # blocks per grid step (blocked formats)
+    row_elems: tuple[int, ...] = (8192, 16384, 32768)  # elements per grid step (per-channel, whole rows)
+    warps: tuple[int, ...] = (4, 8)
+    size: int = 8192
+    repeats: int = 10
+    batch: int = 10
+
+    def __post_init__(self):
+        for name in self.formats:
+            lb.get_format(name)
+        if min(self.size, self.repeats, self.batch, *self.blocks, *self.row_elems, *self.warps) <= 0:
+            raise ValueError("sizes, tile counts, warps, repeats and batch must be positive")
+
+
+PRESETS = {
+    "gpu": Config(),
+    "tiny": Config(
+        formats=("mxint8", "int8_channel"),
+        dtypes=("float32",),
+        blocks=(16,),
+        row_elems=(256,),
+        warps=(4,),
+        size=64,
+        repeats=1,
+        batch=1,
+    ),
+}
+
+
+def candidates(fmt: lb.Format, cfg: Config) -> list[Tiles]:
+    """The tilings to try for one format."""
+    if isinstance(fmt.block_size, int):
+        return [Tiles(blocks=b, num_warps=w) for b in cfg.blocks for w in cfg.warps]
+    return [Tiles(rows=1, cols=e, num_warps=w) for e in cfg.row_elems for w in cfg.warps]
+
+
+def label(fmt: lb.Format, tiles: Tiles | str) -> str:
+    if isinstance(tiles, str):
+        return tiles
+    size = f"blocks={tiles.blocks}" if isinstance(fmt.block_size, int) else f"elems={tiles.rows * tiles.cols}"
+    return f"{size} warps={tiles.num_warps}"
+
+
+def sweep(cfg: Config) -> list[dict]:
+    """One row per (dtype, format, tiling), plus 'copy' and 'xla' rows per (dtype, format)."""
+    jobs = []
+    for dtype in cfg.dtypes:
+        for name in cfg.formats:
+            fmt = lb.get_format(name)
+            jobs += [(dtype, name, t) for t in ["copy", "xla", *candidates(fmt, cfg)]]
+    rows, copy_s = [], {}
+    for dtype, name, tiles in common.progress(jobs, desc="tune", unit="case"):
+        x = jax.random.normal(jax.random.key(0), (cfg.size, cfg.size), jnp.float32).astype(dtype)
+        if tiles == "copy":
+            fn = jax.jit(jnp.copy)
+        elif tiles == "xla":
+            fn = jax.jit(lambda v, n=name: lb.fake_quant(v, n))
+        else:
+            fn = jax.jit(lambda v, n=name, t=tiles: kernels.fake_quant(v, n, impl="pallas", tiles=t))
+        try:
+            seconds, error = bench.median_seconds(fn, x, cfg.repeats, cfg.batch), ""
+        except Exception as err:  # a tiling Triton rejects (too many registers, ...): record it, go on
+            seconds, error = float("nan"), f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:160]}"
+        if tiles == "copy":
+            copy_s[dtype] = seconds
+        rows.append(
+            {
+                "dtype": dtype,
+                "format": name,
+                "tiles": label(lb.get_format(name), tiles),
+                "ms": seconds * 1e3,
+                "gbps": 2 * x.nbytes / seconds / 1e9,
+                "pct_copy": 100 * copy_s[dtype] / seconds,
+                "error": error,
+            }
+        )
+    return rows
+
+
+def best_table(rows: list[dict]) -> list[tuple]:
+    """Per (dtype, format): copy and XLA GB/s, the best tiling, its GB/s, % of copy and speed-up over XLA."""
+    out = []
+    for dtype, name in dict.fromkeys((r["dtype"], r["format"]) for r in rows):
+        mine = [r for r in rows if (r["dtype"], r["format"]) == (dtype, name)]
+        by = {r["tiles"]: r for r in mine}
+        tried = [r for r in mine if r["tiles"] not in ("copy", "xla") and r["gbps"] == r["gbps"]]
+        best = max(tried, key=lambda r: r["gbps"]) if tried else None
+        xla, copy = by["xla"]["gbps"], by["copy"]["gbps"]
+        if best is None:
+            out.append((dtype, name, copy, xla, "none compiled", float("nan"), float("nan"), float("nan")))
+        else:
+            out.append((dtype, name, copy, xla, best["tiles"], best["gbps"], best["pct_copy"], best["gbps"] / xla))
+    return out
+
+
+def main(argv=None) -> dict:
+    cfg, out = common.parse_config(Config, argv, __doc__, PRESETS)
+    rows = sweep(cfg)
+    result = {"machine": common.machine_description(), "config": cfg, "rows": rows}
+    folder = common.output_dir("tune_kernels", out)
+    common.write_json(folder / "tune.json", result)
+    common.write_csv(folder / "tune.csv", rows)
+    print(f"\n{result['machine']}\n")
+    print(
+        common.format_table(
+            ["dtype", "format", "tiles", "ms", "GB/s", "% copy"],
+            [(r["dtype"], r["format"], r["tiles"], r["ms"], r["gbps"], r["pct_copy"]) for r in rows],
+            ".2f",
+        )
+    )
+    print("\nbest tiling per format (GB/s = (bytes read + written) / time)\n")
+    headers = ["dtype", "format", "copy", "xla", "best tiles", "pallas", "% copy", "/ xla"]
+    print(common.format_table(headers, best_table(rows), ".1f"))
+    for r in rows:
+        if r["error"]:
+            print(f"failed: {r['dtype']} {r['format']} {r['tiles']}: {r['error']}")
+    print(f"\nwrote {folder}/tune.json and tune.csv")
+    return result
+
+
+if __name__ == "__main__":
+    main()
