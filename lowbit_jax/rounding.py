@@ -1,10 +1,14 @@
 """Exact float32 building blocks and rounding onto an element grid (RNE or stochastic, saturating).
 
 XLA facts this module is written around (DESIGN.md section 4): exponents must come from bits, `jnp.exp2` is not
-exact, float32 subnormals flush to zero, and `x / broadcast(d)` is rewritten into `x * broadcast(1 / d)`.
+exact, float32 subnormals flush to zero, `x / broadcast(d)` is rewritten into `x * broadcast(1 / d)` (CPU), and
+float32 division on NVIDIA GPUs is PTX `div.full.f32`, up to 2 ulp off (openxla/xla#37181; seen on an H100).
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
 
 import jax.numpy as jnp
 from jax import lax
@@ -12,6 +16,9 @@ from jax import lax
 from lowbit_jax.formats import ElemType, FPElem, IntElem
 
 _MANTISSA_MASK = (1 << 23) - 1
+F32_MIN_NORMAL = 2.0**-126
+F32_MAX = float(jnp.finfo(jnp.float32).max)
+_MIN_NORMAL_BITS, _MAX_FINITE_BITS = 0x00800000, 0x7F7FFFFF
 
 
 def f32_bits(x_f32: jnp.ndarray) -> jnp.ndarray:
@@ -42,14 +49,89 @@ def mul_pow2(x: jnp.ndarray, k: jnp.ndarray) -> jnp.ndarray:
     return x * pow2(half) * pow2(k - half)
 
 
+_KERNEL_DIVISION = contextvars.ContextVar("lowbit_jax_kernel_division", default=False)
+
+
+@contextlib.contextmanager
+def kernel_division():
+    """While tracing a Pallas kernel body: `div_exact` emits a plain float32 division, which the kernel's backend
+    rules make exact (PTX div.rn.f32 on Triton; XLA:CPU's IEEE division in interpret mode)."""
+    token = _KERNEL_DIVISION.set(True)
+    try:
+        yield
+    finally:
+        _KERNEL_DIVISION.reset(token)
+
+
+def _div_f32(num, den):
+    return num / den
+
+
+def _significand_exponent(bits_u32):
+    """(24-bit significand with the hidden bit, biased exponent) of positive normal float32 bit patterns."""
+    return (bits_u32 & _MANTISSA_MASK) | (1 << 23), (bits_u32 >> 23).astype(jnp.int32)
+
+
+def _mul_25x24(m, b):
+    """The exact product m * b (m < 2^25, b < 2^24, uint32) as a (hi, lo) pair of uint32 words."""
+    mh, ml, bh, bl = m >> 16, m & 0xFFFF, b >> 16, b & 0xFFFF
+    low = ml * bl  # < 2^32
+    cross = mh * bl + ml * bh  # < 2^26
+    lo = low + ((cross & 0xFFFF) << 16)
+    return mh * bh + (cross >> 16) + (lo < low).astype(jnp.uint32), lo
+
+
+def _round_quotient(a, b, q0):
+    """The correctly rounded float32 a / b for positive normal a, b, from q0 within 2 ulp of it.
+
+    The answer is among the five floats q0 - 2 ulp ... q0 + 2 ulp; it is the lowest plus the number of the four
+    midpoints between them that lie below a / b (a quotient of floats is never exactly a midpoint). A midpoint
+    m = (2C + 1) 2^(e_c - 24) is below a / b iff m b < a, decided exactly on integers: (2C + 1) B against
+    A 2^s, both under 2^50, as pairs of uint32 words. Integer arithmetic leaves no rounding for XLA to alter.
+    """
+    ua, ub, uq = f32_bits(a), f32_bits(b), f32_bits(q0)
+    sig_a, exp_a = _significand_exponent(ua)
+    sig_b, exp_b = _significand_exponent(ub)
+    below = jnp.zeros(uq.shape, jnp.uint32)
+    for k in (-2, -1, 0, 1):
+        sig_c, exp_c = _significand_exponent(uq + jnp.uint32(k & 0xFFFFFFFF))
+        mid_hi, mid_lo = _mul_25x24(2 * sig_c + 1, sig_b)
+        shift = jnp.clip(exp_a - exp_c - exp_b + 151, 1, 31).astype(jnp.uint32)  # 23..26 near a / b
+        a_hi, a_lo = sig_a >> (32 - shift), sig_a << shift
+        below += ((mid_hi < a_hi) | ((mid_hi == a_hi) & (mid_lo < a_lo))).astype(jnp.uint32)
+    return lax.bitcast_convert_type(uq - 2 + below, jnp.float32)
+
+
+def _div_corrected(num, den):
+    """Correctly rounded num / den (den > 0) from the backend's approximate quotient (within 2 ulp).
+
+    Operands or results that are not normal floats (zero, subnormal, Inf, NaN, quotients within 2 ulp of the
+    normal range's ends) keep the backend's quotient.
+    """
+    q0 = num / den
+    a, q = jnp.abs(num), jnp.abs(q0)
+    normal = lambda v: (v >= F32_MIN_NORMAL) & (v <= F32_MAX)
+    room = (f32_bits(q) >= _MIN_NORMAL_BITS + 2) & (f32_bits(q) <= _MAX_FINITE_BITS - 2)  # q0 +- 2 ulp normal
+    ok = normal(a) & normal(den) & room
+    q_exact = _round_quotient(jnp.where(ok, a, 1.0), jnp.where(ok, den, 1.0), jnp.where(ok, q, 1.0))
+    sign = f32_bits(num) & jnp.uint32(0x80000000)
+    signed = lax.bitcast_convert_type(f32_bits(q_exact) | sign, jnp.float32)
+    return jnp.where(ok, signed, q0)
+
+
 def div_exact(num: jnp.ndarray, den: jnp.ndarray) -> jnp.ndarray:
-    """Correctly rounded num / den for den >= 0 (or NaN).
+    """Correctly rounded float32 num / den for den >= 0 (or NaN), on every backend.
 
     XLA rewrites a division by a broadcast into a multiplication by the broadcast reciprocal, which is off by
     one ulp for about a quarter of the elements. Folding a per-element term into the divisor (max with
-    0 * |num|, which IEEE forbids simplifying away) keeps a true division at no measurable cost.
+    0 * |num|, which IEEE forbids simplifying away) keeps a true division at no measurable cost. The CPU's
+    float32 division is IEEE; elsewhere (NVIDIA GPUs: div.full.f32) the backend's quotient is corrected on
+    integers (`_round_quotient`).
     """
-    return num / jnp.maximum(den, jnp.abs(num) * 0.0)
+    den = jnp.maximum(den, jnp.abs(num) * 0.0)
+    if _KERNEL_DIVISION.get() or jnp.result_type(num, den) != jnp.float32:
+        return num / den
+    return lax.platform_dependent(num, den, cpu=_div_f32, default=_div_corrected)
 
 
 def round_bf16(x_f32: jnp.ndarray) -> jnp.ndarray:

@@ -12,11 +12,12 @@ import struct
 import jax.numpy as jnp
 from jax import lax
 
-from lowbit_jax.formats import E4M3_SCALE_MAX, ElemType
-from lowbit_jax.rounding import div_exact, f32_exponent, f32_mantissa, round_bf16
+from lowbit_jax.formats import E4M3_SCALE_MAX, ElemType, fp
+from lowbit_jax.rounding import F32_MIN_NORMAL, div_exact, f32_exponent, f32_mantissa, round_bf16, round_fp
+
+_E4M3 = fp(4, 3)  # OCP E4M3 ("fn": max 448), the NV block-scale type
 
 E8M0_MIN_EXP, E8M0_MAX_EXP, E8M0_NAN = -127, 127, 255
-F32_MIN_NORMAL = 2.0**-126
 
 
 def _split_f32(v: float) -> tuple[int, int]:
@@ -92,7 +93,9 @@ def nv_block_scale(amax_block: jnp.ndarray, g: jnp.ndarray, elem: ElemType) -> j
     # Two correctly rounded divisions: XLA rewrites (a / b) / c into a / (b * c), which rounds differently; the
     # max(., 0) (a no-op for amax >= 0, NaN kept) hides the inner divide. Plain ops, so Pallas kernels lower it too.
     s = div_exact(jnp.maximum(div_exact(amax_block, jnp.float32(elem.max)), 0.0), g)
-    s_e4m3 = jnp.clip(s, 0.0, E4M3_SCALE_MAX).astype(jnp.float8_e4m3fn).astype(jnp.float32)
+    # Rounded on bits, not by a float32 -> float8 -> float32 cast pair: XLA:GPU removes such pairs (excess
+    # precision), which left unrounded scales on an H100 (2026-11-26). round_fp saturates at 448 as satfinite.
+    s_e4m3 = round_fp(s, _E4M3)
     return jnp.where(jnp.isfinite(amax_block), s_e4m3, jnp.nan)
 
 

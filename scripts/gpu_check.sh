@@ -31,7 +31,9 @@ step() { # step LIMIT_S TITLE CMD...: one time-limited, fenced step of the log
   say "exit status $rc after $((SECONDS - t0)) s$([ "$rc" = 124 ] && echo ", stopped by the ${limit} s guard")"
 }
 
-say "# gpu_check $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+rev="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && rev="$rev + uncommitted changes"
+say "# gpu_check $(date -u +%Y-%m-%dT%H:%MZ), commit $rev"
 step 40 "machine" bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; \
   $py -c 'import jax, sys; print(\"jax\", jax.__version__, jax.devices()); sys.exit(jax.default_backend() != \"gpu\")'"
 if [ "$rc" != 0 ]; then
@@ -47,6 +49,6 @@ opts=(-m gpu -q -rfEs --noconftest -p no:cacheprovider -p no:benchmark -W ignore
 step 120 "GPU tests: tests/kernels -m gpu" "$py" -m pytest tests/kernels "${opts[@]}"
 step 110 "bench: Pallas (default backend) vs XLA vs copy" \
   "$py" -m experiments.bench --preset gpu --impls xla,pallas --out "$out/bench"
-step 100 "tile sweep: Pallas kernel GB/s per tiling (experiments.tune_kernels)" \
+step 130 "tile sweep: Pallas kernel GB/s per tiling (experiments.tune_kernels)" \
   "$py" -m experiments.tune_kernels --preset gpu --out "$out/tune"
 say "" && say "wrote $log (and bench JSON/CSV under $out)"

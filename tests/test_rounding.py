@@ -357,3 +357,48 @@ def test_div_exact_is_ieee_division():
     assert_same_bits(got, num / den, "div_exact")
     got_scalar = np.asarray(jax.jit(lambda a: rounding.div_exact(a, jnp.float32(6.0)))(jnp.asarray(num)))
     assert_same_bits(got_scalar, num / np.float32(6.0), "div_exact by a constant")
+
+
+def _quotients_near_midpoints(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) float32 with a / b within an ulp or so of a midpoint between floats: the hard cases for rounding."""
+    b = (1 + rng.random(n)).astype(np.float32) * np.exp2(rng.integers(-60, 60, n)).astype(np.float32)
+    q = (1 + rng.random(n)).astype(np.float32) * np.exp2(rng.integers(-60, 60, n)).astype(np.float32)
+    mid = q.astype(np.float64) * (1 + 2.0**-24)  # q times (1 + half an ulp of 1): near q's upper midpoint
+    return (mid * b.astype(np.float64)).astype(np.float32), b
+
+
+@pytest.mark.parametrize("off_by", [-2, -1, 0, 1, 2])
+def test_round_quotient_recovers_the_ieee_quotient(off_by):
+    """The GPU division fix: from any quotient within 2 ulp, _round_quotient returns numpy's IEEE a / b."""
+    rng = np.random.default_rng(11)
+    a1, b1 = _quotients_near_midpoints(rng, 20000)
+    a2 = (rng.standard_normal(20000) * np.exp(rng.uniform(-40, 40, 20000))).astype(np.float32)
+    b2 = np.abs(rng.standard_normal(20000) * np.exp(rng.uniform(-40, 40, 20000))).astype(np.float32)
+    a, b = np.abs(np.concatenate([a1, a2, b2[:500], 3 * b2[:500]])), np.concatenate([b1, b2, b2[:500], b2[:500]])
+    want = a / b
+    keep = (want >= 2.0**-125) & (want <= 2.0**127)
+    a, b, want = a[keep], b[keep], want[keep]
+    q0 = (want.view(np.uint32).astype(np.int64) + off_by).astype(np.uint32).view(np.float32)
+    got = np.asarray(jax.jit(rounding._round_quotient)(jnp.asarray(a), jnp.asarray(b), jnp.asarray(q0)))
+    assert_same_bits(got, want, f"quotient from {off_by:+d} ulp")
+
+
+def test_div_corrected_keeps_specials_and_signs():
+    """_div_corrected (div_exact off the CPU) on the CPU: IEEE for normal results, the plain quotient otherwise."""
+    num = np.array([-3.0, 3.0, -0.0, 0.0, np.inf, np.nan, 1e-38, -7.0, 1e38, 5.0], np.float32)
+    den = np.array([7.0, 7.0, 2.0, 2.0, 3.0, 3.0, 3.0, np.inf, 1e-3, 0.0], np.float32)
+    got = np.asarray(jax.jit(rounding._div_corrected)(jnp.asarray(num), jnp.asarray(den)))
+    with np.errstate(divide="ignore", over="ignore"):
+        want = num / den
+    flushed = np.abs(want) < 2.0**-126  # XLA:CPU flushes float32 subnormals (DESIGN.md section 4)
+    assert_same_bits(got[~flushed], want[~flushed], "specials")
+    assert np.all(np.asarray(got)[flushed] == 0) and np.array_equal(np.signbit(got), np.signbit(want))
+
+
+def test_div_exact_inside_kernels_is_a_plain_division():
+    """Traced under kernel_division (Pallas bodies), div_exact emits `div` for the backend's rules to replace."""
+    x = jnp.ones((4,), jnp.float32)
+    outside = str(jax.make_jaxpr(lambda a, b: rounding.div_exact(a, b))(x, x))
+    with rounding.kernel_division():  # a fresh function: make_jaxpr caches traces by function, not by context
+        inside = str(jax.make_jaxpr(lambda a, b: rounding.div_exact(a, b))(x, x))
+    assert "platform_index" in outside and "platform_index" not in inside and " div " in inside

@@ -61,7 +61,7 @@ class Tiles:
     rows: int = 16
     cols: int = 512
     whole_row_max: int = 16384  # per-channel rows up to this padded length: one pass, amax inside the tile
-    num_warps: int = 4  # Triton only
+    num_warps: int = 8  # Triton only; on an H100 8 was best, or within 1 % of 4, for every format and dtype
     num_stages: int = 1  # Triton only
 
 

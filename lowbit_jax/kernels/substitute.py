@@ -5,6 +5,7 @@ and lowers `max`/`min` (and the `reduce_max` of a block amax) to NaN-ignoring `m
 body stays the library's own code (rounding.round_elem, scaling.*); `substituted(fn, rules)` traces it to a
 jaxpr and re-evaluates it with those primitives replaced:
 
+  neg (float)             -> a sign-bit flip (Triton lowers neg to 0 - x: the sign of zero is lost)
   round (to nearest even) -> floor, an exact remainder and a parity test
   div (float32)           -> PTX `div.rn.f32` (IEEE, correctly rounded)
   max / min / clamp       -> NaN-propagating, as XLA's
@@ -22,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.extend import core as jcore
+
+from lowbit_jax import rounding
 
 _F32 = jnp.dtype(jnp.float32)
 _SUBJAXPR_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
@@ -63,6 +66,15 @@ def reduce_max_rule(x, *, axes, **params):
     return jnp.where(has_nan, jnp.nan, m).astype(m.dtype)
 
 
+def neg_rule(x):
+    """lax.neg as a sign-bit flip: Pallas Triton lowers neg to 0 - x, which turns -0 into +0 and +0 into +0."""
+    bits = {jnp.dtype(jnp.float32): jnp.uint32, jnp.dtype(jnp.bfloat16): jnp.uint16}.get(jnp.result_type(x))
+    if bits is None:
+        return lax.neg_p.bind(x)
+    sign = 1 << (8 * jnp.dtype(bits).itemsize - 1)
+    return lax.bitcast_convert_type(lax.bitcast_convert_type(x, bits) ^ jnp.asarray(sign, bits), x.dtype)
+
+
 def rne_exact(x, *, rounding_method):
     """Round half to even from floor and exact compares (XLA folds the (|x| + 2^23) - 2^23 trick away)."""
     if rounding_method != lax.RoundingMethod.TO_NEAREST_EVEN or jnp.result_type(x) != _F32:
@@ -72,7 +84,9 @@ def rne_exact(x, *, rounding_method):
     d = a - r
     odd = r * 0.5 != jnp.floor(r * 0.5)
     up = (d > 0.5) | ((d == 0.5) & odd)
-    return jnp.copysign(r + up.astype(jnp.float32), x)
+    mag = lax.bitcast_convert_type(r + up.astype(jnp.float32), jnp.uint32)  # >= 0: sign bit clear
+    sign = lax.bitcast_convert_type(x, jnp.uint32) & jnp.uint32(0x80000000)
+    return lax.bitcast_convert_type(mag | sign, jnp.float32)  # not jnp.copysign: its neg is 0 - x on Triton
 
 
 def _asm(text: str, *args):
@@ -104,6 +118,7 @@ def reduce_precision_bf16(x, *, exponent_bits, mantissa_bits):
 
 
 PORTABLE_RULES = {
+    lax.neg_p: neg_rule,
     lax.round_p: rne_exact,
     lax.max_p: max_rule,
     lax.min_p: min_rule,
@@ -141,13 +156,15 @@ def eval_jaxpr(jaxpr, consts, args, rules):
 
 
 def substituted(fn, rules):
-    """fn(*arrays) -> tuple of arrays, evaluated with `rules` replacing primitives (None: fn itself)."""
-    if not rules:
-        return fn
+    """fn(*arrays) -> tuple of arrays, traced under `rounding.kernel_division` and evaluated with `rules`
+    replacing primitives (None: as traced)."""
 
     @functools.wraps(fn)
     def wrapped(*args):
-        closed, out_tree = jax.make_jaxpr(fn, return_shape=True)(*args)
+        with rounding.kernel_division():
+            if not rules:
+                return fn(*args)
+            closed, out_tree = jax.make_jaxpr(fn, return_shape=True)(*args)
         outs = eval_jaxpr(closed.jaxpr, closed.consts, args, rules)
         return jax.tree.unflatten(jax.tree.structure(out_tree), outs)
 

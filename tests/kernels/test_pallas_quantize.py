@@ -312,6 +312,16 @@ def test_gpu_xla_reference_matches_cpu(name):
     assert_same(jax.device_get(ref("fake", x, fmt)), jax.device_get(on_cpu), name)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("name", FORMATS)
+def test_gpu_kernel_matches_cpu_reference(name, dtype):
+    """The compiled kernel against the CPU's XLA reference (the oracle-tested one), independent of XLA:GPU."""
+    x, fmt = hard_input(GPU_SHAPE, dtype), lb.get_format(name)
+    cpu = jax.devices("cpu")[0]
+    want = jax.jit(lambda v: reference.fake_quant_ref(v, fmt), device=cpu)(jax.device_put(x, cpu))
+    assert_same(jax.device_get(pq.fake_quant_pallas(x, fmt, backend="triton")), jax.device_get(want), name)
+
+
 def test_gpu_auto_dispatch_uses_pallas():
     x = hard_input(GPU_SHAPE)
     assert kernels.resolve_impl("auto") == "pallas"
