@@ -12,14 +12,14 @@ import numpy as np
 
 import lowbit_jax as lb
 from lowbit_jax.quantize import layout, to_blocks
-from lowbit_jax.rounding import div_exact
+from lowbit_jax.rounding import div_exact, round_to_dtype
 
 PROBE_DTYPES = ("bfloat16", "float16", "float32")
 
 
 def _in_dtype(a: jax.Array, dtype) -> jax.Array:
-    """Round float32 `a` to `dtype` and back: one operation evaluated in that precision (as PyTorch does)."""
-    return a.astype(dtype).astype(jnp.float32)
+    """Round float32 `a` to `dtype` (kept as float32): one operation evaluated in that precision (as PyTorch does)."""
+    return round_to_dtype(a, dtype)
 
 
 @jax.jit(static_argnames=("dtype",))

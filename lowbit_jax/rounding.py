@@ -145,6 +145,24 @@ def round_bf16(x_f32: jnp.ndarray) -> jnp.ndarray:
     return lax.reduce_precision(x_f32.astype(jnp.float32), exponent_bits=8, mantissa_bits=7)
 
 
+def round_to_dtype(x_f32: jnp.ndarray, dtype) -> jnp.ndarray:
+    """Round float32 to the nearest float32 / bfloat16 / float16 value (IEEE: ties to even, overflow to Inf,
+    float16 subnormals kept), as float32, without a cast pair (XLA:GPU removes f32 -> f16/bf16 -> f32 pairs).
+
+    lax.reduce_precision flushes float16 subnormals, so below 2^-14 the value is rounded to a multiple of 2^-24.
+    """
+    x = jnp.asarray(x_f32).astype(jnp.float32)
+    dtype = jnp.dtype(dtype)
+    if dtype == jnp.float32:
+        return x
+    if dtype == jnp.bfloat16:
+        return round_bf16(x)
+    if dtype != jnp.float16:
+        raise ValueError(f"round_to_dtype takes float32, bfloat16 or float16, got {dtype}")
+    subnormal = jnp.round(x * 2.0**24) * 2.0**-24  # exact scalings by powers of two; RNE on the 2^-24 grid
+    return jnp.where(jnp.abs(x) < 2.0**-14, subnormal, lax.reduce_precision(x, exponent_bits=5, mantissa_bits=10))
+
+
 def _round_integral(y: jnp.ndarray, uniform: jnp.ndarray | None) -> jnp.ndarray:
     """Round y >= 0 to an integer: half to even, or up with probability frac(y) when `uniform` is given."""
     if uniform is None:

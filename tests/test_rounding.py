@@ -402,3 +402,20 @@ def test_div_exact_inside_kernels_is_a_plain_division():
     with rounding.kernel_division():  # a fresh function: make_jaxpr caches traces by function, not by context
         inside = str(jax.make_jaxpr(lambda a, b: rounding.div_exact(a, b))(x, x))
     assert "platform_index" in outside and "platform_index" not in inside and " div " in inside
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16, np.float32], ids=["f16", "bf16", "f32"])
+def test_round_to_dtype_matches_numpy_casts(dtype):
+    """round_to_dtype (no cast pair) against numpy/ml_dtypes casts: every float16 code point, the midpoints
+    between them and their float32 neighbours, float16 subnormals, overflow; both signs."""
+    grid = np.arange(0, 0x7C00, dtype=np.uint16).view(np.float16).astype(np.float32)
+    mid = ((grid[:-1].astype(np.float64) + grid[1:]) / 2).astype(np.float32)
+    big = np.float32([65519.99, 65520.0, 7e4, 3e38, 1.5e-40])
+    v = np.concatenate([grid, mid, np.nextafter(mid, np.float32(0)), np.nextafter(mid, np.float32(np.inf)), big])
+    v = np.concatenate([v, -v])
+    with np.errstate(over="ignore"):
+        want = v.astype(dtype).astype(np.float32)
+    tiny = np.abs(want) < 2.0**-126  # float32 subnormals: kept or flushed, depending on the XLA op (DESIGN 4)
+    got = np.asarray(jax.jit(lambda a: rounding.round_to_dtype(a, dtype))(jnp.asarray(v)))
+    assert_same_bits(got[~tiny], want[~tiny], str(dtype))
+    assert np.all((got[tiny] == want[tiny]) | (got[tiny] == 0))
