@@ -16,7 +16,9 @@ in float32 and the GEMM accumulates in `accum_dtype` at HIGHEST precision unless
 Sharding: the arithmetic is defined on the global array, so under jit with NamedSharding inputs (GSPMD,
 AxisType.Auto meshes) sharded and single-device results agree and no block depends on where shards end;
 keep local shard lengths of a contracting dim multiples of the block size to avoid communication inside a
-block. Explicit sharding-in-types meshes (AxisType.Explicit) are not supported yet.
+block. Explicit sharding-in-types meshes (AxisType.Explicit): the forward takes `out_sharding` as
+lax.dot_general does (needed, as there, when both operands shard a contracting dim), and the backward gives
+dX and dW the shardings of X and W, as JAX's own transpose rule does.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from lowbit_jax import hadamard
 from lowbit_jax.formats import Format, get_format
@@ -174,8 +177,19 @@ def _at_least_f32(x):
     return x.astype(jnp.float32) if jnp.finfo(x.dtype).bits < 32 else x
 
 
-def gemm(spec: _Gemm, a, b, *, rot_key=None, key_a=None, key_b=None):
-    """a [B.., Fa.., K] . b [B.., Fb.., K] -> [B.., Fa.., Fb..] in accum_dtype, operands rotated then quantized."""
+def explicit_spec(x) -> tuple | None:
+    """x's PartitionSpec entries, one per dim, when x is sharded on an Explicit mesh axis (else None)."""
+    sharding = jax.typeof(x).sharding
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or AxisType.Explicit not in tuple(getattr(mesh, "axis_types", ())):
+        return None
+    spec = tuple(sharding.spec)
+    return spec + (None,) * (x.ndim - len(spec))
+
+
+def gemm(spec: _Gemm, a, b, *, rot_key=None, key_a=None, key_b=None, out_spec: tuple | None = None):
+    """a [B.., Fa.., K] . b [B.., Fb.., K] -> [B.., Fa.., Fb..] in accum_dtype, operands rotated then quantized;
+    out_spec: the output's PartitionSpec entries on an Explicit mesh (None: lax.dot_general's own rule)."""
     a, b = _at_least_f32(a), _at_least_f32(b)
     if spec.rotation and (spec.fmt_a is not None or spec.fmt_b is not None):
         a, b = hadamard.rotate(a, spec.rotation, rot_key), hadamard.rotate(b, spec.rotation, rot_key)
@@ -184,7 +198,8 @@ def gemm(spec: _Gemm, a, b, *, rot_key=None, key_a=None, key_b=None):
     b = _quant(b, spec.fmt_b, key_b, spec.impl).astype(acc)
     batch = tuple(range(spec.n_batch))
     dims = (((a.ndim - 1,), (b.ndim - 1,)), (batch, batch))
-    return lax.dot_general(a, b, dims, precision=spec.precision, preferred_element_type=acc)
+    sharding = {} if out_spec is None else {"out_sharding": PartitionSpec(*out_spec)}
+    return lax.dot_general(a, b, dims, precision=spec.precision, preferred_element_type=acc, **sharding)
 
 
 # ---------------------------------------------------------------------------------------------- custom VJP
@@ -194,6 +209,7 @@ class _Spec:
     config: QDotConfig
     precision: object
     out_dtype: str
+    out_spec: tuple | None = None  # the forward output's PartitionSpec entries (Explicit meshes)
 
 
 def _gemm_spec(spec: _Spec, fa: str, fb: str, n_batch: int, rotate: bool) -> _Gemm:
@@ -225,11 +241,11 @@ def _forward(spec: _Spec, lhs, rhs, key):
     a = canonical(lhs, lb, free_dims(lhs.ndim, lc, lb), lc)
     b = canonical(rhs, rb, free_dims(rhs.ndim, rc, rb), rc)
     g = _gemm_spec(spec, "x_fwd", "w_fwd", len(lb), True)
-    return gemm(g, a, b, rot_key=_rot_key(spec, key, "rot_fwd")).astype(spec.out_dtype)
+    return gemm(g, a, b, rot_key=_rot_key(spec, key, "rot_fwd"), out_spec=spec.out_spec).astype(spec.out_dtype)
 
 
-def _grad_lhs(spec: _Spec, dy, rhs, key):
-    """dX = Q(dY) . Q(W)^T, contracting over W's free dims, transposed back to X's layout."""
+def _grad_lhs(spec: _Spec, dy, rhs, key, x_spec=None):
+    """dX = Q(dY) . Q(W)^T, contracting over W's free dims, transposed back to X's layout (and sharding)."""
     (lc, rc), (lb, rb) = spec.dims
     rf = free_dims(rhs.ndim, rc, rb)
     nb, nrf = len(lb), len(rf)
@@ -238,13 +254,16 @@ def _grad_lhs(spec: _Spec, dy, rhs, key):
     b = canonical(rhs, rb, rc, rf)
     cfg = spec.config
     g = _gemm_spec(spec, "dy_dx", "w_dx", nb, cfg.rotate_grads)
-    dx_t = gemm(g, a, b, rot_key=_rot_key(spec, key, "rot_dx"), key_a=_key(key, "sr_dx", cfg.stochastic_grads))
-    lf = free_dims(dx_t.ndim, lc, lb)
-    return jnp.transpose(dx_t, np.argsort(lb + lf + lc))
+    lf = free_dims(nb + len(dy_lf) + len(lc), lc, lb)
+    order = lb + lf + lc  # dx_t's dims, named by X's dims
+    out_spec = None if x_spec is None else tuple(x_spec[d] for d in order)
+    kw = dict(rot_key=_rot_key(spec, key, "rot_dx"), key_a=_key(key, "sr_dx", cfg.stochastic_grads))
+    dx_t = gemm(g, a, b, out_spec=out_spec, **kw)
+    return jnp.transpose(dx_t, np.argsort(order))
 
 
-def _grad_rhs(spec: _Spec, lhs, dy, key):
-    """dW = Q(X)^T . Q(dY), contracting over X's free (token) dims, transposed back to W's layout."""
+def _grad_rhs(spec: _Spec, lhs, dy, key, w_spec=None):
+    """dW = Q(X)^T . Q(dY), contracting over X's free (token) dims, transposed back to W's layout (and sharding)."""
     (lc, rc), (lb, rb) = spec.dims
     lf = free_dims(lhs.ndim, lc, lb)
     nb, nlf = len(lb), len(lf)
@@ -252,9 +271,12 @@ def _grad_rhs(spec: _Spec, lhs, dy, key):
     b = canonical(dy, tuple(range(nb)), tuple(range(nb + nlf, dy.ndim)), tuple(range(nb, nb + nlf)))
     cfg = spec.config
     g = _gemm_spec(spec, "x_dw", "dy_dw", nb, cfg.rotate_grads)
-    dw_t = gemm(g, a, b, rot_key=_rot_key(spec, key, "rot_dw"), key_b=_key(key, "sr_dw", cfg.stochastic_grads))
-    rf = free_dims(dw_t.ndim, rc, rb)
-    return jnp.transpose(dw_t, np.argsort(rb + rc + rf))
+    rf = free_dims(nb + len(rc) + (dy.ndim - nb - nlf), rc, rb)
+    order = rb + rc + rf  # dw_t's dims, named by W's dims
+    out_spec = None if w_spec is None else tuple(w_spec[d] for d in order)
+    kw = dict(rot_key=_rot_key(spec, key, "rot_dw"), key_b=_key(key, "sr_dw", cfg.stochastic_grads))
+    dw_t = gemm(g, a, b, out_spec=out_spec, **kw)
+    return jnp.transpose(dw_t, np.argsort(order))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -270,7 +292,8 @@ def _qdot_bwd(spec: _Spec, res, dy):
     lhs, rhs, key = res
     if spec.config.stochastic_grads and key is None:
         raise ValueError("QDotConfig.stochastic_grads needs a PRNG key: pass key= to qdot_general / lb.quantized")
-    return _grad_lhs(spec, dy, rhs, key).astype(lhs.dtype), _grad_rhs(spec, lhs, dy, key).astype(rhs.dtype), None
+    dx = _grad_lhs(spec, dy, rhs, key, explicit_spec(lhs)).astype(lhs.dtype)
+    return dx, _grad_rhs(spec, lhs, dy, key, explicit_spec(rhs)).astype(rhs.dtype), None
 
 
 _qdot.defvjp(_qdot_fwd, _qdot_bwd)
@@ -292,7 +315,8 @@ def qdot_general(
 
     key: PRNG key for stochastic rounding of dY (needed to differentiate with config.stochastic_grads) and
     for the rotation signs; sub-keys are fold_in(key, slot) for each GEMM's rotation and each SR operand.
-    out_sharding: accepted for Flax NNX hooks; applied to the output with a sharding constraint.
+    out_sharding: on Explicit meshes the forward GEMM's out_sharding (as for lax.dot_general); otherwise a
+    sharding constraint on the output (Flax NNX hooks pass it).
     """
     config = QDotConfig() if config is None else config
     lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
@@ -303,8 +327,15 @@ def qdot_general(
         *avals,
     )
     precision = lax.Precision.HIGHEST if precision is None else precision
-    y = _qdot_jit(_Spec(dims, config, precision, jnp.dtype(out.dtype).name), lhs, rhs, key)
-    return y if out_sharding is None else jax.lax.with_sharding_constraint(y, out_sharding)
+    explicit = explicit_spec(lhs) is not None or explicit_spec(rhs) is not None
+    out_spec = None
+    if explicit and out_sharding is not None:
+        spec = out_sharding.spec if isinstance(out_sharding, NamedSharding) else out_sharding
+        out_spec = tuple(spec) + (None,) * (len(out.shape) - len(spec))
+    y = _qdot_jit(_Spec(dims, config, precision, jnp.dtype(out.dtype).name, out_spec), lhs, rhs, key)
+    if out_sharding is None or explicit:
+        return y
+    return jax.lax.with_sharding_constraint(y, out_sharding)
 
 
 def with_config(config: QDotConfig, key=None):

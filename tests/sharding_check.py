@@ -2,7 +2,9 @@
 
 Needs XLA_FLAGS=--xla_force_host_platform_device_count=8 set before JAX starts, hence a separate process.
 Mesh (data=4, model=2): activations data parallel; W1 column parallel (out sharded), W2 row parallel (in
-sharded, 64 local rows = two 32-blocks); NV formats exercise the global tensor amax across shards.
+sharded, 64 local rows = two 32-blocks); NV formats exercise the global tensor amax across shards. Both GSPMD
+(AxisType.Auto) and sharding-in-types (AxisType.Explicit) meshes; on the latter the gradients must carry their
+operands' shardings.
 """
 
 import flax.linen as nn
@@ -19,9 +21,10 @@ CFG1 = lb.QDotConfig.train("mxint8", stochastic_grads=True)
 CFG2 = lb.QDotConfig.train("nvfp4")
 
 
-def loss(x, w1, w2, c, key):
+def loss(x, w1, w2, c, key, out_sharding=None):
     h = jax.nn.relu(lb.qdot_general(x, w1, DN, CFG1, key=jax.random.fold_in(key, 1)))
-    return jnp.sum(lb.qdot_general(h, w2, DN, CFG2, key=jax.random.fold_in(key, 2)) * c)
+    y = lb.qdot_general(h, w2, DN, CFG2, key=jax.random.fold_in(key, 2), out_sharding=out_sharding)
+    return jnp.sum(y * c)
 
 
 class MLP(nn.Module):
@@ -41,7 +44,7 @@ def check(name, got, want, rtol=1e-5):
 
 def main():
     assert jax.device_count() == 8, jax.devices()
-    auto = (jax.sharding.AxisType.Auto,) * 2  # GSPMD propagation; explicit sharding-in-types is not supported
+    auto = (jax.sharding.AxisType.Auto,) * 2  # GSPMD propagation
     mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=auto)
     rng = np.random.default_rng(0)
     x, w1, w2, c = (
@@ -69,7 +72,22 @@ def main():
     specs = {"fc1": {"kernel": P(None, "model"), "bias": P("model")}, "fc2": {"kernel": P("model", None), "bias": P()}}
     ps = jax.tree.map(lambda a, s: jax.device_put(a, NamedSharding(mesh, s)), params, {"params": specs})
     check("linen interceptor under a mesh", g(ps, xs), want)
+    check_explicit(x, w1, w2, c, key)
     print("OK")
+
+
+def check_explicit(x, w1, w2, c, key):
+    """Sharding in types: W2 row parallel needs out_sharding (as for jnp.dot); dX, dW keep X's and W's specs."""
+    explicit = (jax.sharding.AxisType.Explicit,) * 2
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=explicit)
+    want = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(x, w1, w2, c, key)
+    specs = (P("data", None), P(None, "model"), P("model", None), P("data", None))
+    with jax.set_mesh(mesh):
+        args = [jax.device_put(a, s) for a, s in zip((x, w1, w2, c), specs, strict=True)]
+        f = jax.jit(jax.value_and_grad(lambda *a: loss(*a, out_sharding=P("data", None)), argnums=(0, 1, 2)))
+        got = f(*args, key)
+        assert [jax.typeof(g).sharding.spec for g in got[1]] == list(specs[:3]), got[1]
+    check("qdot_general on an Explicit mesh", got, want)
 
 
 if __name__ == "__main__":
