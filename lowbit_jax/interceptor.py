@@ -18,6 +18,9 @@ Without a key, rotations use a per-layer rotation_seed crc32(f"{path}#{call}"); 
 once differentiated (an error otherwise).
 A permanently quantized NNX model takes its key from the innermost active `quantized(..., key=key)` context.
 
+Lifted transforms: nn.scan and nn.remat work (tested). A scanned body is traced once, so every step of an
+nn.scan shares the layer's path, hence its keys and rotation signs (the call counter counts traces, not steps).
+
 Trace-time semantics: the context acts while JAX traces, so enter it inside the function you jit/grad (or
 jit a fresh function inside it); a function compiled outside the context keeps its unquantized trace.
 """
