@@ -1,9 +1,8 @@
 """Fake-quant throughput of every named format against a device copy measured in the same run.
 
     python -m experiments.bench                      # 4096x4096 float32 on the CPU, about 30 s
-    python -m experiments.bench --device gpu         # 8192x8192 float32 and bfloat16 on a GPU
     python -m experiments.bench --formats mxfp4,nvfp4 --size 2048 --dtypes float32,bfloat16
-    python -m experiments.bench --preset gpu                # the GPU preset: Pallas (Triton) vs XLA vs copy
+    python -m experiments.bench --preset gpu         # GPU: 8192x8192 float32 and bfloat16, Pallas vs XLA vs copy
 
 Each row times `jit(fake_quant)` (median over --repeats batches of --batch back-to-back calls, after a warm-up;
 the GPU preset queues 10 calls per batch so that dispatch overlaps the device work) and reports GB/s as
