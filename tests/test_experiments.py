@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments import bench, crossover
+from experiments import bench, crossover, tune_kernels
 
 
 def test_crossover_tiny(tmp_path, capsys):
@@ -67,3 +67,14 @@ def test_bench_tiny(tmp_path):
     assert names[0] == "copy" and "nvfp4" in names
     assert all(r["ms"] > 0 and r["ratio_to_copy"] > 0 for r in result["rows"])
     assert json.loads((tmp_path / "bench.json").read_text())["rows"]
+
+
+def test_tune_kernels_tiny(tmp_path):
+    """The tile sweep end to end (interpret mode on the CPU): a copy row, an XLA row and one row per tiling."""
+    result = tune_kernels.main(["--preset", "tiny", "--out", str(tmp_path)])
+    rows = result["rows"]
+    assert [r["tiles"] for r in rows] == ["copy", "xla", "blocks=16 warps=4", "xla", "elems=256 warps=4"]
+    assert all(r["ms"] > 0 and not r["error"] for r in rows)
+    best = tune_kernels.best_table(rows)
+    assert [b[4] for b in best] == ["blocks=16 warps=4", "elems=256 warps=4"]
+    assert json.loads((tmp_path / "tune.json").read_text())["rows"] == json.loads(json.dumps(rows))
