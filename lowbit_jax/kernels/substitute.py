@@ -67,7 +67,7 @@ def reduce_max_rule(x, *, axes, **params):
 
 
 def neg_rule(x):
-    """lax.neg as a sign-bit flip: Pallas Triton lowers neg to 0 - x, which turns -0 into +0 and +0 into +0."""
+    """lax.neg as a sign-bit flip: Pallas Triton lowers neg to 0 - x, so neg(+0) came out +0 instead of -0."""
     bits = {jnp.dtype(jnp.float32): jnp.uint32, jnp.dtype(jnp.bfloat16): jnp.uint16}.get(jnp.result_type(x))
     if bits is None:
         return lax.neg_p.bind(x)
