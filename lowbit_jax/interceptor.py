@@ -5,6 +5,9 @@ attn/query'; NNX list indices appear as numbers, 'layers/0/linear'); the first m
 are left alone. value: a QDotConfig; None or "skip"; a preset "train:<fmt>" / "direct_cast:<fmt>", or the
 tuple ("train", fmt) / ("direct_cast", fmt). Bad regexes, presets and format names fail at construction.
 
+Convolutions (linen Conv/ConvTranspose/ConvLocal, NNX Conv/ConvTranspose) are not quantized; a rule that
+matches one lists it in `Report.unsupported` rather than passing over it silently.
+
 Linen: `with quantized(rules): model.apply(...)` uses flax.linen.intercept_methods. nn.Dense/DenseGeneral
 run their own __call__ with their `dot_general` hook swapped for the duration of the call; nn.Einsum (no hook)
 is re-run by a copy of its small forward with the einsum done by qdot_general.
@@ -47,6 +50,8 @@ from lowbit_jax.qdot import QDotConfig, einsum_via, with_config
 PRESETS = {"train": QDotConfig.train, "direct_cast": QDotConfig.direct_cast}
 CAPTURE = "capture"
 _NNX_HOOKS = {nnx.Linear: "dot_general", nnx.LinearGeneral: "dot_general", nnx.Einsum: "einsum_op"}
+_LINEN_CONVS = (nn.Conv, nn.ConvTranspose, nn.ConvLocal)
+_NNX_CONVS = (nnx.Conv, nnx.ConvTranspose)
 
 
 @dataclass(frozen=True)
@@ -119,10 +124,12 @@ def match(rules: tuple[Rule, ...], path: str) -> QDotConfig | str | None:
 
 @dataclass
 class Report:
-    """Which GEMM layers were quantized (path -> config label) and which were left alone."""
+    """Which GEMM layers were quantized (path -> config label), which were left alone by a rule, and which
+    matched a rule but cannot be quantized (convolutions: path -> module type), so that they are not missed."""
 
     quantized: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    unsupported: dict[str, str] = field(default_factory=dict)
 
     def record(self, path: str, config) -> None:
         if config is None:
@@ -209,6 +216,10 @@ def _linen_with_hook(mod, op, next_fun, args, kwargs):
 def _linen_interceptor(session: Session):
     def interceptor(next_fun, args, kwargs, context):
         mod = context.module
+        if context.method_name == "__call__" and isinstance(mod, _LINEN_CONVS):
+            path = _linen_path(mod)
+            if match(session.rules, path) is not None:
+                session.report.unsupported[path] = type(mod).__name__
         if context.method_name != "__call__" or not isinstance(mod, nn.Dense | nn.DenseGeneral | nn.Einsum):
             return next_fun(*args, **kwargs)
         path = _linen_path(mod)
@@ -254,6 +265,10 @@ def nnx_layers(model) -> list[tuple[str, nnx.Module]]:
 def _install(model, rules, report: Report, session: Session | None) -> list[tuple[nnx.Module, str, object]]:
     """Install hooks on the matched layers of `model`; returns (module, attribute, old value) to restore."""
     saved = []
+    for path, m in nnx.iter_modules(model):
+        path = "/".join(str(p) for p in path)
+        if isinstance(m, _NNX_CONVS) and match(rules, path) is not None:
+            report.unsupported[path] = type(m).__name__
     for path, m in nnx_layers(model):
         config = match(rules, path)
         report.record(path, config)
