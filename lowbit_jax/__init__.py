@@ -16,6 +16,7 @@ from lowbit_jax.formats import (
 )
 from lowbit_jax.interceptor import Report, capture, quantize_nnx, quantized
 from lowbit_jax.qarray import QArray
+from lowbit_jax.qconv import qconv_general_dilated
 from lowbit_jax.qdot import QDotConfig, qdot_general, qeinsum
 from lowbit_jax.quantize import dequantize, fake_quant, quantize
 
@@ -37,6 +38,7 @@ __all__ = [
     "hadamard",
     "QDotConfig",
     "qdot_general",
+    "qconv_general_dilated",
     "qeinsum",
     "Captured",
     "Report",

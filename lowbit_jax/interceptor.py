@@ -5,8 +5,10 @@ attn/query'; NNX list indices appear as numbers, 'layers/0/linear'); the first m
 are left alone. value: a QDotConfig; None or "skip"; a preset "train:<fmt>" / "direct_cast:<fmt>", or the
 tuple ("train", fmt) / ("direct_cast", fmt). Bad regexes, presets and format names fail at construction.
 
-Convolutions (linen Conv/ConvTranspose/ConvLocal, NNX Conv/ConvTranspose) are not quantized; a rule that
-matches one lists it in `Report.unsupported` rather than passing over it silently.
+Convolutions: linen nn.Conv and nnx.Conv get their `conv_general_dilated` hook swapped for
+`qconv.qconv_general_dilated` (the convolution as patches . W through qdot_general; grouped convolutions
+raise). Transposed and unshared (ConvLocal) convolutions are not quantized; a rule that matches one lists it in
+`Report.unsupported` rather than passing over it silently.
 
 Linen: `with quantized(rules): model.apply(...)` uses flax.linen.intercept_methods. nn.Dense/DenseGeneral
 run their own __call__ with their `dot_general` hook swapped for the duration of the call; nn.Einsum (no hook)
@@ -45,13 +47,19 @@ from flax import nnx
 
 from lowbit_jax import capture as capture_lib
 from lowbit_jax.formats import get_format
+from lowbit_jax.qconv import with_conv_config
 from lowbit_jax.qdot import QDotConfig, einsum_via, with_config
 
 PRESETS = {"train": QDotConfig.train, "direct_cast": QDotConfig.direct_cast}
 CAPTURE = "capture"
-_NNX_HOOKS = {nnx.Linear: "dot_general", nnx.LinearGeneral: "dot_general", nnx.Einsum: "einsum_op"}
-_LINEN_CONVS = (nn.Conv, nn.ConvTranspose, nn.ConvLocal)
-_NNX_CONVS = (nnx.Conv, nnx.ConvTranspose)
+_NNX_HOOKS = {
+    nnx.Linear: "dot_general",
+    nnx.LinearGeneral: "dot_general",
+    nnx.Einsum: "einsum_op",
+    nnx.Conv: "conv_general_dilated",
+}
+_LINEN_UNSUPPORTED = (nn.ConvTranspose, nn.ConvLocal)
+_NNX_UNSUPPORTED = (nnx.ConvTranspose,)
 
 
 @dataclass(frozen=True)
@@ -154,22 +162,23 @@ class Session:
     capture: capture_lib.Capture | None = None
     calls: dict[str, int] = field(default_factory=dict)
 
-    def op(self, path: str, config):
-        """The dot_general-compatible callable for one call of the layer at `path`."""
+    def op(self, path: str, config, conv: bool = False):
+        """The dot_general-compatible (conv: conv_general_dilated-compatible) callable for one call at `path`."""
         call = self.calls.get(path, 0)
         self.calls[path] = call + 1
         if config == CAPTURE:
             return capture_lib.tap_dot_general(functools.partial(self.capture.record, path, call))
-        return _quant_op(path, config, self.key, call)
+        return _quant_op(path, config, self.key, call, conv)
 
 
-def _quant_op(path: str, config: QDotConfig, key, call: int = 0):
+def _quant_op(path: str, config: QDotConfig, key, call: int = 0, conv: bool = False):
+    bind = with_conv_config if conv else with_config
     if key is not None:
-        return with_config(config, layer_key(key, path, call))
+        return bind(config, layer_key(key, path, call))
     if config.rotation:  # no key: a per-layer Hadamard seed, so layers still get their own rotations
         seed = zlib.crc32(f"{path}#{call}".encode()) & 0x7FFFFFFF
         config = dataclasses.replace(config, rotation_seed=seed)
-    return with_config(config, None)
+    return bind(config, None)
 
 
 _STACK = threading.local()
@@ -201,32 +210,39 @@ def _linen_einsum(mod: nn.Einsum, op, inputs, einsum_str=None):
     return y if bias is None else y + jnp.reshape(bias, bias_shape)
 
 
-def _linen_with_hook(mod, op, next_fun, args, kwargs):
-    """Run a Dense/DenseGeneral's own __call__ with its dot_general hook swapped for `op`."""
-    saved = mod.dot_general, mod.dot_general_cls
-    object.__setattr__(mod, "dot_general", op)
-    object.__setattr__(mod, "dot_general_cls", None)
+def _linen_with_hook(mod, op, next_fun, args, kwargs, hook: str = "dot_general"):
+    """Run a Dense/DenseGeneral's (Conv's: hook='conv_general_dilated') own __call__ with its hook set to `op`."""
+    saved = getattr(mod, hook), getattr(mod, f"{hook}_cls")
+    object.__setattr__(mod, hook, op)
+    object.__setattr__(mod, f"{hook}_cls", None)
     try:
         return next_fun(*args, **kwargs)
     finally:
-        object.__setattr__(mod, "dot_general", saved[0])
-        object.__setattr__(mod, "dot_general_cls", saved[1])
+        object.__setattr__(mod, hook, saved[0])
+        object.__setattr__(mod, f"{hook}_cls", saved[1])
 
 
 def _linen_interceptor(session: Session):
     def interceptor(next_fun, args, kwargs, context):
         mod = context.module
-        if context.method_name == "__call__" and isinstance(mod, _LINEN_CONVS):
+        if context.method_name == "__call__" and isinstance(mod, _LINEN_UNSUPPORTED):
             path = _linen_path(mod)
             if match(session.rules, path) is not None:
                 session.report.unsupported[path] = type(mod).__name__
-        if context.method_name != "__call__" or not isinstance(mod, nn.Dense | nn.DenseGeneral | nn.Einsum):
+        layers = nn.Dense | nn.DenseGeneral | nn.Einsum | nn.Conv
+        if context.method_name != "__call__" or not isinstance(mod, layers) or isinstance(mod, _LINEN_UNSUPPORTED):
             return next_fun(*args, **kwargs)
         path = _linen_path(mod)
         config = match(session.rules, path)
         session.report.record(path, config)
         if config is None:
             return next_fun(*args, **kwargs)
+        if isinstance(mod, nn.Conv):
+            if config == CAPTURE:  # capture records GEMM operands; a convolution's are not a GEMM's
+                session.report.unsupported[path] = "Conv (capture)"
+                return next_fun(*args, **kwargs)
+            op = session.op(path, config, conv=True)
+            return _linen_with_hook(mod, op, next_fun, args, kwargs, hook="conv_general_dilated")
         op = session.op(path, config)
         if isinstance(mod, nn.Einsum):
             return _linen_einsum(mod, op, *args, **kwargs)
@@ -238,25 +254,26 @@ def _linen_interceptor(session: Session):
 # ---------------------------------------------------------------------------------------------- NNX
 @dataclass(frozen=True)
 class NNXHook:
-    """A dot_general / einsum_op hook installed on an NNX layer; builds the layer's op at call time."""
+    """A dot_general / einsum_op / conv_general_dilated hook installed on an NNX layer; builds the layer's op at
+    call time."""
 
     path: str
     config: QDotConfig | str
-    einsum: bool = False
+    attr: str = "dot_general"
     session: Session | None = None  # None (permanent surgery): key from the innermost active session
 
     def __call__(self, *args, **kwargs):
-        session = self.session
+        session, conv = self.session, self.attr == "conv_general_dilated"
         if session is None:
             key = next((s.key for s in reversed(_sessions()) if s.key is not None), None)
-            op = _quant_op(self.path, self.config, key)
+            op = _quant_op(self.path, self.config, key, conv=conv)
         else:
-            op = session.op(self.path, self.config)
-        return einsum_via(op, *args, **kwargs) if self.einsum else op(*args, **kwargs)
+            op = session.op(self.path, self.config, conv=conv)
+        return einsum_via(op, *args, **kwargs) if self.attr == "einsum_op" else op(*args, **kwargs)
 
 
 def nnx_layers(model) -> list[tuple[str, nnx.Module]]:
-    """(path, module) of every nnx.Linear / LinearGeneral / Einsum reachable from `model`."""
+    """(path, module) of every nnx.Linear / LinearGeneral / Einsum / Conv reachable from `model`."""
     if not isinstance(model, nnx.Module):
         raise TypeError(f"model= takes Flax NNX modules (linen models need no model=), got {type(model).__name__}")
     return [("/".join(str(p) for p in path), m) for path, m in nnx.iter_modules(model) if type(m) in _NNX_HOOKS]
@@ -267,10 +284,13 @@ def _install(model, rules, report: Report, session: Session | None) -> list[tupl
     saved = []
     for path, m in nnx.iter_modules(model):
         path = "/".join(str(p) for p in path)
-        if isinstance(m, _NNX_CONVS) and match(rules, path) is not None:
+        if isinstance(m, _NNX_UNSUPPORTED) and match(rules, path) is not None:
             report.unsupported[path] = type(m).__name__
     for path, m in nnx_layers(model):
         config = match(rules, path)
+        if config == CAPTURE and type(m) is nnx.Conv:
+            report.unsupported[path] = "Conv (capture)"
+            continue
         report.record(path, config)
         if config is None:
             continue
@@ -279,12 +299,12 @@ def _install(model, rules, report: Report, session: Session | None) -> list[tupl
         if getattr(m, "dot_general_cls", None) is not None:  # LinearGeneral prefers dot_general_cls
             saved.append((m, "dot_general_cls", m.dot_general_cls))
             object.__setattr__(m, "dot_general_cls", None)
-        object.__setattr__(m, attr, NNXHook(path, config, attr == "einsum_op", session))
+        object.__setattr__(m, attr, NNXHook(path, config, attr, session))
     return saved
 
 
 def quantize_nnx(model, rules) -> Report:
-    """Quantize an NNX model in place (module surgery on its Linear / LinearGeneral / Einsum hooks)."""
+    """Quantize an NNX model in place (module surgery on its Linear / LinearGeneral / Einsum / Conv hooks)."""
     rules = _only(parse_rules(rules), QDotConfig, "quantize_nnx")
     report = Report()
     _install(model, rules, report, None)
@@ -309,7 +329,8 @@ def _activate(session: Session, models):
 
 @contextlib.contextmanager
 def quantized(rules=(), *, key=None, model=None):
-    """Quantize matched Dense/DenseGeneral/Einsum GEMMs of linen models (and of the NNX `model`); yields a Report."""
+    """Quantize matched Dense/DenseGeneral/Einsum/Conv layers of linen models (and of the NNX `model`); yields a
+    Report."""
     session = Session(_only(parse_rules(rules), QDotConfig, "quantized"), key)
     with _activate(session, model):
         yield session.report

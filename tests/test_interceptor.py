@@ -323,35 +323,3 @@ def test_capture_nnx_block_merges_multi_dim_axes():
     assert out["dy"].matrix("dw").shape == (D, B * T)
     assert cap["value"]["w"].axes == {"fwd": (0,), "dx": (1, 2)}
     assert m.out.dot_general is None and m.up.dot_general is lax.dot_general  # the constructors' defaults
-
-
-class TinyCNN(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        return nn.Dense(4, name="head")(nn.Conv(8, (3, 3), name="conv")(x).mean((1, 2)))
-
-
-class NTinyCNN(nnx.Module):
-    def __init__(self, rngs):
-        self.conv = nnx.Conv(3, 8, (3, 3), rngs=rngs)
-        self.head = nnx.Linear(8, 4, rngs=rngs)
-
-    def __call__(self, x):
-        return self.head(self.conv(x).mean((1, 2)))
-
-
-def test_convolutions_matched_by_a_rule_are_reported_unsupported():
-    """Convolutions are not quantized; a matching rule lists them in report.unsupported (a skip rule does not)."""
-    x = jnp.ones((2, 8, 8, 3))
-    m = TinyCNN()
-    params = m.init(jax.random.key(0), x)
-    with lb.quantized([(".*", "direct_cast:mxint8")]) as report:
-        m.apply(params, x)
-    assert report.quantized == {"head": "direct_cast(mxint8)"} and report.unsupported == {"conv": "Conv"}
-    with lb.quantized([("conv", None), (".*", "direct_cast:mxint8")]) as report:
-        m.apply(params, x)
-    assert report.unsupported == {}
-    n = NTinyCNN(nnx.Rngs(0))
-    with lb.quantized([(".*", "direct_cast:mxint8")], model=n) as report:
-        n(x)
-    assert report.quantized == {"head": "direct_cast(mxint8)"} and report.unsupported == {"conv": "Conv"}

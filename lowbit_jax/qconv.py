@@ -1,0 +1,101 @@
+"""qconv_general_dilated: lax.conv_general_dilated computed as the GEMM it is, quantized by qdot_general.
+
+A convolution is patches(X) . W. `lax.conv_general_dilated_patches` gathers every output position's receptive
+field; its features are reordered to (window taps..., input channel), channel innermost, and W is flattened in
+the same order to (taps x in_channels, out_channels). `qdot_general` then applies the config's six quantizers
+to that GEMM, so forward blocks run along input channels within a tap (as in implicit-GEMM hardware), dX comes
+from Q(dY) . Q(W)^T (blocks along output channels) and dW from Q(patches)^T . Q(dY) (blocks along batch and
+output positions). The patch gather is an exact copy (HIGHEST precision), and its transpose sums the
+overlapping windows of dX in float32.
+
+Limits: grouped convolutions (feature_group_count or batch_group_count > 1) raise NotImplementedError; an Inf
+or NaN in X reaches the neighbouring patches as NaN (the gather is a one-hot convolution, and 0 * Inf = NaN);
+the patches take prod(window) times the memory of X.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax.numpy as jnp
+from jax import lax
+
+from lowbit_jax.qdot import QDotConfig, qdot_general
+
+
+def _patch_matrix(lhs, window: tuple[int, ...], dn, **patch_kwargs):
+    """(N, out spatial..., taps * C) patches of lhs, features ordered (taps..., C) with C innermost."""
+    patches = lax.conv_general_dilated_patches(
+        lhs, window, dimension_numbers=dn, precision=lax.Precision.HIGHEST, **patch_kwargs
+    )
+    out_spec = dn.out_spec
+    p = jnp.transpose(patches, (out_spec[0], *out_spec[2:], out_spec[1]))
+    c, taps = lhs.shape[dn.lhs_spec[1]], math.prod(window)
+    p = p.reshape(p.shape[:-1] + (c, taps))
+    return jnp.swapaxes(p, -1, -2).reshape(p.shape[:-2] + (taps * c,))
+
+
+def _kernel_matrix(rhs, dn):
+    """W as (taps * in_channels, out_channels), taps row-major over the spatial dims, in_channels innermost."""
+    o, i, *spatial = dn.rhs_spec
+    w = jnp.transpose(rhs, (*spatial, i, o))
+    return w.reshape(-1, w.shape[-1])
+
+
+def qconv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision=None,
+    preferred_element_type=None,
+    *,
+    config: QDotConfig | None = None,
+    key=None,
+    out_sharding=None,
+):
+    """Drop-in for lax.conv_general_dilated whose GEMM (patches . W) is quantized per `config` (qdot_general)."""
+    if feature_group_count != 1 or batch_group_count != 1:
+        raise NotImplementedError(
+            "qconv_general_dilated: grouped convolutions (feature_group_count or batch_group_count > 1) are not "
+            f"supported; got {feature_group_count} and {batch_group_count}"
+        )
+    if out_sharding is not None:
+        raise NotImplementedError("qconv_general_dilated: out_sharding is not supported")
+    lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    window = tuple(rhs.shape[d] for d in dn.rhs_spec[2:])
+    patches = _patch_matrix(
+        lhs,
+        window,
+        dn,
+        window_strides=window_strides,
+        padding=padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+    )
+    contract = (((patches.ndim - 1,), (0,)), ((), ()))
+    y = qdot_general(
+        patches,
+        _kernel_matrix(rhs, dn),
+        contract,
+        config,
+        key=key,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    # y is (N, out spatial..., O); put each dim where dn.out_spec wants it
+    out_spec = dn.out_spec
+    source = {out_spec[0]: 0, out_spec[1]: y.ndim - 1} | {d: 1 + i for i, d in enumerate(out_spec[2:])}
+    return jnp.transpose(y, tuple(source[d] for d in range(y.ndim)))
+
+
+def with_conv_config(config: QDotConfig, key=None):
+    """A lax.conv_general_dilated-compatible callable bound to `config` and `key` (for Conv hooks)."""
+    return functools.partial(qconv_general_dilated, config=config, key=key)
