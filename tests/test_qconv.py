@@ -72,10 +72,31 @@ def test_pointwise_conv_is_exactly_the_gemm_with_all_six_quantizers():
         np.testing.assert_array_equal(np.asarray(g), np.asarray(e))
 
 
-def test_grouped_convolutions_raise():
+@pytest.mark.parametrize("groups", [2, 8], ids=["2 groups", "depthwise"])
+def test_grouped_convolutions_match_lax_and_quantize_per_group(groups):
+    """feature_group_count: unquantized equals lax.conv with the same groups; quantized, group g's output equals
+    the ungrouped qconv of group g's channels and kernels (blocks never cross a group)."""
+    x, w = normal((2, 7, 7, 8), 0), normal((3, 3, 8 // groups, 16), 1)
+    dn, kw = ("NHWC", "HWIO", "NHWC"), dict(feature_group_count=groups)
+    want = lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn, precision=HIGHEST, **kw)
+    got = qconv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn, **kw)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    cfg = lb.QDotConfig.direct_cast("mxint4")
+    y = qconv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn, config=cfg, **kw)
+    cg, og = 8 // groups, 16 // groups
+    for g in range(groups):
+        xg, wg = x[..., g * cg : (g + 1) * cg], w[..., g * og : (g + 1) * og]
+        yg = qconv_general_dilated(xg, wg, (1, 1), "SAME", dimension_numbers=dn, config=cfg)
+        np.testing.assert_allclose(y[..., g * og : (g + 1) * og], yg, rtol=1e-6, atol=1e-6)
+
+
+def test_bad_group_counts_raise():
     x, w = normal((1, 5, 5, 4), 0), normal((3, 3, 2, 4), 1)
-    with pytest.raises(NotImplementedError, match="grouped"):
-        qconv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=2)
+    dn = ("NHWC", "HWIO", "NHWC")
+    with pytest.raises(NotImplementedError, match="batch_group_count"):
+        qconv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn, feature_group_count=2, batch_group_count=2)
+    with pytest.raises(ValueError, match="feature_group_count 3"):
+        qconv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn, feature_group_count=3)
 
 
 class CNN(nn.Module):
