@@ -85,6 +85,25 @@ def median_seconds(fn, x, repeats: int, batch: int = 1) -> float:
     return statistics.median(times)
 
 
+def time_case(fn, x, repeats: int, batch: int) -> tuple[float, str]:
+    """(median seconds per call, "") or, for a kernel that does not lower on this backend, (NaN, its error)."""
+    try:
+        return median_seconds(fn, x, repeats, batch), ""
+    except Exception as err:  # record it and keep going: one failing kernel must not lose the other rows
+        return float("nan"), f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
+
+
+def bench_input(size: int, dtype: str, seed: int, device=None) -> jax.Array:
+    """The (size, size) standard-normal array that every case of one dtype times."""
+    x = jax.random.normal(jax.random.key(seed), (size, size), jnp.float32).astype(dtype)
+    return x if device is None else jax.device_put(x, device)
+
+
+def gbps(x: jax.Array, seconds: float) -> float:
+    """GB/s counting one read of x and one write of a result of the same size."""
+    return 2 * x.nbytes / seconds / 1e9
+
+
 def quant_fn(name: str, impl: str):
     """jit(fake_quant) of one format through one implementation."""
     if impl == "xla":
@@ -96,18 +115,16 @@ def quant_fn(name: str, impl: str):
 def bench_rows(cfg: Config) -> list[dict]:
     """One row per (dtype, format, impl) plus the copy baseline per dtype."""
     device = jax.devices(cfg.device)[0]
-    rows = []
+    rows, inputs = [], {}
     jobs = []
     for d in cfg.dtypes:
         jobs += [(d, "copy", "xla")] + [(d, f, i) for f in cfg.formats for i in cfg.impls]
     for dtype, name, impl in common.progress(jobs, desc="bench", unit="case"):
-        key = jax.random.key(cfg.seed)
-        x = jax.device_put(jax.random.normal(key, (cfg.size, cfg.size), jnp.float32).astype(dtype), device)
+        if dtype not in inputs:  # one input per dtype, shared by its cases
+            inputs[dtype] = bench_input(cfg.size, dtype, cfg.seed, device)
+        x = inputs[dtype]
         fn = jax.jit(jnp.copy) if name == "copy" else quant_fn(name, impl)
-        try:
-            seconds, error = median_seconds(fn, x, cfg.repeats, cfg.batch), ""
-        except Exception as err:  # a kernel that does not lower on this backend: record it, keep going
-            seconds, error = float("nan"), f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
+        seconds, error = time_case(fn, x, cfg.repeats, cfg.batch)
         if name == "copy":
             copy_seconds = seconds
         rows.append(
@@ -117,7 +134,7 @@ def bench_rows(cfg: Config) -> list[dict]:
                 "dtype": dtype,
                 "size": cfg.size,
                 "ms": seconds * 1e3,
-                "gbps": 2 * x.nbytes / seconds / 1e9,
+                "gbps": gbps(x, seconds),
                 "ratio_to_copy": seconds / copy_seconds,
                 "error": error,
             }

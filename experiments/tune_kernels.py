@@ -82,19 +82,18 @@ def sweep(cfg: Config) -> list[dict]:
         jobs.append((dtype, "copy", "copy"))
         for name in cfg.formats:
             jobs += [(dtype, name, t) for t in ["xla", *candidates(lb.get_format(name), cfg)]]
-    rows, copy_s = [], {}
+    rows, copy_s, inputs = [], {}, {}
     for dtype, name, tiles in common.progress(jobs, desc="tune", unit="case"):
-        x = jax.random.normal(jax.random.key(0), (cfg.size, cfg.size), jnp.float32).astype(dtype)
+        if dtype not in inputs:  # one input per dtype, shared by its cases
+            inputs[dtype] = bench.bench_input(cfg.size, dtype, seed=0)
+        x = inputs[dtype]
         if tiles == "copy":
             fn = jax.jit(jnp.copy)
         elif tiles == "xla":
             fn = jax.jit(lambda v, n=name: lb.fake_quant(v, n))
         else:
             fn = jax.jit(lambda v, n=name, t=tiles: kernels.fake_quant(v, n, impl="pallas", tiles=t))
-        try:
-            seconds, error = bench.median_seconds(fn, x, cfg.repeats, cfg.batch), ""
-        except Exception as err:  # a tiling Triton rejects (too many registers, ...): record it, go on
-            seconds, error = float("nan"), f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:160]}"
+        seconds, error = bench.time_case(fn, x, cfg.repeats, cfg.batch)  # a tiling Triton rejects: NaN + error
         if tiles == "copy":
             copy_s[dtype] = seconds
         rows.append(
@@ -103,7 +102,7 @@ def sweep(cfg: Config) -> list[dict]:
                 "format": name,
                 "tiles": label(name, tiles),
                 "ms": seconds * 1e3,
-                "gbps": 2 * x.nbytes / seconds / 1e9,
+                "gbps": bench.gbps(x, seconds),
                 "pct_copy": 100 * copy_s[dtype] / seconds,
                 "error": error,
             }
