@@ -63,10 +63,6 @@ def kernel_division():
         _KERNEL_DIVISION.reset(token)
 
 
-def _div_f32(num, den):
-    return num / den
-
-
 def _significand_exponent(bits_u32):
     """(24-bit significand with the hidden bit, biased exponent) of positive normal float32 bit patterns."""
     return (bits_u32 & _MANTISSA_MASK) | (1 << 23), (bits_u32 >> 23).astype(jnp.int32)
@@ -131,7 +127,7 @@ def div_exact(num: jnp.ndarray, den: jnp.ndarray) -> jnp.ndarray:
     den = jnp.maximum(den, jnp.abs(num) * 0.0)
     if _KERNEL_DIVISION.get() or jnp.result_type(num, den) != jnp.float32:
         return num / den
-    return lax.platform_dependent(num, den, cpu=_div_f32, default=_div_corrected)
+    return lax.platform_dependent(num, den, cpu=jnp.divide, default=_div_corrected)
 
 
 def round_bf16(x_f32: jnp.ndarray) -> jnp.ndarray:

@@ -70,9 +70,14 @@ def default_backend() -> str:
     return DEFAULT_GPU_BACKEND if jax.default_backend() == "gpu" else "interpret"
 
 
+def _pow2_at_least(n: int) -> int:
+    """The smallest power of two >= n (Triton block shapes must be powers of two)."""
+    return 1 << max(0, (n - 1).bit_length())
+
+
 def _fit(n: int, tile: int) -> int:
-    """The tile, or the smallest power of two covering n when n is smaller (Triton wants powers of two)."""
-    return tile if n >= tile else 1 << max(0, (n - 1).bit_length())
+    """The tile, or the smallest power of two covering n when n is smaller."""
+    return tile if n >= tile else _pow2_at_least(n)
 
 
 def _pad_to(a: jax.Array, rows: int, cols: int) -> jax.Array:
@@ -166,10 +171,6 @@ def _nv_g(amax, fmt: Format):
 
 def _amax_rows(x) -> jax.Array:
     return amax_along(x.astype(jnp.float32), 1)
-
-
-def _pow2_at_least(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
 
 
 def _run_blocked(x, fmt, rbits, signs, out, out_dtype, tiles, backend, byte_outputs):
