@@ -6,8 +6,8 @@ are left alone. value: a QDotConfig; None or "skip"; a preset "train:<fmt>" / "d
 tuple ("train", fmt) / ("direct_cast", fmt). Bad regexes, presets and format names fail at construction.
 
 Convolutions: linen nn.Conv and nnx.Conv get their `conv_general_dilated` hook swapped for
-`qconv.qconv_general_dilated` (the convolution as patches . W through qdot_general; grouped convolutions
-raise). Transposed and unshared (ConvLocal) convolutions are not quantized; a rule that matches one lists it in
+`qconv.qconv_general_dilated` (the convolution as patches . W through qdot_general, grouped ones included).
+Transposed and unshared (ConvLocal) convolutions are not quantized; a rule that matches one lists it in
 `Report.unsupported` rather than passing over it silently.
 
 Linen: `with quantized(rules): model.apply(...)` uses flax.linen.intercept_methods. nn.Dense/DenseGeneral
@@ -58,6 +58,7 @@ _NNX_HOOKS = {
     nnx.Einsum: "einsum_op",
     nnx.Conv: "conv_general_dilated",
 }
+_LINEN_LAYERS = (nn.Dense, nn.DenseGeneral, nn.Einsum, nn.Conv)
 _LINEN_UNSUPPORTED = (nn.ConvTranspose, nn.ConvLocal)
 _NNX_UNSUPPORTED = (nnx.ConvTranspose,)
 
@@ -225,15 +226,14 @@ def _linen_with_hook(mod, op, next_fun, args, kwargs, hook: str = "dot_general")
 def _linen_interceptor(session: Session):
     def interceptor(next_fun, args, kwargs, context):
         mod = context.module
-        if context.method_name == "__call__" and isinstance(mod, _LINEN_UNSUPPORTED):
-            path = _linen_path(mod)
-            if match(session.rules, path) is not None:
-                session.report.unsupported[path] = type(mod).__name__
-        layers = nn.Dense | nn.DenseGeneral | nn.Einsum | nn.Conv
-        if context.method_name != "__call__" or not isinstance(mod, layers) or isinstance(mod, _LINEN_UNSUPPORTED):
+        if context.method_name != "__call__" or not isinstance(mod, _LINEN_LAYERS + _LINEN_UNSUPPORTED):
             return next_fun(*args, **kwargs)
         path = _linen_path(mod)
         config = match(session.rules, path)
+        if isinstance(mod, _LINEN_UNSUPPORTED):
+            if config is not None:
+                session.report.unsupported[path] = type(mod).__name__
+            return next_fun(*args, **kwargs)
         session.report.record(path, config)
         if config is None:
             return next_fun(*args, **kwargs)
@@ -272,22 +272,26 @@ class NNXHook:
         return einsum_via(op, *args, **kwargs) if self.attr == "einsum_op" else op(*args, **kwargs)
 
 
-def nnx_layers(model) -> list[tuple[str, nnx.Module]]:
-    """(path, module) of every nnx.Linear / LinearGeneral / Einsum / Conv reachable from `model`."""
+def nnx_layers(model, also: tuple = ()) -> list[tuple[str, nnx.Module]]:
+    """(path, module) of every nnx.Linear / LinearGeneral / Einsum / Conv (and instance of `also`) in `model`."""
     if not isinstance(model, nnx.Module):
         raise TypeError(f"model= takes Flax NNX modules (linen models need no model=), got {type(model).__name__}")
-    return [("/".join(str(p) for p in path), m) for path, m in nnx.iter_modules(model) if type(m) in _NNX_HOOKS]
+    return [
+        ("/".join(str(p) for p in path), m)
+        for path, m in nnx.iter_modules(model)
+        if type(m) in _NNX_HOOKS or isinstance(m, also)
+    ]
 
 
 def _install(model, rules, report: Report, session: Session | None) -> list[tuple[nnx.Module, str, object]]:
     """Install hooks on the matched layers of `model`; returns (module, attribute, old value) to restore."""
     saved = []
-    for path, m in nnx.iter_modules(model):
-        path = "/".join(str(p) for p in path)
-        if isinstance(m, _NNX_UNSUPPORTED) and match(rules, path) is not None:
-            report.unsupported[path] = type(m).__name__
-    for path, m in nnx_layers(model):
+    for path, m in nnx_layers(model, _NNX_UNSUPPORTED):
         config = match(rules, path)
+        if isinstance(m, _NNX_UNSUPPORTED):
+            if config is not None:
+                report.unsupported[path] = type(m).__name__
+            continue
         if config == CAPTURE and type(m) is nnx.Conv:
             report.unsupported[path] = "Conv (capture)"
             continue
