@@ -81,8 +81,16 @@ def qconv_general_dilated(
             f"features, with {rhs.shape[dn.rhs_spec[1]]} kernel input features = {c} / groups"
         )
     window = tuple(rhs.shape[d] for d in dn.rhs_spec[2:])
-    patch_kwargs = dict(padding=padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation)
-    patches = _patch_matrix(lhs, window, dn, groups, window_strides=window_strides, **patch_kwargs)
+    patches = _patch_matrix(
+        lhs,
+        window,
+        dn,
+        groups,
+        window_strides=window_strides,
+        padding=padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+    )
     kernel = _kernel_matrix(rhs, dn, groups)
     if groups == 1:  # one plain GEMM
         patches, kernel, batch = patches[0], kernel[0], ((), ())
