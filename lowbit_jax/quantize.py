@@ -227,8 +227,9 @@ def quantize(x, fmt: Format | str, axis: int = -1, *, key=None, impl: str = "xla
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _quantize_xla(x: jax.Array, fmt: Format, axis: int, key) -> QArray:
     """The XLA quantizer, jitted so that eager calls compile once per shape instead of dispatching op by op."""
-    if fmt.is_identity:
-        return QArray(x.astype(fmt.passthrough_dtype), None, None, fmt, axis, x.shape, x.dtype)
+    if fmt.is_identity:  # rounded, not only cast: XLA:GPU drops the pair cast here / cast back in dequantize
+        codes = rounding.round_to_dtype(x, fmt.passthrough_dtype).astype(fmt.passthrough_dtype)
+        return QArray(codes, None, None, fmt, axis, x.shape, x.dtype)
     values, sc, lay = quantize_blocks(x, fmt, axis, key)
     codes = rounding.encode(jnp.where(sc.finite, values, 0.0), fmt.elem)
     codes = from_blocks(codes, lay, crop=False)

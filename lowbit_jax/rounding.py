@@ -54,8 +54,8 @@ _KERNEL_DIVISION = contextvars.ContextVar("lowbit_jax_kernel_division", default=
 
 @contextlib.contextmanager
 def kernel_division():
-    """While tracing a Pallas kernel body: `div_exact` emits a plain float32 division, which the kernel's backend
-    rules make exact (PTX div.rn.f32 on Triton; XLA:CPU's IEEE division in interpret mode)."""
+    """While tracing a Triton kernel body: `div_exact` emits a plain float32 division, which the Triton rule of
+    `kernels.substitute` makes exact (PTX div.rn.f32). Not for interpret mode: XLA evaluates that body."""
     token = _KERNEL_DIVISION.set(True)
     try:
         yield

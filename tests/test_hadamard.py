@@ -57,7 +57,8 @@ def test_rotation_leaves_products_unchanged_and_keeps_dtype():
     )
     key = jax.random.key(7)
     xr, wr = hadamard.rotate(x, 32, key), hadamard.rotate(w, 32, key)
-    np.testing.assert_allclose(xr @ wr.T, x @ w.T, atol=1e-4)
+    f64 = lambda a: np.asarray(a, np.float64)  # numpy products: a GPU's default jnp matmul rounds inputs to TF32
+    np.testing.assert_allclose(f64(xr) @ f64(wr).T, f64(x) @ f64(w).T, atol=1e-4)
     assert hadamard.rotate(x.astype(jnp.bfloat16), 16, key).dtype == jnp.bfloat16
 
 

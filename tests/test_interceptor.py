@@ -18,6 +18,14 @@ DN = (((1,), (0,)), ((), ()))
 TRAIN8 = QDotConfig.train("mxint8")
 
 
+@pytest.fixture(autouse=True)
+def highest_matmul_precision():
+    """qdot_general multiplies at HIGHEST precision; Flax's own layers and these models' einsums use the default,
+    which is TF32 on a GPU. Compare like with like (no effect on a CPU)."""
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 def data(shape, seed=0):
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
 

@@ -151,7 +151,9 @@ def _launch(spec: dict, inputs: dict, outs: list, grid, backend: str, tiles: Til
     """pallas_call over `grid`; inputs and outs as name -> (array, BlockSpec) and [(ShapeDtypeStruct, BlockSpec)]."""
     names = tuple(inputs)
     body = functools.partial(_body, spec["fmt"], spec["h"], spec["out"], spec["out_dtype"], spec["bytes"], names)
-    kernel = functools.partial(_kernel, substitute.substituted(body, _rules(backend)), len(names))
+    kernel = functools.partial(
+        _kernel, substitute.substituted(body, _rules(backend), plain_division=backend == "triton"), len(names)
+    )
     return pl.pallas_call(
         kernel,
         out_shape=[o[0] for o in outs],

@@ -2,7 +2,7 @@
 
 Pallas' Triton lowering (jax 0.10) has no `round`, lowers float32 division to the approximate `div.full.f32`,
 and lowers `max`/`min` (and the `reduce_max` of a block amax) to NaN-ignoring `maxnumf`/`minnumf`. The kernel
-body stays the library's own code (rounding.round_elem, scaling.*); `substituted(fn, rules)` traces it to a
+body stays the library's own code (rounding.round_elem, scaling.*); `substituted(fn, rules, ...)` traces it to a
 jaxpr and re-evaluates it with those primitives replaced:
 
   neg (float)             -> a sign-bit flip (Triton lowers neg to 0 - x: the sign of zero is lost)
@@ -17,6 +17,7 @@ jaxpr and re-evaluates it with those primitives replaced:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -155,13 +156,17 @@ def eval_jaxpr(jaxpr, consts, args, rules):
     return [read(v) for v in jaxpr.outvars]
 
 
-def substituted(fn, rules):
-    """fn(*arrays) -> tuple of arrays, traced under `rounding.kernel_division` and evaluated with `rules`
-    replacing primitives (None: as traced)."""
+def substituted(fn, rules, *, plain_division: bool):
+    """fn(*arrays) -> tuple of arrays, evaluated with `rules` replacing primitives (None: as traced).
+
+    plain_division: trace under `rounding.kernel_division`, for a backend whose own rule makes float32 division
+    exact (Triton's div.rn.f32). Interpret mode runs the body through XLA on the default device, which divides
+    approximately on a GPU: there `div_exact` keeps its correction.
+    """
 
     @functools.wraps(fn)
     def wrapped(*args):
-        with rounding.kernel_division():
+        with rounding.kernel_division() if plain_division else contextlib.nullcontext():
             if not rules:
                 return fn(*args)
             closed, out_tree = jax.make_jaxpr(fn, return_shape=True)(*args)

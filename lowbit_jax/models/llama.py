@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+HIGHEST = jax.lax.Precision.HIGHEST  # float32 products in float32 on GPUs too, whose default is TF32
+
 LM_HEAD_RULE = ("lm_head", None)
 
 
@@ -73,6 +75,7 @@ def _dense(cfg: LlamaConfig, features: int, name: str, std: float) -> nn.Dense:
         features,
         use_bias=False,
         dtype=cfg.dtype,
+        precision=HIGHEST,
         kernel_init=nn.initializers.normal(std),
         name=name,
     )
@@ -109,12 +112,12 @@ class Attention(nn.Module):
         cos, sin = rope_tables(t, e, cfg.rope_theta)
         q, kk = apply_rope(q, cos, sin), apply_rope(kk, cos, sin)
         q_BxTxKxGxE = q.reshape(b, t, k, h // k, e).astype(jnp.float32)
-        scores = jnp.einsum("btkge,bske->bkgts", q_BxTxKxGxE, kk.astype(jnp.float32))
+        scores = jnp.einsum("btkge,bske->bkgts", q_BxTxKxGxE, kk.astype(jnp.float32), precision=HIGHEST)
         scores = scores * jnp.float32(e**-0.5)
         causal_TxT = jnp.tril(jnp.ones((t, t), dtype=bool))[None, None, None]
         scores = jnp.where(causal_TxT, scores, jnp.float32(-1e30))
         probs = jax.nn.softmax(scores, axis=-1)
-        out = jnp.einsum("bkgts,bske->btkge", probs, v.astype(jnp.float32)).reshape(b, t, h * e)
+        out = jnp.einsum("bkgts,bske->btkge", probs, v.astype(jnp.float32), precision=HIGHEST).reshape(b, t, h * e)
         return _dense(cfg, cfg.dim, "o_proj", out_std)(out.astype(cfg.dtype))
 
 

