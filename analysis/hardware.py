@@ -21,8 +21,12 @@ dequantizer UE8M0 = two 8-bit integer additions; E4M3 = two FP multiplications, 
 multiplier (4x4 mantissa array + 4-bit exponent adder) as an E4M3 x E4M3 product (a lower bound: the second
 operand is really the wider block sum). Accumulator = one FP32 adder (x = 8, y = 23, so n = 24) with the FP-add rows.
 
-Throughput (Table 7): a "slot" delivers one 8-bit MAC or `throughput_ratio` (= 2, Blackwell's 1:2) MACs of <= 4-bit
+Throughput: a "slot" delivers one 8-bit MAC or `throughput_ratio` (= 2, Blackwell's 1:2; Table 7) MACs of <= 4-bit
 elements per cycle; every figure is per slot, shared blocks times the blocks finished per slot per cycle (lanes / k).
+Single-format units (`single_throughput`): "mac" (default) gives every one the same MAC rate, one lane per slot,
+which is what Table 5's "normalized, equal throughput" says; "slot" gives the <= 4-bit ones throughput_ratio lanes,
+as a Blackwell slot, which doubles their cost. Under "slot" no cell factors at all reach the paper's NVFP4 ratio:
+a Table 5 ratio is a weighted mean of the per-cell count ratios (`reachable`), and NVFP4's lie in 0.78-1.58.
 Mixed units provision the dequantizers of both modes and one accumulator at the faster block rate. Table 7 schemes
 (slot = one MX 8-bit MAC or r NV 4-bit MACs): INT "none" 1 int8 + r int4 lanes; "reuse1" the int8 lane also runs
 int4 (XXXX_0000) + r-1 int4 lanes; "reuse2" (adopted) r int8 x (u)int4 lanes, whose int8-mode nibble products
@@ -61,6 +65,7 @@ DEFAULT_ENERGY = {"AND": 1.5, "OR": 1.5, "XOR": 3.0, "MUX2": 3.0, "HA": 4.5, "FA
 DEFAULT_TOGGLE = dict.fromkeys(CELLS, 0.5)
 NAMES = ("MXFP8", "MXINT8", "NVFP4", "NVINT4", "MXFP8+NVFP4", "MXINT8+NVINT4")
 INT_SCHEMES, FP_SCHEMES = ("none", "reuse1", "reuse2"), ("none", "reuse")
+SINGLE_THROUGHPUTS = ("mac", "slot")
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,7 @@ class CellLibrary:
 class HardwareParams:
     psum_bits: int = 24  # Eq. 44 cap on the aligner width
     throughput_ratio: int = 2  # <=4-bit MACs per 8-bit MAC slot (Table 7)
+    single_throughput: str = "mac"  # single-format units: "mac" (one MAC per slot each) or "slot" (as mixed units)
     int_scheme: str = "reuse2"  # Table 7: "none", "reuse1", "reuse2" (adopted)
     fp_scheme: str = "reuse"  # Table 7: "none", "reuse" (adopted)
     acc_exp_bits: int = 8  # FP32 accumulator
@@ -95,6 +101,8 @@ class HardwareParams:
     def __post_init__(self):
         if self.int_scheme not in INT_SCHEMES or self.fp_scheme not in FP_SCHEMES:
             raise ValueError(f"int_scheme must be one of {INT_SCHEMES} and fp_scheme one of {FP_SCHEMES}")
+        if self.single_throughput not in SINGLE_THROUGHPUTS:
+            raise ValueError(f"single_throughput must be one of {SINGLE_THROUGHPUTS}, got {self.single_throughput!r}")
         if self.psum_bits < 2 or self.throughput_ratio < 1 or self.acc_exp_bits < 1 or self.acc_man_bits < 0:
             raise ValueError("psum_bits >= 2, throughput_ratio >= 1 and a valid accumulator FP(e, m) are required")
 
@@ -245,9 +253,11 @@ def _block_format(fmt: lb.Format | str) -> lb.Format:
 
 
 def format_unit(fmt: lb.Format | str, p: HardwareParams = HardwareParams()) -> Unit:
-    """A single-format unit: throughput_ratio lanes for <= 4-bit elements, else one; blocks of fmt.block_size."""
+    """A single-format unit, blocks of fmt.block_size: one lane, or throughput_ratio lanes for <= 4-bit elements
+    when p.single_throughput is "slot"."""
     fmt = _block_format(fmt)
-    n, k = p.throughput_ratio if fmt.elem.bits <= 4 else 1, fmt.block_size
+    wide = fmt.elem.bits <= 4 and p.single_throughput == "slot"
+    n, k = p.throughput_ratio if wide else 1, fmt.block_size
     return Unit(fmt.label.upper(), (Lane(fmt.elem, fmt.elem, k),) * n, ((fmt.scale, n / k),))
 
 
@@ -324,6 +334,61 @@ def ratios(area_g: np.ndarray, energy_g: np.ndarray, totals: Mapping[str, Cells]
         ref = np.where(np.arange(len(NAMES)) < 4, v[..., 0:1], v[..., 4:5])
         out[metric] = v / ref
     return out
+
+
+def reachable(totals: Mapping[str, Cells]) -> dict[str, tuple[float, float]]:
+    """The Table 5 ratio of each configuration over all positive cell factors, as (infimum, supremum).
+
+    A ratio sum_g c_g f_g / sum_g c_ref,g f_g is a weighted mean of the per-cell ratios c_g / c_ref,g (weights
+    c_ref,g f_g), so it ranges over their span, whatever the areas, energies and toggle rates; a cell missing from
+    the reference makes it unbounded above."""
+    out = {}
+    for i, name in enumerate(NAMES):
+        cells, ref = totals[name], totals[NAMES[0] if i < 4 else NAMES[4]]
+        per_cell = [cells.get(g, 0.0) / ref[g] if ref.get(g) else math.inf for g in CELLS if cells.get(g) or ref.get(g)]
+        out[name] = (min(per_cell), max(per_cell))
+    return out
+
+
+def _factors_within(totals, targets, half_width, lo, hi) -> np.ndarray | None:
+    """Factors f in [lo, hi] (per cell) giving each target ratio +- half_width, or None: a linear program, since
+    ratio <= t + w is sum_g (c_g - (t + w) c_ref,g) f_g <= 0 (and likewise from below)."""
+    from scipy.optimize import linprog
+
+    rows = []
+    for name, target in targets.items():
+        i = NAMES.index(name)
+        c = np.array([totals[name].get(g, 0.0) for g in CELLS])
+        ref = np.array([totals[NAMES[0] if i < 4 else NAMES[4]].get(g, 0.0) for g in CELLS])
+        rows += [c - (target + half_width) * ref, (target - half_width) * ref - c]
+    res = linprog(
+        np.zeros(len(CELLS)), A_ub=np.array(rows), b_ub=np.zeros(len(rows)), bounds=list(zip(lo, hi)), method="highs"
+    )
+    return res.x if res.status == 0 else None
+
+
+def closest_factors(
+    totals: Mapping[str, Cells],
+    default: np.ndarray,
+    targets: Mapping[str, float],
+    half_width: float = 0.005,
+    max_change: float = 1e6,
+) -> tuple[float, np.ndarray] | None:
+    """(r, f): the smallest r >= 1 such that factors f within [default / r, default * r] (CELLS order) give every
+    target Table 5 ratio to +- half_width (0.005: the paper's two printed decimals); None if no positive factors
+    up to `max_change` do. r says how far a cell library must stray from `default` to reproduce the targets.
+    The ratios are scale-free, so bands around any multiple of `default` give the same r."""
+    default = np.asarray(default, float)
+    solve = lambda r: _factors_within(totals, targets, half_width, default / r, default * r)
+    if solve(max_change) is None:
+        return None
+    lo, hi = 1.0, max_change
+    if solve(lo) is not None:
+        return 1.0, solve(lo)
+    while hi / lo > 1 + 1e-6:  # bisection on log r
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if solve(mid) is not None else (mid, hi)
+    return hi, solve(hi)
 
 
 def factor_vectors(lib: CellLibrary) -> tuple[np.ndarray, np.ndarray]:

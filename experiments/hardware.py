@@ -3,15 +3,19 @@ ratios depend on the (unpublished) standard-cell factors.
 
     python -m experiments.hardware                          # Table 5 + sensitivity sweep, about 1 second
     python -m experiments.hardware --int-scheme none --fp-scheme none   # Table 7's no-reuse variants
+    python -m experiments.hardware --single-throughput slot  # 4-bit single-format units at Blackwell's 2 MACs/slot
     python -m experiments.hardware --random-span 4 --random-samples 50000 --seed 1
     python -m experiments.hardware --preset tiny            # well under a second; what the test suite runs
 
 The model (analysis.hardware, NOTES.md section 12) counts cells per "slot" (one 8-bit MAC or two <= 4-bit MACs per
 cycle) for MXFP8, MXINT8, NVFP4, NVINT4 and the mixed MXFP8+NVFP4 (FP reuse) and MXINT8+NVINT4 (INT reuse scheme 2)
 units, weighs them with default relative cell factors chosen from standard-cell reasoning (not fitted to the paper),
-and normalises single formats to MXFP8 and mixed units to MXFP8+NVFP4 as in Table 5. The sweep scales one cell's
-area and energy factors by sweep_min..sweep_max at a time, and draws every factor log-uniformly in
-[1/random_span, random_span] random_samples times.
+and normalises single formats to MXFP8 and mixed units to MXFP8+NVFP4 as in Table 5. Single-format units deliver
+one MAC per cycle each (Table 5's "equal throughput"; --single-throughput slot gives the 4-bit ones two). The
+sweep scales one cell's area and energy factors by sweep_min..sweep_max at a time, and draws every factor
+log-uniformly in [1/random_span, random_span] random_samples times. The "any" range is where a ratio can land for
+any positive cell factors at all (analysis.hardware.reachable): a paper value outside it cannot come from these
+cell counts, whatever the library.
 
 Output (--out, default results/hardware/):
   hardware.json  stable keys:
@@ -20,6 +24,9 @@ Output (--out, default results/hardware/):
     schemes           {"INT none" | "INT reuse1" | "INT reuse2" | "FP none" | "FP reuse": {"energy", "area"}}
                       mixed units of every Table 7 scheme, relative to FP reuse
     cells_per_slot    {name: {cell: count}}
+    reachable         {name: {"lo", "hi"}}   the ratio's range over all positive cell factors (hi may be Infinity)
+    paper_fit         {metric: {name | "together": r or null}}   the smallest r such that cell factors within x/÷ r
+                      of the defaults give the paper's ratio to +-0.005 (null: no positive factors do)
     factors           {"area": {cell: A}, "energy": {cell: E}, "toggle": {cell: tau}}   the defaults used
     sensitivity       {"scales": [..], "one_at_a_time": {cell: {metric: {name: [ratio per scale]}}},
                        "random": {metric: {name: {"min", "p05", "median", "p95", "max"}},
@@ -56,6 +63,7 @@ SWEPT = ("MXINT8", "NVFP4", "NVINT4", "MXINT8+NVINT4")  # the others are 1 by de
 class Config:
     psum_bits: int = 24
     throughput_ratio: int = 2
+    single_throughput: str = "mac"
     int_scheme: str = "reuse2"
     fp_scheme: str = "reuse"
     sweep_min: float = 0.5
@@ -66,14 +74,20 @@ class Config:
     seed: int = 0
 
     def __post_init__(self):
-        self.params()  # validates psum_bits, throughput_ratio and the schemes
+        hw.paper_units(self.params())  # validates psum_bits, throughput_ratio, the schemes and their combination
         if not 0 < self.sweep_min < 1 < self.sweep_max or self.sweep_points < 2:
             raise ValueError("--sweep-min < 1 < --sweep-max (both positive) and --sweep-points >= 2 are required")
         if self.random_samples < 1 or self.random_span <= 1:
             raise ValueError("--random-samples must be positive and --random-span above 1")
 
     def params(self) -> hw.HardwareParams:
-        return hw.HardwareParams(self.psum_bits, self.throughput_ratio, self.int_scheme, self.fp_scheme)
+        return hw.HardwareParams(
+            psum_bits=self.psum_bits,
+            throughput_ratio=self.throughput_ratio,
+            single_throughput=self.single_throughput,
+            int_scheme=self.int_scheme,
+            fp_scheme=self.fp_scheme,
+        )
 
 
 PRESETS = {"tiny": Config(sweep_points=3, random_samples=64)}
@@ -111,6 +125,17 @@ def sensitivity(cfg: Config, lib: hw.CellLibrary) -> tuple[np.ndarray, dict, dic
     return scales, oat, hw.ratios(area * draw(), energy * draw(), totals)
 
 
+def paper_fit(cells: dict, lib: hw.CellLibrary) -> dict[str, dict[str, float | None]]:
+    """For each metric, how far (x/÷ r) the cell factors must move from `lib` to give each paper ratio of SWEPT,
+    and all of them together (analysis.hardware.closest_factors); None where no positive factors do."""
+    out = {}
+    for m, default in zip(("area", "energy"), hw.factor_vectors(lib), strict=True):
+        groups = {n: (n,) for n in SWEPT} | {"together": SWEPT}
+        fits = {k: hw.closest_factors(cells, default, {n: PAPER[m][n] for n in g}) for k, g in groups.items()}
+        out[m] = {k: None if fit is None else fit[0] for k, fit in fits.items()}
+    return {m: out[m] for m in METRICS}
+
+
 def _summaries(rnd: dict) -> dict:
     qs = {"min": 0, "p05": 5, "median": 50, "p95": 95, "max": 100}
     out = {
@@ -140,7 +165,10 @@ def print_summary(result: dict, cfg: Config) -> None:
     for m in METRICS:
         rows.append([f"{m} (model)", *(f"{result[m][n]:.2f}x" for n in hw.NAMES)])
         rows.append([f"{m} (paper)", *(f"{PAPER[m][n]:.2f}x" for n in hw.NAMES)])
-    print(f"\nTable 5 (per slot; INT {cfg.int_scheme}, FP {cfg.fp_scheme}; singles / MXFP8, mixed / MXFP8+NVFP4):")
+    print(
+        f"\nTable 5 (single formats at one {'slot' if cfg.single_throughput == 'slot' else 'MAC'} per cycle; "
+        f"INT {cfg.int_scheme}, FP {cfg.fp_scheme}; singles / MXFP8, mixed / MXFP8+NVFP4):"
+    )
     print(common.format_table(headers, rows))
     print("\nTable 7 mixed units, relative to FP reuse:")
     print(
@@ -156,13 +184,23 @@ def print_summary(result: dict, cfg: Config) -> None:
         for n in SWEPT:
             one = [v for cell in oat.values() for v in cell[m][n]]
             s = rnd[m][n]
-            rows.append((m, n, result[m][n], min(one), max(one), s["p05"], s["p95"], s["min"], s["max"], PAPER[m][n]))
+            reach = result["reachable"][n]
+            flag = "" if reach["lo"] <= PAPER[m][n] <= reach["hi"] else " (out of reach)"
+            rows.append(
+                (m, n, result[m][n], min(one), max(one), s["p05"], s["p95"], reach["lo"], reach["hi"])
+                + (f"{PAPER[m][n]:.3f}{flag}",)
+            )
     print(
         f"\nSensitivity: one cell factor x [{lo:.2g}, {hi:.2g}] at a time; all factors log-uniform in "
-        f"[1/{cfg.random_span:g}, {cfg.random_span:g}] ({cfg.random_samples} draws):"
+        f"[1/{cfg.random_span:g}, {cfg.random_span:g}] ({cfg.random_samples} draws); any positive factors:"
     )
-    heads = ["metric", "name", "default", "1-at-a-time lo", "hi", "random p05", "p95", "min", "max", "paper"]
+    heads = ["metric", "name", "default", "1-at-a-time lo", "hi", "random p05", "p95", "any lo", "any hi", "paper"]
     print(common.format_table(heads, rows, ".3f"))
+    fit = result["paper_fit"]
+    print("\nCell-factor change (x/÷ r from the defaults) needed to give the paper's ratio +-0.005 ('-': none can):")
+    keys = [*SWEPT, "together"]
+    rows = [(m, *("-" if fit[m][k] is None else f"{fit[m][k]:.2f}" for k in keys)) for m in METRICS]
+    print(common.format_table(["metric", *keys], rows))
     cheaper = rnd["int_cheaper"]
     print("INT cheaper than its FP counterpart, share of random draws:")
     for m in METRICS:
@@ -181,6 +219,8 @@ def main(argv=None) -> dict:
         "paper": PAPER,
         "schemes": scheme_costs(p, lib),
         "cells_per_slot": cells,
+        "reachable": {n: {"lo": lo, "hi": hi} for n, (lo, hi) in hw.reachable(cells).items()},
+        "paper_fit": paper_fit(cells, lib),
         "factors": {"area": dict(lib.area), "energy": dict(lib.energy), "toggle": dict(lib.toggle)},
         "sensitivity": {
             "scales": scales.tolist(),

@@ -121,7 +121,9 @@ def test_dequantizer_and_accumulator():
 
 def test_units_per_slot():
     units = hw.paper_units()
-    assert [len(u.lanes) for u in units.values()] == [1, 1, 2, 2, 2, 2]
+    assert [len(u.lanes) for u in units.values()] == [1, 1, 1, 1, 2, 2]  # singles: one MAC per cycle each
+    slot = hw.paper_units(hw.HardwareParams(single_throughput="slot"))
+    assert [len(u.lanes) for u in slot.values()] == [1, 1, 2, 2, 2, 2]  # 4-bit singles at 2 MACs per slot
     mixed_int, mixed_fp = units["MXINT8+NVINT4"], units["MXFP8+NVFP4"]
     assert {(lane.a.bits, lane.b.bits) for lane in mixed_int.lanes} == {(8, 4)}
     assert mixed_int.combine == (21, 1 / 32)  # 16-bit product + 5 bits of block growth, once per MX block
@@ -147,6 +149,62 @@ def test_table5_ordering_default_factors():
         assert r["NVINT4"] < r["NVFP4"] < 1.0
         assert r["NVINT4"] < r["MXINT8"]
         assert r["MXINT8+NVINT4"] < 1.0  # mixed INT cheaper than mixed FP
+
+
+def test_single_throughput_scales_only_the_4bit_singles():
+    """A 4-bit single-format unit at "slot" is throughput_ratio copies of the "mac" unit: lanes, dequantizers
+    and accumulators all scale with the lanes, so its Table 5 ratio doubles; MX singles and mixed units stay."""
+    mac, slot = hw.table5(), hw.table5(p=hw.HardwareParams(single_throughput="slot"))
+    for m in ("energy", "area"):
+        for name in hw.NAMES:
+            factor = 2.0 if name in ("NVFP4", "NVINT4") else 1.0
+            assert slot[m][name] == pytest.approx(factor * mac[m][name], rel=1e-12)
+
+
+def test_reachable_is_the_span_of_per_cell_ratios():
+    totals = hw.unit_totals()
+    reach = hw.reachable(totals)
+    assert reach["MXFP8"] == reach["MXFP8+NVFP4"] == (1.0, 1.0)
+    # NVFP4 per cell (one E2M1 lane per MAC against one E4M3 lane), by hand from the cell counts: FA lowest
+    # (15.3 / 39.4), OR highest (4.5 / 5.7).
+    lo, hi = reach["NVFP4"]
+    assert lo == pytest.approx(totals["NVFP4"]["FA"] / totals["MXFP8"]["FA"])
+    assert hi == pytest.approx(totals["NVFP4"]["OR"] / totals["MXFP8"]["OR"])
+    # every positive factor vector lands inside; factors concentrated on one cell approach that cell's ratio
+    rng = np.random.default_rng(0)
+    f = np.exp(rng.uniform(-6, 6, (5000, len(hw.CELLS))))
+    r = hw.ratios(f, f, totals)["area"]
+    for i, name in enumerate(hw.NAMES):
+        assert reach[name][0] - 1e-12 <= r[:, i].min() and r[:, i].max() <= reach[name][1] + 1e-12
+    one_hot = np.where(np.array(hw.CELLS) == "FA", 1.0, 1e-9)
+    assert hw.ratios(one_hot, one_hot, totals)["area"][hw.NAMES.index("NVFP4")] == pytest.approx(lo, rel=1e-6)
+
+
+def test_paper_nvfp4_is_out_of_reach_at_two_macs_per_slot():
+    """The reason single formats default to one MAC per cycle: at "slot" no positive cell factors give 0.55."""
+    lo, _ = hw.reachable(hw.unit_totals(hw.HardwareParams(single_throughput="slot")))["NVFP4"]
+    assert lo > 0.55 and lo == pytest.approx(0.777, abs=1e-3)
+    lo, hi = hw.reachable(hw.unit_totals())["NVFP4"]
+    assert lo < 0.54 < 0.55 < hi
+
+
+def test_closest_factors():
+    totals, (area, energy) = hw.unit_totals(), hw.factor_vectors(hw.CellLibrary())
+    own = {n: hw.table5()["area"][n] for n in ("MXINT8", "NVFP4", "NVINT4", "MXINT8+NVINT4")}
+    r, f = hw.closest_factors(totals, area, own, half_width=1e-9)  # the defaults give their own ratios
+    assert r == 1.0 and hw.ratios(f, f, totals)["area"][1] == pytest.approx(own["MXINT8"])
+    # a target the defaults miss: the factors found sit within x/÷ r of the defaults and hit it
+    r, f = hw.closest_factors(totals, energy, {"MXINT8": 0.7}, half_width=0.0)
+    assert 1.0 < r < 2.0 and np.all(f <= energy * r * (1 + 1e-9)) and np.all(f >= energy / r * (1 - 1e-9))
+    assert hw.ratios(f, f, totals)["energy"][hw.NAMES.index("MXINT8")] == pytest.approx(0.7, abs=1e-6)
+    lo, _ = hw.reachable(totals)["NVFP4"]
+    assert hw.closest_factors(totals, area, {"NVFP4": 0.98 * lo}) is None  # below the span of per-cell ratios
+    # the paper's Table 5 energy (NOTES.md section 12): MXINT8 0.63, NVINT4 0.34 and MXINT8+NVINT4 0.75 cannot all
+    # hold (to +-0.005) for any cell factors, though each pair can
+    paper = {"MXINT8": 0.63, "NVINT4": 0.34, "MXINT8+NVINT4": 0.75}
+    assert hw.closest_factors(totals, energy, paper) is None
+    for drop in paper:
+        assert hw.closest_factors(totals, energy, {n: v for n, v in paper.items() if n != drop}) is not None
 
 
 def test_table7_scheme_ordering():
@@ -183,6 +241,7 @@ def test_uniform_toggle_cancels_and_energy_tracks_area():
         (lambda: hw.table6_units(INT8, E4M3), "two INT elements"),
         (lambda: hw.dequantizer_cells("fp32"), "UE8M0"),
         (lambda: hw.HardwareParams(int_scheme="reuse3"), "int_scheme"),
+        (lambda: hw.HardwareParams(single_throughput="lane"), "single_throughput"),
         (lambda: hw.CellLibrary(area={"AND": 1.0}), "positive factor"),
     ],
 )
@@ -206,6 +265,10 @@ def test_experiment_tiny(tmp_path, capsys):
     stats = sens["random"]["area"]["MXINT8"]
     assert stats["min"] <= stats["p05"] <= stats["median"] <= stats["p95"] <= stats["max"]
     assert set(saved["schemes"]) == {"INT none", "INT reuse1", "INT reuse2", "FP none", "FP reuse"}
+    assert saved["paper_fit"]["energy"]["together"] is None and saved["paper_fit"]["area"]["MXINT8"] < 1.1
+    assert saved["reachable"]["NVFP4"] == pytest.approx(
+        dict(zip(("lo", "hi"), hw.reachable(hw.unit_totals())["NVFP4"]))
+    )
     for name in ("hardware.csv", "breakdown.csv", "sensitivity.csv", "hardware.png"):
         assert (tmp_path / name).stat().st_size > 0
     out = capsys.readouterr().out
@@ -215,7 +278,14 @@ def test_experiment_tiny(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "argv",
-    [["--sweep-min", "2"], ["--random-span", "1"], ["--int-scheme", "bogus"], ["--sweep-points", "x"]],
+    [
+        ["--sweep-min", "2"],
+        ["--random-span", "1"],
+        ["--int-scheme", "bogus"],
+        ["--sweep-points", "x"],
+        ["--throughput-ratio", "1"],  # INT reuse scheme 2 needs int8 = 2 x int4: a usage error, not a traceback
+        ["--single-throughput", "lane"],
+    ],
 )
 def test_experiment_bad_flags(argv, capsys):
     with pytest.raises(SystemExit):
