@@ -160,13 +160,17 @@ def _breakdown_rows(p: hw.HardwareParams, lib: hw.CellLibrary) -> list[dict]:
 
 
 def print_summary(result: dict, cfg: Config) -> None:
+    singles = {
+        "mac": "single formats at one MAC per cycle",
+        "slot": f"4-bit singles at {cfg.throughput_ratio} MACs/cycle",
+    }
     headers = ["", *hw.NAMES]
     rows = []
     for m in METRICS:
         rows.append([f"{m} (model)", *(f"{result[m][n]:.2f}x" for n in hw.NAMES)])
         rows.append([f"{m} (paper)", *(f"{PAPER[m][n]:.2f}x" for n in hw.NAMES)])
     print(
-        f"\nTable 5 (single formats at one {'slot' if cfg.single_throughput == 'slot' else 'MAC'} per cycle; "
+        f"\nTable 5 ({singles[cfg.single_throughput]}; "
         f"INT {cfg.int_scheme}, FP {cfg.fp_scheme}; singles / MXFP8, mixed / MXFP8+NVFP4):"
     )
     print(common.format_table(headers, rows))
