@@ -155,15 +155,22 @@ def _operand_pass(mats: list, fmt: lb.Format):
 
 @dataclass(frozen=True)
 class OperandStats:
-    """Extra-code hits over non-zero blocks, and sum(Q(x) - x) / sum|x| (float64 sums) of a group of matrices."""
+    """Extra-code hits over non-zero blocks, and sum(Q(x) - x) / sum|x| (float64 sums) of a group of matrices with
+    its standard error, treating the matrices' rows as independent samples (sqrt(rows) * sd of the row sums)."""
 
     extra_code_blocks: int
     blocks: int
     signed_error: float
+    signed_error_se: float = 0.0
 
     @property
     def extreme_code_fraction(self) -> float:
         return self.extra_code_blocks / self.blocks if self.blocks else 0.0
+
+    @property
+    def signed_error_z(self) -> float:
+        """signed_error in standard errors (0 when there is no error at all)."""
+        return self.signed_error / self.signed_error_se if self.signed_error_se else 0.0
 
 
 def operand_stats_groups(groups: list[list], fmt: lb.Format) -> list[OperandStats]:
@@ -175,10 +182,11 @@ def operand_stats_groups(groups: list[list], fmt: lb.Format) -> list[OperandStat
     for g in groups:
         sl = slice(i, i + len(g))
         i += len(g)
-        err = sum(float(np.sum(np.asarray(e, np.float64))) for e in errs[sl])
+        row_errs = np.concatenate([np.sum(np.asarray(e, np.float64), axis=-1).ravel() for e in errs[sl]])
         mag = sum(float(np.sum(np.abs(np.asarray(m, np.float64)))) for m in mats[sl])
+        se = np.sqrt(row_errs.size) * np.std(row_errs, ddof=1) if row_errs.size > 1 else 0.0
         h, b = sum(int(v) for v in hits[sl]), sum(int(v) for v in blocks[sl])
-        out.append(OperandStats(h, b, err / mag if mag else 0.0))
+        out.append(OperandStats(h, b, float(row_errs.sum()) / mag if mag else 0.0, float(se) / mag if mag else 0.0))
     return out
 
 

@@ -13,14 +13,16 @@ mean over batches and keys of g_hat - g; relative_bias = ||bias|| / rms ||g||, n
 (bias_z = ratio: about 1 or less means no detectable bias), cosine, mean_signed_error = mean(bias) / mean|g| with its
 z-score. Operands (captured X, W, dY of every quantized layer on the first batch, each blocked along both of its
 GEMM axes): extreme_code_fraction = blocks holding the extra code -2^(b-1) / non-zero blocks, and
-operand_signed_error = sum(Q(x) - x) / sum|x| per operand kind (x, w, dy): negative means values pushed downwards.
+operand_signed_error = sum(Q(x) - x) / sum|x| per operand kind (x, w, dy): negative means values pushed downwards;
+operand_signed_error_z: the same in standard errors, rows of the operand matrices taken as independent samples.
 
 Output (--out, default results/grad_bias/):
   grad_bias.json  stable keys:
     cases  [{"case", "format", "label", "int_range" (null for FP), "scale", "scale_dtype", "block_size",
              "stochastic", "relative_bias", "relative_error", "noise_floor", "bias_z", "cosine",
              "mean_signed_error", "mean_signed_error_z", "extreme_code_fraction",
-             "operand_signed_error": {"x", "w", "dy"}, "per_layer": {path: {...}}}]
+             "operand_signed_error": {"x", "w", "dy"}, "operand_signed_error_z": {"x", "w", "dy"},
+             "per_layer": {path: {...}}}]
     algorithm1 {"bfloat16", "float16", "float32"} (paper Table 11 fractions), params_source, config, machine
   grad_bias.csv  one row per case (no per-layer data);  grad_bias.png  bias vs noise floor, signed errors
 """
@@ -132,6 +134,7 @@ def operand_summary(mats: dict[str, list[np.ndarray]], fmt: lb.Format) -> dict:
     return {
         "extreme_code_fraction": hits / blocks if blocks else 0.0,
         "operand_signed_error": {k: s.signed_error for k, s in stats.items()},
+        "operand_signed_error_z": {k: s.signed_error_z for k, s in stats.items()},
     }
 
 
@@ -208,10 +211,11 @@ def print_summary(result: dict) -> None:
             c["mean_signed_error_z"],
             100 * c["extreme_code_fraction"],
             c["operand_signed_error"]["dy"],
+            c["operand_signed_error_z"]["dy"],
         )
         for c in result["cases"]
     ]
-    headers = ["case", "rel.bias", "floor", "z", "cosine", "signed", "signed z", "extra code %", "dY signed"]
+    headers = ["case", "rel.bias", "floor", "z", "cosine", "signed", "signed z", "extra code %", "dY signed", "dY z"]
     print(f"\nparameters: {result['params_source']}")
     print(common.format_table(headers, rows, ".3g"))
     print(f"\nwrote grad_bias.json, grad_bias.csv, grad_bias.png ({result['seconds']:.0f} s)")

@@ -66,9 +66,15 @@ def test_bias_statistics_on_known_errors():
 
 
 def test_extra_code_fraction_on_gaussian_blocks():
-    x = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((4096, 256)).astype(np.float32)
     asym = grad_bias.operand_stats([x], fmt(BF16_INT8 + "asymmetric"))
-    assert 0.02 < asym.extreme_code_fraction < 0.5 and asym.signed_error < 0
+    sym = grad_bias.operand_stats([x], fmt(BF16_INT8 + "symmetric"))
+    assert 0.02 < asym.extreme_code_fraction < 0.5
+    # Same x, same scales: each -128 code is one step s below sym's -127, so asym < sym exactly. Against zero,
+    # asym's shift is about 2 standard errors per 256 rows (seeds 0-11 on 256 x 256: z -0.2 to -4.0, sym's z sd
+    # 1.1); 4096 rows put it near -7.
+    assert asym.signed_error < sym.signed_error
+    assert asym.signed_error_z < -4 and abs(sym.signed_error_z) < 3
     for exact in ("mxint8:int_range=asymmetric", "int8_channel:block_size=32:int_range=asymmetric"):
         assert grad_bias.operand_stats([x], fmt(exact)).extra_code_blocks == 0  # float32 arithmetic: never -128
     assert grad_bias.operand_stats([x], fmt(BF16_INT8 + "symmetric")).extra_code_blocks == 0
@@ -79,3 +85,17 @@ def test_ue8m0_exact_ceil_makes_asymmetric_identical():
     x = jnp.asarray(np.random.default_rng(2).standard_normal((64, 512)), jnp.float32)
     a = lb.fake_quant(x, lb.get_format("mxint8", int_range="asymmetric"))
     np.testing.assert_array_equal(a, lb.fake_quant(x, lb.get_format("mxint8")))
+
+
+def test_operand_signed_error_z_is_calibrated():
+    """Symmetric INT8 with float32 scales has no signed bias: over independent Gaussian draws its z-scores should
+    scatter like a standard normal (30 draws: sample sd within 0.7-1.4, mean within +-0.6)."""
+    rng = np.random.default_rng(3)
+    z = [
+        grad_bias.operand_stats([rng.standard_normal((64, 256)).astype(np.float32)], fmt("int8_channel:block_size=32"))
+        for _ in range(30)
+    ]
+    z = np.array([s.signed_error_z for s in z])
+    assert 0.7 < z.std(ddof=1) < 1.4 and abs(z.mean()) < 0.6
+    ident = grad_bias.operand_stats([np.ones((4, 32), np.float32)], fmt("fp32"))
+    assert ident.signed_error == ident.signed_error_se == ident.signed_error_z == 0.0

@@ -66,6 +66,7 @@ def test_grad_bias_tiny(tmp_path):
     # below sym's -127. The sign of either error alone is noise at this size (it flips with --seed).
     assert all(asym["operand_signed_error"][k] <= sym["operand_signed_error"][k] for k in ("x", "w", "dy"))
     assert asym["operand_signed_error"]["x"] < sym["operand_signed_error"]["x"]
+    assert set(asym["operand_signed_error_z"]) == {"x", "w", "dy"}
     assert sr["stochastic"] is True and sr["extreme_code_fraction"] == 0.0 and 0.9 < sr["cosine"] < 1.0
     assert set(saved["algorithm1"]) == {"bfloat16", "float16", "float32"}
     assert (tmp_path / "grad_bias.png").stat().st_size > 0 and "rel.bias" in stdout
