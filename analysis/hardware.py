@@ -382,9 +382,10 @@ def closest_factors(
     solve = lambda r: _factors_within(totals, targets, half_width, default / r, default * r)
     if solve(max_change) is None:
         return None
+    at_default = solve(1.0)
+    if at_default is not None:
+        return 1.0, at_default
     lo, hi = 1.0, max_change
-    if solve(lo) is not None:
-        return 1.0, solve(lo)
     while hi / lo > 1 + 1e-6:  # bisection on log r
         mid = math.sqrt(lo * hi)
         lo, hi = (lo, mid) if solve(mid) is not None else (mid, hi)

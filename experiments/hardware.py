@@ -128,12 +128,13 @@ def sensitivity(cfg: Config, lib: hw.CellLibrary) -> tuple[np.ndarray, dict, dic
 def paper_fit(cells: dict, lib: hw.CellLibrary) -> dict[str, dict[str, float | None]]:
     """For each metric, how far (x/÷ r) the cell factors must move from `lib` to give each paper ratio of SWEPT,
     and all of them together (analysis.hardware.closest_factors); None where no positive factors do."""
+    defaults = dict(zip(("area", "energy"), hw.factor_vectors(lib), strict=True))
+    groups = {n: (n,) for n in SWEPT} | {"together": SWEPT}
     out = {}
-    for m, default in zip(("area", "energy"), hw.factor_vectors(lib), strict=True):
-        groups = {n: (n,) for n in SWEPT} | {"together": SWEPT}
-        fits = {k: hw.closest_factors(cells, default, {n: PAPER[m][n] for n in g}) for k, g in groups.items()}
+    for m in METRICS:
+        fits = {k: hw.closest_factors(cells, defaults[m], {n: PAPER[m][n] for n in g}) for k, g in groups.items()}
         out[m] = {k: None if fit is None else fit[0] for k, fit in fits.items()}
-    return {m: out[m] for m in METRICS}
+    return out
 
 
 def _summaries(rnd: dict) -> dict:
