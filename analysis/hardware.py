@@ -17,16 +17,18 @@ expanded here into a textbook circuit so that Eq. 45-48 can weigh cell types:
 
 with the aligner width n = min(2^(x+1) + 2y, psum_bits) (Eq. 44; 24 / 14 / 10 for E4M3 / E2M3 / E2M1). Sign logic
 is not counted (Baugh-Wooley INT multipliers and FP sign XORs are a few gates per lane). Per block:
-dequantizer UE8M0 = two 8-bit integer additions; E4M3 = two FP multiplications, costed with the same Table 6 FP
-multiplier (4x4 mantissa array + 4-bit exponent adder) as an E4M3 x E4M3 product (a lower bound: the second
-operand is really the wider block sum). Accumulator = one FP32 adder (x = 8, y = 23, so n = 24) with the FP-add rows.
+dequantizer UE8M0 = two 8-bit integer additions; E4M3 = two FP multiplications: the scale product s_a s_b (4x4
+mantissa array + 4-bit exponent adder, Table 6's FP multiplier) and the block sum times that 8-bit product (w x 8
+array + 5-bit exponent adder), w the width of the exact block sum: a.bits + b.bits + log2 k for INT lanes (12 for
+NVINT4), n + log2 k for FP lanes (14 for NVFP4). Accumulator = one FP32 adder (x = 8, y = 23, so n = 24) with the
+FP-add rows.
 
 Throughput: a "slot" delivers one 8-bit MAC or `throughput_ratio` (= 2, Blackwell's 1:2; Table 7) MACs of <= 4-bit
 elements per cycle; every figure is per slot, shared blocks times the blocks finished per slot per cycle (lanes / k).
 Single-format units (`single_throughput`): "mac" (default) gives every one the same MAC rate, one lane per slot,
 which is what Table 5's "normalized, equal throughput" says; "slot" gives the <= 4-bit ones throughput_ratio lanes,
 as a Blackwell slot, which doubles their cost. Under "slot" no cell factors at all reach the paper's NVFP4 ratio:
-a Table 5 ratio is a weighted mean of the per-cell count ratios (`reachable`), and NVFP4's lie in 0.78-1.58.
+a Table 5 ratio is a weighted mean of the per-cell count ratios (`reachable`), and NVFP4's lie in 0.88-1.74.
 Mixed units provision the dequantizers of both modes and one accumulator at the faster block rate. Table 7 schemes
 (slot = one MX 8-bit MAC or r NV 4-bit MACs): INT "none" 1 int8 + r int4 lanes; "reuse1" the int8 lane also runs
 int4 (XXXX_0000) + r-1 int4 lanes; "reuse2" (adopted) r int8 x (u)int4 lanes, whose int8-mode nibble products
@@ -204,12 +206,20 @@ def mac_cells(a: ElemType, b: ElemType | None = None, k: int = 1, psum_bits: int
     return {s: _sum(c, scale=1 if s == "normalizer" else k) for s, c in rows.items()}
 
 
-def dequantizer_cells(scale: str) -> Cells:
-    """Per block: UE8M0 two 8-bit integer adds; E4M3 two FP multiplies costed as E4M3 x E4M3 (Table 6 FP Mul)."""
+def block_sum_bits(a: ElemType, b: ElemType, k: int, psum_bits: int = 24) -> int:
+    """Width of the exact sum of k products a x b: the product width (INT) or aligner width n (FP), plus log2 k."""
+    _check_lane(a, b)
+    product = a.bits + b.bits if a.kind == "int" else aligner_width(a.exp_bits, a.man_bits, psum_bits)
+    return product + stages(k)
+
+
+def dequantizer_cells(scale: str, sum_bits: int) -> Cells:
+    """Per block: UE8M0 two 8-bit exponent adds; E4M3 the scale product s_a s_b (Table 6 FP multiplier, 4x4) and
+    the `sum_bits`-wide block sum times it (sum_bits x 8 array, 5-bit exponent adder)."""
     if scale == "ue8m0":
         return _sum(ripple_adder(8), ripple_adder(8))
     if scale == "e4m3":
-        return _sum(array_multiplier(4, 4), ripple_adder(4), scale=2)
+        return _sum(array_multiplier(4, 4), ripple_adder(4), array_multiplier(sum_bits, 8), ripple_adder(5))
     raise ValueError(f"the cost model knows UE8M0 (MX) and E4M3 (NV) block scales, not {scale!r}")
 
 
@@ -232,11 +242,12 @@ class Lane:
 
 @dataclass(frozen=True)
 class Unit:
-    """A slot of a MAC array: lanes, (scale, blocks per slot per cycle) per mode, INT scheme-2 combine adder."""
+    """A slot of a MAC array: lanes, (scale, blocks per slot per cycle, block-sum bits) per mode, INT scheme-2
+    combine adder."""
 
     name: str
     lanes: tuple[Lane, ...]
-    modes: tuple[tuple[str, float], ...]
+    modes: tuple[tuple[str, float, int], ...]
     combine: tuple[int, float] = (0, 0.0)  # (adder width, per-slot rate)
 
 
@@ -258,7 +269,8 @@ def format_unit(fmt: lb.Format | str, p: HardwareParams = HardwareParams()) -> U
     fmt = _block_format(fmt)
     wide = fmt.elem.bits <= 4 and p.single_throughput == "slot"
     n, k = p.throughput_ratio if wide else 1, fmt.block_size
-    return Unit(fmt.label.upper(), (Lane(fmt.elem, fmt.elem, k),) * n, ((fmt.scale, n / k),))
+    mode = (fmt.scale, n / k, block_sum_bits(fmt.elem, fmt.elem, k, p.psum_bits))
+    return Unit(fmt.label.upper(), (Lane(fmt.elem, fmt.elem, k),) * n, (mode,))
 
 
 def mixed_unit(fmt8: lb.Format | str, fmt4: lb.Format | str, p: HardwareParams = HardwareParams()) -> Unit:
@@ -282,7 +294,11 @@ def mixed_unit(fmt8: lb.Format | str, fmt4: lb.Format | str, p: HardwareParams =
             raise ValueError(f"{e8.name} cannot hold {e4.name}, so its lane cannot be reused")
         lanes = (Lane(e8, e8, kmin),) + (Lane(e4, e4, k4),) * (r - 1)
     name = f"{f8.label}+{f4.label}".upper()
-    return Unit(name, lanes, ((f8.scale, 1 / k8), (f4.scale, r / k4)), combine)
+    modes = (
+        (f8.scale, 1 / k8, block_sum_bits(e8, e8, k8, p.psum_bits)),
+        (f4.scale, r / k4, block_sum_bits(e4, e4, k4, p.psum_bits)),
+    )
+    return Unit(name, lanes, modes, combine)
 
 
 def unit_cells(unit: Unit, p: HardwareParams = HardwareParams()) -> dict[str, Cells]:
@@ -294,8 +310,8 @@ def unit_cells(unit: Unit, p: HardwareParams = HardwareParams()) -> dict[str, Ce
     width, rate = unit.combine
     if width:
         rows["combine adder"] = [_sum(ripple_adder(width), scale=rate)]
-    rows["dequantizer"] = [_sum(dequantizer_cells(s), scale=r) for s, r in unit.modes]
-    rows["accumulator"] = [_sum(accumulator_cells(p), scale=max(r for _, r in unit.modes))]
+    rows["dequantizer"] = [_sum(dequantizer_cells(s, w), scale=r) for s, r, w in unit.modes]
+    rows["accumulator"] = [_sum(accumulator_cells(p), scale=max(r for _, r, _ in unit.modes))]
     return {s: _sum(*parts) for s, parts in rows.items()}
 
 
