@@ -329,6 +329,23 @@ def unit_cost(
     return cost(_sum(*unit_cells(unit, p).values()), lib)
 
 
+def cost_per_mac(
+    fmt: lb.Format | str, lib: CellLibrary = CellLibrary(), p: HardwareParams = HardwareParams()
+) -> tuple[float, float]:
+    """(area, energy) per MAC of a single-format unit of `fmt` (any MX/NV element type and integer block size)."""
+    unit = format_unit(fmt, p)
+    area, energy = unit_cost(unit, lib, p)
+    return area / len(unit.lanes), energy / len(unit.lanes)
+
+
+def pareto_mask(cost: np.ndarray, quality: np.ndarray) -> np.ndarray:
+    """True where no other point is at least as cheap and at least as good, and strictly better in one of them."""
+    cost, quality = np.asarray(cost, float), np.asarray(quality, float)
+    no_worse = (cost[None, :] <= cost[:, None]) & (quality[None, :] >= quality[:, None])
+    better = (cost[None, :] < cost[:, None]) | (quality[None, :] > quality[:, None])
+    return ~np.any(no_worse & better, axis=1)
+
+
 def paper_units(p: HardwareParams = HardwareParams()) -> dict[str, Unit]:
     """The six configurations of Table 5, keyed by NAMES."""
     units = [format_unit(n, p) for n in ("mxfp8", "mxint8", "nvfp4", "nvint4")]

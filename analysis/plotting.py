@@ -249,3 +249,30 @@ def direct_cast_lm_figure(rows: list[dict], formats: Sequence[str]):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def pareto_figure(points: list[dict], distributions: Sequence[str]):
+    """QSNR against area per MAC, one panel per distribution: one colour per format (INT filled circles, FP open
+    squares), each point labelled with its block size, the Pareto front as a dashed step line."""
+    formats = list(dict.fromkeys(p["format"] for p in points))
+    colors = {f: plt.cm.tab10(i % 10) for i, f in enumerate(formats)}
+    fig, axes = plt.subplots(1, len(distributions), figsize=(6.0 * len(distributions), 4.6), squeeze=False)
+    for ax, dist in zip(axes[0], distributions, strict=True):
+        for f in formats:
+            mine = sorted((p for p in points if p["format"] == f), key=lambda p: p["block_size"])
+            xs, ys = [p["area"] for p in mine], [p["qsnr_db"][dist] for p in mine]
+            fp = "fp" in f
+            ax.plot(xs, ys, "-", color=colors[f], lw=0.8, alpha=0.6)
+            ax.scatter(xs, ys, marker="s" if fp else "o", facecolors="none" if fp else colors[f], edgecolors=colors[f])
+            ax.plot([], [], "s" if fp else "o", color=colors[f], mfc="none" if fp else colors[f], label=f)
+            for p, x, y in zip(mine, xs, ys, strict=True):
+                ax.annotate(str(p["block_size"]), (x, y), xytext=(3, 3), textcoords="offset points", fontsize=6)
+        front = sorted((p for p in points if p["pareto"][dist]), key=lambda p: p["area"])
+        ax.step([p["area"] for p in front], [p["qsnr_db"][dist] for p in front], "k--", lw=0.9, where="post")
+        ax.set_xlabel("area per MAC (MXFP8 block 32 = 1)")
+        ax.set_ylabel(f"QSNR (dB), {dist}")
+        ax.set_title(f"{dist}: accuracy against cost (labels: block size)", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0, -1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -1,13 +1,17 @@
-"""analysis.hardware (Table 6 cell counts, Eq. 44, Table 7 units, Table 5 ordering) and experiments.hardware."""
+"""analysis.hardware (Table 6 cell counts, Eq. 44, Table 7 units, Table 5 ordering), experiments.hardware and
+experiments.pareto."""
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
+import analysis
 import lowbit_jax as lb
 from analysis import hardware as hw
 from experiments import hardware as exp_hw
+from experiments import pareto as exp_pareto
 from lowbit_jax.formats import fp, int_
 
 E4M3, E2M3, E2M1, INT8, INT4 = fp(4, 3), fp(2, 3), fp(2, 1), int_(8), int_(4)
@@ -299,3 +303,55 @@ def test_experiment_tiny(tmp_path, capsys):
 def test_experiment_bad_flags(argv, capsys):
     with pytest.raises(SystemExit):
         exp_hw.main(argv)
+
+
+# --- cost per MAC and the accuracy/cost Pareto experiment ------------------------------------------------------
+
+
+def test_pareto_mask():
+    # (cost, quality): b dominates a (cheaper, better); c and b tie on cost, c is better; d is dearer but best;
+    # e repeats d exactly (neither dominates the other)
+    cost = [2.0, 1.0, 1.0, 3.0, 3.0]
+    quality = [1.0, 2.0, 3.0, 4.0, 4.0]
+    assert hw.pareto_mask(cost, quality).tolist() == [False, False, True, True, True]
+
+
+def test_cost_per_mac():
+    ratio = hw.cost_per_mac("nvfp4")[0] / hw.cost_per_mac("mxfp8")[0]
+    assert ratio == pytest.approx(hw.table5()["area"]["NVFP4"])
+    # the per-block dequantizer and accumulator are shared by more lanes as blocks grow
+    areas = [hw.cost_per_mac(lb.get_format("mxint8", block_size=k))[0] for k in (8, 16, 32, 64)]
+    assert all(a > b for a, b in zip(areas, areas[1:]))
+    slot = hw.HardwareParams(single_throughput="slot")  # per MAC, so the slot's lane count divides out
+    assert hw.cost_per_mac("nvint4", p=slot) == pytest.approx(hw.cost_per_mac("nvint4"))
+
+
+def test_pareto_experiment_tiny(tmp_path, capsys):
+    result = exp_pareto.main(["--preset", "tiny", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "pareto.json").read_text())
+    points = saved["points"]
+    assert [(p["format"], p["block_size"]) for p in points] == [
+        ("mxint4", 16),
+        ("mxint4", 32),
+        ("mxfp4", 16),
+        ("mxfp4", 32),
+    ]
+    cfg = exp_pareto.PRESETS["tiny"]
+    key = jax.random.fold_in(jax.random.key(cfg.seed), analysis.synthetic.DISTRIBUTIONS.index("gaussian"))
+    x = analysis.synthetic.sample("gaussian", key, (cfg.rows, cfg.cols))
+    fmt = lb.get_format("mxfp4", block_size=32)
+    assert points[3]["qsnr_db"]["gaussian"] == pytest.approx(float(analysis.qsnr_db(x, lb.fake_quant(x, fmt))))
+    assert points[3]["area"] == pytest.approx(hw.cost_per_mac(fmt)[0] / hw.cost_per_mac("mxfp8")[0])
+    for d in cfg.distributions:  # the front is exactly the undominated points
+        want = hw.pareto_mask([p["area"] for p in points], [p["qsnr_db"][d] for p in points])
+        assert [p["pareto"][d] for p in points] == want.tolist()
+    assert (tmp_path / "pareto.png").stat().st_size > 0 and (tmp_path / "pareto.csv").stat().st_size > 0
+    assert "Pareto" in capsys.readouterr().out and result["reference"] == "MXFP8 block 32"
+
+
+@pytest.mark.parametrize(
+    "argv", [["--formats", "fp8_channel"], ["--block-sizes", "1"], ["--cols", "100"], ["--distributions", "cauchy"]]
+)
+def test_pareto_bad_flags(argv):
+    with pytest.raises(SystemExit):
+        exp_pareto.main(argv)
