@@ -23,6 +23,7 @@ import dataclasses
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -161,24 +162,36 @@ def comparison(rows: list[dict]) -> tuple[list[str], list[tuple]]:
     return headers, table
 
 
+def save_rows(name: str, stem: str, out: Path | None, cfg, rows: list[dict]) -> tuple[dict, Path]:
+    """Write {machine, config, rows} as <stem>.json and the rows as <stem>.csv under results/<name>/ (or --out),
+    print the machine line; returns (result, folder)."""
+    result = {"machine": common.machine_description(), "config": cfg, "rows": rows}
+    folder = common.output_dir(name, out)
+    common.write_json(folder / f"{stem}.json", result)
+    common.write_csv(folder / f"{stem}.csv", rows)
+    print(f"\n{result['machine']}\n")
+    return result, folder
+
+
+def print_failures(rows: list[dict], keys: tuple[str, ...]) -> None:
+    """One line per row whose kernel failed (error text recorded by time_case), named by `keys`."""
+    for r in rows:
+        if r["error"]:
+            print(f"failed: {' '.join(str(r[k]) for k in keys)}: {r['error']}")
+
+
 def main(argv=None) -> dict:
     cfg, out = common.parse_config(Config, argv, __doc__, PRESETS)
     if cfg.device == "gpu" and not any(d.platform == "gpu" for d in jax.devices()):
         sys.exit("--device gpu: no GPU is visible to JAX on this machine")
-    rows = bench_rows(cfg)
-    result = {"machine": common.machine_description(), "config": cfg, "rows": rows}
-    folder = common.output_dir("bench", out)
-    common.write_json(folder / "bench.json", result)
-    common.write_csv(folder / "bench.csv", rows)
-    print(f"\n{result['machine']}\n")
+    result, folder = save_rows("bench", "bench", out, cfg, bench_rows(cfg))
+    rows = result["rows"]
     table = [(r["format"], r["impl"], r["dtype"], r["ms"], r["gbps"], r["ratio_to_copy"]) for r in rows]
     print(common.format_table(["format", "impl", "dtype", "ms", "GB/s", "ratio"], table, ".2f"))
     if len(cfg.impls) > 1 or cfg.impls != ("xla",):
         print("\nGB/s side by side (same array, same run)\n")
         print(common.format_table(*comparison(rows), ".1f"))
-    for r in rows:
-        if r["error"]:
-            print(f"failed: {r['format']} {r['impl']} {r['dtype']}: {r['error']}")
+    print_failures(rows, ("format", "impl", "dtype"))
     print(f"\nwrote {folder}/bench.json and bench.csv")
     return result
 

@@ -6,7 +6,7 @@
 For each dtype and format, times `kernels.fake_quant(impl="pallas")` under every candidate tiling (blocked
 formats: blocks per grid step x Triton warps; per-channel formats: elements per grid step x warps, one whole
 row per tile), next to the XLA reference and a device copy of the same array measured in the same run, with
-`bench.median_seconds`. The defaults in `lowbit_jax.kernels.pallas_quantize.gpu_tiles` were chosen from this
+`bench.median_seconds`. The defaults in `lowbit_jax.kernels.pallas_quantize.Tiles` were chosen from this
 sweep's output (docs/benchmarks.md); rerun it on a new GPU before trusting them there.
 
 Output (--out, default results/tune_kernels/): tune.json = {"machine", "config", "rows": [{"dtype", "format",
@@ -129,12 +129,8 @@ def best_table(rows: list[dict]) -> list[tuple]:
 
 def main(argv=None) -> dict:
     cfg, out = common.parse_config(Config, argv, __doc__, PRESETS)
-    rows = sweep(cfg)
-    result = {"machine": common.machine_description(), "config": cfg, "rows": rows}
-    folder = common.output_dir("tune_kernels", out)
-    common.write_json(folder / "tune.json", result)
-    common.write_csv(folder / "tune.csv", rows)
-    print(f"\n{result['machine']}\n")
+    result, folder = bench.save_rows("tune_kernels", "tune", out, cfg, sweep(cfg))
+    rows = result["rows"]
     print(
         common.format_table(
             ["dtype", "format", "tiles", "ms", "GB/s", "% copy"],
@@ -145,9 +141,7 @@ def main(argv=None) -> dict:
     print("\nbest tiling per format (GB/s = (bytes read + written) / time)\n")
     headers = ["dtype", "format", "copy", "xla", "best tiles", "pallas", "% copy", "/ xla"]
     print(common.format_table(headers, best_table(rows), ".1f"))
-    for r in rows:
-        if r["error"]:
-            print(f"failed: {r['dtype']} {r['format']} {r['tiles']}: {r['error']}")
+    bench.print_failures(rows, ("dtype", "format", "tiles"))
     print(f"\nwrote {folder}/tune.json and tune.csv")
     return result
 
