@@ -26,6 +26,13 @@ def f32_bits(x_f32: jnp.ndarray) -> jnp.ndarray:
     return lax.bitcast_convert_type(x_f32.astype(jnp.float32), jnp.uint32)
 
 
+def with_sign_of(mag_f32: jnp.ndarray, sign_f32: jnp.ndarray) -> jnp.ndarray:
+    """`mag_f32` (sign bit clear) with the sign bit of `sign_f32`, set on bits: jnp.copysign goes through neg,
+    which Pallas Triton lowers as 0 - x, losing the sign of zero."""
+    sign = f32_bits(sign_f32) & jnp.uint32(0x80000000)
+    return lax.bitcast_convert_type(f32_bits(mag_f32) | sign, jnp.float32)
+
+
 def f32_exponent(x_f32: jnp.ndarray) -> jnp.ndarray:
     """Unbiased binary exponent floor(log2|x|) from the bits, int32; -127 for zero (and flushed subnormals)."""
     return ((f32_bits(x_f32) >> 23) & 0xFF).astype(jnp.int32) - 127
@@ -110,9 +117,7 @@ def _div_corrected(num, den):
     room = (f32_bits(q) >= _MIN_NORMAL_BITS + 2) & (f32_bits(q) <= _MAX_FINITE_BITS - 2)  # q0 +- 2 ulp normal
     ok = normal(a) & normal(den) & room
     q_exact = _round_quotient(jnp.where(ok, a, 1.0), jnp.where(ok, den, 1.0), jnp.where(ok, q, 1.0))
-    sign = f32_bits(num) & jnp.uint32(0x80000000)
-    signed = lax.bitcast_convert_type(f32_bits(q_exact) | sign, jnp.float32)
-    return jnp.where(ok, signed, q0)
+    return jnp.where(ok, with_sign_of(q_exact, num), q0)
 
 
 def div_exact(num: jnp.ndarray, den: jnp.ndarray) -> jnp.ndarray:

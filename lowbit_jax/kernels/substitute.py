@@ -85,9 +85,7 @@ def rne_exact(x, *, rounding_method):
     d = a - r
     odd = r * 0.5 != jnp.floor(r * 0.5)
     up = (d > 0.5) | ((d == 0.5) & odd)
-    mag = lax.bitcast_convert_type(r + up.astype(jnp.float32), jnp.uint32)  # >= 0: sign bit clear
-    sign = lax.bitcast_convert_type(x, jnp.uint32) & jnp.uint32(0x80000000)
-    return lax.bitcast_convert_type(mag | sign, jnp.float32)  # not jnp.copysign: its neg is 0 - x on Triton
+    return rounding.with_sign_of(r + up.astype(jnp.float32), x)  # the magnitude is >= 0: sign bit clear
 
 
 def _asm(text: str, *args):
