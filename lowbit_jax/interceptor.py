@@ -140,6 +140,19 @@ class Report:
     skipped: list[str] = field(default_factory=list)
     unsupported: dict[str, str] = field(default_factory=dict)
 
+    def passes_over(self, path: str, module, config) -> bool:
+        """Whether the layer cannot be quantized (a transposed or local convolution; a convolution under capture,
+        whose operands are not a GEMM's); if so and a rule matched it, it is listed in `unsupported`."""
+        if isinstance(module, _LINEN_UNSUPPORTED + _NNX_UNSUPPORTED):
+            reason = type(module).__name__
+        elif config == CAPTURE and isinstance(module, nn.Conv | nnx.Conv):
+            reason = "Conv (capture)"
+        else:
+            return False
+        if config is not None:
+            self.unsupported[path] = reason
+        return True
+
     def record(self, path: str, config) -> None:
         if config is None:
             if path not in self.skipped:
@@ -230,17 +243,12 @@ def _linen_interceptor(session: Session):
             return next_fun(*args, **kwargs)
         path = _linen_path(mod)
         config = match(session.rules, path)
-        if isinstance(mod, _LINEN_UNSUPPORTED):
-            if config is not None:
-                session.report.unsupported[path] = type(mod).__name__
+        if session.report.passes_over(path, mod, config):
             return next_fun(*args, **kwargs)
         session.report.record(path, config)
         if config is None:
             return next_fun(*args, **kwargs)
         if isinstance(mod, nn.Conv):
-            if config == CAPTURE:  # capture records GEMM operands; a convolution's are not a GEMM's
-                session.report.unsupported[path] = "Conv (capture)"
-                return next_fun(*args, **kwargs)
             op = session.op(path, config, conv=True)
             return _linen_with_hook(mod, op, next_fun, args, kwargs, hook="conv_general_dilated")
         op = session.op(path, config)
@@ -288,12 +296,7 @@ def _install(model, rules, report: Report, session: Session | None) -> list[tupl
     saved = []
     for path, m in nnx_layers(model, _NNX_UNSUPPORTED):
         config = match(rules, path)
-        if isinstance(m, _NNX_UNSUPPORTED):
-            if config is not None:
-                report.unsupported[path] = type(m).__name__
-            continue
-        if config == CAPTURE and type(m) is nnx.Conv:
-            report.unsupported[path] = "Conv (capture)"
+        if report.passes_over(path, m, config):
             continue
         report.record(path, config)
         if config is None:

@@ -140,6 +140,10 @@ def test_interceptor_quantizes_conv_and_reports_transposed_conv():
     with lb.quantized([(".*", "direct_cast:mxint4")]) as report:
         jax.jit(m.apply)(params, x)
     assert sorted(report.quantized) == ["conv", "head"] and report.unsupported == {"up": "ConvTranspose"}
+    with lb.capture(".*") as cap:
+        jax.jit(m.apply)(params, x)
+    assert cap.report.quantized == {"head": "capture"}
+    assert cap.report.unsupported == {"conv": "Conv (capture)", "up": "ConvTranspose"}
 
     n = NCNN(nnx.Rngs(0))
     original = n.conv.conv_general_dilated
