@@ -177,14 +177,18 @@ def _at_least_f32(x):
     return x.astype(jnp.float32) if jnp.finfo(x.dtype).bits < 32 else x
 
 
+def _entries(spec, ndim: int) -> tuple:
+    """A PartitionSpec's entries padded with None to one per dim."""
+    return tuple(spec) + (None,) * (ndim - len(spec))
+
+
 def explicit_spec(x) -> tuple | None:
     """x's PartitionSpec entries, one per dim, when x is sharded on an Explicit mesh axis (else None)."""
     sharding = jax.typeof(x).sharding
     mesh = getattr(sharding, "mesh", None)
     if mesh is None or AxisType.Explicit not in tuple(getattr(mesh, "axis_types", ())):
         return None
-    spec = tuple(sharding.spec)
-    return spec + (None,) * (x.ndim - len(spec))
+    return _entries(sharding.spec, x.ndim)
 
 
 def gemm(spec: _Gemm, a, b, *, rot_key=None, key_a=None, key_b=None, out_spec: tuple | None = None):
@@ -330,8 +334,9 @@ def qdot_general(
     explicit = explicit_spec(lhs) is not None or explicit_spec(rhs) is not None
     out_spec = None
     if explicit and out_sharding is not None:
-        spec = out_sharding.spec if isinstance(out_sharding, NamedSharding) else out_sharding
-        out_spec = tuple(spec) + (None,) * (len(out.shape) - len(spec))
+        out_spec = _entries(
+            out_sharding.spec if isinstance(out_sharding, NamedSharding) else out_sharding, len(out.shape)
+        )
     y = _qdot_jit(_Spec(dims, config, precision, jnp.dtype(out.dtype).name, out_spec), lhs, rhs, key)
     if out_sharding is None or explicit:
         return y
