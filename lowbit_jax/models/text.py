@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-HIGHEST = jax.lax.Precision.HIGHEST  # float32 products in float32 on GPUs too, whose default is TF32
+from lowbit_jax.models import HIGHEST
 
 
 @dataclass(frozen=True, eq=False)
