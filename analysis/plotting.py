@@ -210,8 +210,9 @@ def grad_bias_figure(cases: list[dict]):
             text = f"{100 * c['extreme_code_fraction']:.1f}% blocks at -2^(b-1)"
             axs.annotate(text, (0, yi + 0.35), fontsize=6, va="center", ha="center")
     axs.set_title("dY operands: Σ(Q(x) - x) / Σ|x|")
+    for a in (axz, axs):
+        a.axvline(0.0, color="k", lw=0.8)
     for a in (ax, axz, axs):
-        a.axvline(0.0, color="k", lw=0.8) if a is not ax else None
         a.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return fig
