@@ -32,7 +32,7 @@ import lowbit_jax as lb
 from experiments import common
 from lowbit_jax import kernels
 
-IMPLS = {"xla": None, "pallas": "default"}
+IMPLS = ("xla", "pallas")  # the core; the Pallas kernel on its default backend (Triton on a GPU)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,12 +105,11 @@ def gbps(x: jax.Array, seconds: float) -> float:
     return 2 * x.nbytes / seconds / 1e9
 
 
-def quant_fn(name: str, impl: str):
-    """jit(fake_quant) of one format through one implementation."""
+def quant_fn(name: str, impl: str, tiles=None):
+    """jit(fake_quant) of one format through one implementation (`tiles`: the Pallas kernel's, None: default)."""
     if impl == "xla":
         return jax.jit(lambda v: lb.fake_quant(v, name))
-    backend = None if IMPLS[impl] == "default" else IMPLS[impl]
-    return jax.jit(lambda v: kernels.fake_quant(v, name, impl="pallas", backend=backend))
+    return jax.jit(lambda v: kernels.fake_quant(v, name, impl="pallas", tiles=tiles))
 
 
 def bench_rows(cfg: Config) -> list[dict]:

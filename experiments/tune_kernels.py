@@ -23,7 +23,6 @@ import jax.numpy as jnp
 
 import lowbit_jax as lb
 from experiments import bench, common
-from lowbit_jax import kernels
 from lowbit_jax.kernels.pallas_quantize import Tiles
 
 
@@ -89,10 +88,8 @@ def sweep(cfg: Config) -> list[dict]:
         x = inputs[dtype]
         if tiles == "copy":
             fn = jax.jit(jnp.copy)
-        elif tiles == "xla":
-            fn = jax.jit(lambda v, n=name: lb.fake_quant(v, n))
         else:
-            fn = jax.jit(lambda v, n=name, t=tiles: kernels.fake_quant(v, n, impl="pallas", tiles=t))
+            fn = bench.quant_fn(name, "xla") if tiles == "xla" else bench.quant_fn(name, "pallas", tiles)
         seconds, error = bench.time_case(fn, x, cfg.repeats, cfg.batch)  # a tiling Triton rejects: NaN + error
         if tiles == "copy":
             copy_s[dtype] = seconds
