@@ -369,6 +369,11 @@ def ratios(area_g: np.ndarray, energy_g: np.ndarray, totals: Mapping[str, Cells]
     return out
 
 
+def reference_name(name: str) -> str:
+    """Table 5's normalisation: single formats relative to MXFP8, mixed units to MXFP8+NVFP4."""
+    return NAMES[0] if NAMES.index(name) < 4 else NAMES[4]
+
+
 def reachable(totals: Mapping[str, Cells]) -> dict[str, tuple[float, float]]:
     """The Table 5 ratio of each configuration over all positive cell factors, as (infimum, supremum).
 
@@ -376,8 +381,8 @@ def reachable(totals: Mapping[str, Cells]) -> dict[str, tuple[float, float]]:
     c_ref,g f_g), so it ranges over their span, whatever the areas, energies and toggle rates; a cell missing from
     the reference makes it unbounded above."""
     out = {}
-    for i, name in enumerate(NAMES):
-        cells, ref = totals[name], totals[NAMES[0] if i < 4 else NAMES[4]]
+    for name in NAMES:
+        cells, ref = totals[name], totals[reference_name(name)]
         per_cell = [cells.get(g, 0.0) / ref[g] if ref.get(g) else math.inf for g in CELLS if cells.get(g) or ref.get(g)]
         out[name] = (min(per_cell), max(per_cell))
     return out
@@ -390,9 +395,8 @@ def _factors_within(totals, targets, half_width, lo, hi) -> np.ndarray | None:
 
     rows = []
     for name, target in targets.items():
-        i = NAMES.index(name)
         c = np.array([totals[name].get(g, 0.0) for g in CELLS])
-        ref = np.array([totals[NAMES[0] if i < 4 else NAMES[4]].get(g, 0.0) for g in CELLS])
+        ref = np.array([totals[reference_name(name)].get(g, 0.0) for g in CELLS])
         rows += [c - (target + half_width) * ref, (target - half_width) * ref - c]
     res = linprog(
         np.zeros(len(CELLS)), A_ub=np.array(rows), b_ub=np.zeros(len(rows)), bounds=list(zip(lo, hi)), method="highs"
