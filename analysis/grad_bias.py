@@ -17,11 +17,6 @@ from lowbit_jax.rounding import div_exact, round_to_dtype
 PROBE_DTYPES = ("bfloat16", "float16", "float32")
 
 
-def _in_dtype(a: jax.Array, dtype) -> jax.Array:
-    """Round float32 `a` to `dtype` (kept as float32): one operation evaluated in that precision (as PyTorch does)."""
-    return round_to_dtype(a, dtype)
-
-
 @jax.jit(static_argnames=("dtype",))
 def overflow_fraction(d: jax.Array, dtype: str) -> jax.Array:
     """Fraction of elements with round(D / S) == 128 where S = D / 127, every step rounded to `dtype`.
@@ -29,9 +24,9 @@ def overflow_fraction(d: jax.Array, dtype: str) -> jax.Array:
     Paper Algorithm 1 / Table 11 (BF16 16.82%, FP16 0.02%, FP32 0). Divisions are correctly rounded float32,
     then rounded to `dtype`, which is how PyTorch evaluates bf16/fp16 arithmetic on the CPU.
     """
-    d = _in_dtype(d, dtype)
-    s = _in_dtype(div_exact(d, jnp.float32(127.0)), dtype)
-    ratio = _in_dtype(div_exact(jnp.abs(d), jnp.abs(s)), dtype)
+    d = round_to_dtype(d, dtype)
+    s = round_to_dtype(div_exact(d, jnp.float32(127.0)), dtype)
+    ratio = round_to_dtype(div_exact(jnp.abs(d), jnp.abs(s)), dtype)
     return jnp.mean((jnp.round(ratio) == 128.0).astype(jnp.float32))
 
 
