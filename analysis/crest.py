@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from lowbit_jax.quantize import layout, to_blocks
+from lowbit_jax.blocks import layout
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,9 @@ def block_stats(x: jax.Array, block_size, axis: int = -1) -> tuple[jax.Array, ja
     x = jnp.asarray(x)
     axis = axis % max(x.ndim, 1)
     lay = layout(x.shape, block_size, axis)
-    x_blocks = to_blocks(x, lay)
-    valid = to_blocks(jnp.ones(x.shape, jnp.float32), lay)
-    reduce = lay.block_axis
+    x_blocks = lay.to_blocks(x)
+    valid = lay.to_blocks(jnp.ones(x.shape, jnp.float32))
+    reduce = lay.block_axes
     amax = jnp.max(jnp.abs(x_blocks), axis=reduce)
     return amax, jnp.sum(jnp.square(x_blocks), axis=reduce), jnp.sum(valid, axis=reduce)
 

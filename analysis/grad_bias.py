@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import lowbit_jax as lb
-from lowbit_jax.quantize import layout, to_blocks
+from lowbit_jax.blocks import layout
 from lowbit_jax.rounding import div_exact, round_to_dtype
 
 PROBE_DTYPES = ("bfloat16", "float16", "float32")
@@ -133,12 +133,13 @@ def grad_fn(loss_fn, rules, stochastic: bool = False):
 def _extra_code_blocks(x, fmt: lb.Format) -> tuple[jax.Array, jax.Array]:
     """(blocks holding the code -2^(b-1), non-zero blocks) of x (rows, K) quantized in blocks along K."""
     lay = layout(x.shape, fmt.block_size, x.ndim - 1)
-    blocks = jnp.sum(jnp.max(jnp.abs(to_blocks(x, lay)), axis=lay.block_axis) > 0)
+    blocks = jnp.sum(jnp.max(jnp.abs(lay.to_blocks(x)), axis=lay.block_axes) > 0)
     elem = fmt.elem
     if elem is None or elem.kind != "int" or elem.int_range != "asymmetric":
         return jnp.zeros((), blocks.dtype), blocks
     codes = lb.quantize(x, fmt, axis=-1).codes.astype(jnp.float32)
-    hits = jnp.any(to_blocks(codes, layout(codes.shape, lay.block, codes.ndim - 1)) == elem.min, axis=lay.block_axis)
+    code_lay = layout(codes.shape, lay.block[0], codes.ndim - 1)
+    hits = jnp.any(code_lay.to_blocks(codes) == elem.min, axis=code_lay.block_axes)
     return jnp.sum(hits), blocks
 
 

@@ -1,6 +1,6 @@
 """lowbit_jax: exact emulation and analysis of fine-grained low-bit formats (MX, NV, any FP(e,m) / INT(b))."""
 
-from lowbit_jax import hadamard
+from lowbit_jax import blocks, elements, hadamard, scaling
 from lowbit_jax.capture import Captured
 from lowbit_jax.formats import (
     PER_CHANNEL,
@@ -9,13 +9,16 @@ from lowbit_jax.formats import (
     Format,
     FPElem,
     IntElem,
+    LUTElem,
     fp,
     get_format,
     int_,
     list_formats,
+    lut,
+    parse_spec,
 )
 from lowbit_jax.interceptor import Report, capture, quantize_nnx, quantized
-from lowbit_jax.qarray import QArray
+from lowbit_jax.qarray import QArray, pack_fp4, unpack_fp4
 from lowbit_jax.qconv import qconv_general_dilated
 from lowbit_jax.qdot import QDotConfig, qdot_general, qeinsum
 from lowbit_jax.quantize import dequantize, fake_quant, quantize
@@ -27,13 +30,21 @@ __all__ = [
     "FPElem",
     "Format",
     "IntElem",
+    "LUTElem",
     "QArray",
+    "pack_fp4",
+    "unpack_fp4",
     "dequantize",
     "fake_quant",
     "fp",
     "get_format",
     "int_",
     "list_formats",
+    "lut",
+    "parse_spec",
+    "blocks",
+    "elements",
+    "scaling",
     "quantize",
     "hadamard",
     "QDotConfig",

@@ -1,206 +1,104 @@
-"""Number formats as data: element types (FP(e,m), INT(b)) and block formats (element + block + scale).
+"""Block formats as data: Format = element grid x block layout x scale rule (x second level), the named
+formats, and the one format-spec grammar.
 
-Conventions follow OCP MX v1.0 and ml_dtypes: E4M3 is the "fn" variant (no Inf, S.1111.111 = NaN, max 448),
-E5M2 is IEEE-like (Inf and NaN in the top binade), FP6/FP4 (and every element narrower than 8 bits) have no
-special values. Every FP element has subnormals. INT(b) is symmetric, [-(2^(b-1)-1), 2^(b-1)-1], by default.
+Spec grammar (used by get_format, CLI flags, interceptor rules and QDotConfig strings), case-insensitive:
+    spec     := base (":" key "=" value)*
+    base     := a named format ("mxint8", "nvfp4", ...; lb.list_formats()) | "fp(e,m)" | "fp(e,m,special)"
+                | "int(b)"   (custom elements default to block_size=32, scale=ue8m0)
+    key      := block_size | scale | scale_rounding | scale_dtype | int_range | tensor_scale
+    block_size values: an int, "RxC" or "(R,C)" (a 2-D tile), "channel" (or -1), "tensor"
+e.g. "mxint8:block_size=64:scale_rounding=floor", "fp(3,2):block_size=32:scale=ue8m0",
+"int(5):block_size=16:scale=e4m3", "nvfp4:block_size=16x16".
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-from dataclasses import dataclass
-from typing import Literal
+import re
+from dataclasses import dataclass, field
 
-import jax.numpy as jnp
+from lowbit_jax import blocks, scaling
+from lowbit_jax.blocks import PER_CHANNEL, PER_TENSOR, BlockSize
+from lowbit_jax.elements import (
+    INT_RANGES,
+    ElemType,
+    FPElem,
+    IntElem,
+    LUTElem,
+    check_choice,
+    fp,
+    int_,
+    lut,
+)
+from lowbit_jax.scaling import E4M3_SCALE_MAX, SCALE_DTYPES, TENSOR_SCALES, UE8M0_ROUNDINGS, ScaleRule
 
-Special = Literal["none", "fn", "ieee"]
-ScaleType = Literal["ue8m0", "e4m3", "fp32", "none"]
-ScaleRounding = Literal["ceil", "floor", "round"]
-IntRange = Literal["symmetric", "asymmetric"]
-ScaleDtype = Literal["float32", "bfloat16"]
+__all__ = [
+    "E4M3_SCALE_MAX",
+    "PER_CHANNEL",
+    "PER_TENSOR",
+    "ElemType",
+    "FPElem",
+    "Format",
+    "IntElem",
+    "LUTElem",
+    "fp",
+    "get_format",
+    "int_",
+    "list_formats",
+    "lut",
+    "parse_spec",
+]
 
-PER_CHANNEL = "channel"
-PER_TENSOR = "tensor"
-SCALE_TYPES = ("ue8m0", "e4m3", "fp32", "none")
-SCALE_ROUNDINGS = ("ceil", "floor", "round")
-INT_RANGES = ("symmetric", "asymmetric")
-SCALE_DTYPES = ("float32", "bfloat16")
-E4M3_SCALE_MAX = 448.0
-
-
-def _check_choice(what: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{what} must be one of {list(choices)}, got {value!r}")
-
-
-@dataclass(frozen=True)
-class FPElem:
-    """FP(e, m) element: sign, `exp_bits` exponent bits (bias 2^(e-1)-1), `man_bits` mantissa bits, subnormals."""
-
-    exp_bits: int
-    man_bits: int
-    special: Special = "none"
-
-    def __post_init__(self):
-        e, m = self.exp_bits, self.man_bits
-        if not (isinstance(e, int) and isinstance(m, int)) or e < 1 or m < 0 or e + m + 1 > 8:
-            raise ValueError(f"FP(e={e}, m={m}) needs integers e >= 1, m >= 0 and e + m + 1 <= 8")
-        _check_choice("special", self.special, ("none", "fn", "ieee"))
-        if self.special == "fn" and m == 0:
-            raise ValueError("the 'fn' convention (only S.1..1.1..1 is NaN) needs at least one mantissa bit")
-        if self.special == "ieee" and e < 2:
-            raise ValueError("the 'ieee' convention reserves the top binade and needs at least two exponent bits")
-
-    kind = "fp"
-
-    @property
-    def bits(self) -> int:
-        return 1 + self.exp_bits + self.man_bits
-
-    @property
-    def bias(self) -> int:
-        return 2 ** (self.exp_bits - 1) - 1
-
-    @property
-    def emin(self) -> int:
-        """Exponent of the smallest normal, 1 - bias."""
-        return 1 - self.bias
-
-    @property
-    def emax(self) -> int:
-        """Exponent of the largest finite value."""
-        top = 2**self.exp_bits - 1 - self.bias
-        return top - 1 if self.special == "ieee" else top
-
-    @property
-    def max(self) -> float:
-        """Largest finite magnitude (448 for E4M3, 57344 for E5M2, 7.5 for E2M3, 6 for E2M1)."""
-        ulps_lost = 2 if self.special == "fn" else 1
-        return (2.0 - ulps_lost * 2.0**-self.man_bits) * 2.0**self.emax
-
-    @property
-    def min_normal(self) -> float:
-        return 2.0**self.emin
-
-    @property
-    def min_subnormal(self) -> float:
-        return 2.0 ** (self.emin - self.man_bits)
-
-    @property
-    def dynamic_range(self) -> float:
-        return self.max / self.min_subnormal
-
-    @property
-    def name(self) -> str:
-        return f"e{self.exp_bits}m{self.man_bits}"
-
-    @property
-    def storage_dtype(self):
-        """Narrowest dtype XLA can hold the codes in; other FP elements are stored as uint8 bit patterns."""
-        native = {
-            (4, 3, "fn"): jnp.float8_e4m3fn,
-            (5, 2, "ieee"): jnp.float8_e5m2,
-            (2, 1, "none"): jnp.float4_e2m1fn,
-        }
-        return native.get((self.exp_bits, self.man_bits, self.special), jnp.uint8)
-
-
-@dataclass(frozen=True)
-class IntElem:
-    """INT(b) element: integers in [-(2^(b-1)-1), 2^(b-1)-1] (symmetric) or down to -2^(b-1) (asymmetric)."""
-
-    bits: int
-    int_range: IntRange = "symmetric"
-
-    def __post_init__(self):
-        if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
-            raise ValueError(f"INT(b) needs an integer 2 <= b <= 8, got {self.bits!r}")
-        _check_choice("int_range", self.int_range, INT_RANGES)
-
-    kind = "int"
-
-    @property
-    def max(self) -> float:
-        return float(2 ** (self.bits - 1) - 1)
-
-    @property
-    def min(self) -> float:
-        """Most negative code value."""
-        return -self.max - (1.0 if self.int_range == "asymmetric" else 0.0)
-
-    @property
-    def emax(self) -> int:
-        """floor(log2(max)): the OCP element emax (MXINT8 = INT8 codes x 2^-6 has emax 0 relative to it)."""
-        return self.bits - 2
-
-    @property
-    def min_subnormal(self) -> float:
-        return 1.0
-
-    @property
-    def dynamic_range(self) -> float:
-        return self.max
-
-    @property
-    def name(self) -> str:
-        return f"int{self.bits}"
-
-    @property
-    def storage_dtype(self):
-        if self.bits <= 2:
-            return jnp.int2
-        return jnp.int4 if self.bits <= 4 else jnp.int8
-
-
-ElemType = FPElem | IntElem
-
-
-def fp(exp_bits: int, man_bits: int, special: Special | None = None) -> FPElem:
-    """FP(e, m) with the OCP/ml_dtypes convention for its width unless `special` is given."""
-    if special is None:
-        if 1 + exp_bits + man_bits < 8 or exp_bits < 2:  # IEEE's reserved top binade needs >= 2 exponent bits
-            special = "none"
-        else:
-            special = "fn" if (exp_bits, man_bits) == (4, 3) else "ieee"
-    return FPElem(exp_bits, man_bits, special)
-
-
-def int_(bits: int, int_range: IntRange = "symmetric") -> IntElem:
-    """INT(b) element."""
-    return IntElem(bits, int_range)
+SCALE_TYPES = ("ue8m0", "e4m3", "ue5m3", "fp32", "none")
+SCALE_ROUNDINGS = UE8M0_ROUNDINGS
 
 
 @dataclass(frozen=True)
 class Format:
-    """A block format: element type, block size along the quantization axis, and the scale rule.
+    """A block format: element grid, block layout along the quantized axis (or axes), and the scale rule.
 
-    block_size: a positive int, "channel" (the whole axis is one block; -1 is accepted) or "tensor".
-    scale: "ue8m0" (power of two), "e4m3" (E4M3 block scale times an FP32 tensor scale, NVFP4-style),
-    "fp32" (unrounded amax / Qmax), "none" (identity formats bf16 / fp32).
+    block_size: a positive int (1-D blocks), a (rows, cols) pair (2-D tiles over two axes), "channel" (the
+    whole axis is one block; -1 is accepted) or "tensor".
+    scale: "ue8m0" (power of two; scale_rounding ceil/floor/round/even/ceil_amax), "e4m3" (E4M3 block scale,
+    by default times an FP32 tensor scale, NVFP4-style), "ue5m3" (unsigned E5M3 block scale, no tensor scale by
+    default), "fp32" (unrounded amax / Qmax), "none" (identity formats bf16 / fp32), or a scale-rule object
+    from lowbit_jax.scaling (then scale_rounding, scale_dtype and tensor_scale are ignored).
+    scale_dtype: "bfloat16" evaluates the scale and x / scale in bf16 (UE8M0 and FP32 scales).
+    tensor_scale: the second level of E4M3 / UE5M3 scales: "fp32", "ue8m0" (a power of two) or "none";
+    None: the default ("fp32" for E4M3, "none" for UE5M3).
     """
 
     name: str
     elem: ElemType | None
-    block_size: int | str = 32
-    scale: ScaleType = "ue8m0"
-    scale_rounding: ScaleRounding = "ceil"
-    scale_dtype: ScaleDtype = "float32"
+    block_size: BlockSize = 32
+    scale: str | ScaleRule = "ue8m0"
+    scale_rounding: str = "ceil"
+    scale_dtype: str = "float32"
     passthrough_dtype: str | None = None
+    tensor_scale: str | None = None
+    scale_rule: ScaleRule | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self):
-        bs = self.block_size
-        if isinstance(bs, int) and not isinstance(bs, bool) and bs == -1:
-            object.__setattr__(self, "block_size", PER_CHANNEL)
-        elif not (bs in (PER_CHANNEL, PER_TENSOR) or (type(bs) is int and bs > 0)):
-            raise ValueError(f"block_size must be a positive int, -1 or 'channel', or 'tensor'; got {bs!r}")
-        _check_choice("scale", self.scale, SCALE_TYPES)
-        _check_choice("scale_rounding", self.scale_rounding, SCALE_ROUNDINGS)
-        _check_choice("scale_dtype", self.scale_dtype, SCALE_DTYPES)
+        object.__setattr__(self, "block_size", blocks.check_block_size(self.block_size))
         if (self.elem is None) != (self.scale == "none"):
             raise ValueError("identity formats (scale='none') have no element type, and only they")
-        if self.scale == "e4m3" and self.block_size == PER_TENSOR:
-            raise ValueError("an E4M3 block scale with a tensor scale needs blocks smaller than the tensor")
+        if self.elem is None:
+            return
+        if not isinstance(self.scale, str):
+            object.__setattr__(self, "scale_rule", self.scale)
+        else:
+            check_choice("scale", self.scale, SCALE_TYPES)
+            check_choice("scale_rounding", self.scale_rounding, SCALE_ROUNDINGS)
+            check_choice("scale_dtype", self.scale_dtype, SCALE_DTYPES)
+            if self.tensor_scale is not None:
+                check_choice("tensor_scale", self.tensor_scale, TENSOR_SCALES)
+            rule = scaling.rule(self.scale, self.scale_rounding, self.scale_dtype, self.tensor_scale)
+            object.__setattr__(self, "scale_rule", rule)
+        self.scale_rule.check(self.elem)
+        if self.scale_rule.has_tensor_scale and self.block_size == PER_TENSOR:
+            kind = self.scale_rule.name.upper()
+            raise ValueError(f"an {kind} block scale with a tensor scale needs blocks smaller than the tensor")
 
     @property
     def is_identity(self) -> bool:
@@ -211,40 +109,105 @@ class Format:
         return self.elem.max
 
     @property
+    def default_axis(self) -> int | tuple[int, int]:
+        """The quantization axis when none is given: (-2, -1) for 2-D tiles, else -1."""
+        return blocks.default_axis(self.block_size)
+
+    @property
+    def bits_per_element(self) -> float:
+        """Element bits plus the block scale's bits (and zero point) spread over a block (1-D/2-D blocks)."""
+        if self.is_identity:
+            return float(8 * (2 if self.passthrough_dtype == "bfloat16" else 4))
+        extra = self.scale_rule.bits + (self.elem.bits if getattr(self.elem, "zero_point", False) else 0)
+        n = self.block_size[0] * self.block_size[1] if isinstance(self.block_size, tuple) else self.block_size
+        return self.elem.bits + (extra / n if isinstance(n, int) else 0.0)
+
+    @property
     def label(self) -> str:
         """The name plus every field that differs from the named format, e.g. 'mxint8[block_size=64]'."""
-        base = _FORMATS.get(self.name)
+        base = _base_format(self.name)
         if base is None or base == self:
             return self.name
         diffs = [
-            f"{f.name}={getattr(self, f.name)}"
+            f"{f.name}={_show(getattr(self, f.name))}"
             for f in dataclasses.fields(self)
-            if f.name not in ("name", "elem") and getattr(self, f.name) != getattr(base, f.name)
+            if f.init and f.name not in ("name", "elem") and getattr(self, f.name) != getattr(base, f.name)
         ]
-        if isinstance(self.elem, IntElem) and self.elem.int_range != base.elem.int_range:
+        if (
+            isinstance(self.elem, IntElem)
+            and isinstance(base.elem, IntElem)
+            and self.elem.int_range != base.elem.int_range
+        ):
             diffs.append(f"int_range={self.elem.int_range}")
-        if self.elem != base.elem and not isinstance(self.elem, IntElem):
+        elif self.elem != base.elem:
             diffs.append(f"elem={self.elem.name}")
         return f"{self.name}[{', '.join(diffs)}]"
 
     def replace(self, **overrides) -> Format:
-        """A copy with fields replaced; `int_range` and element fields are forwarded to the element."""
+        """A copy with fields replaced; `int_range` is forwarded to the (INT) element."""
         elem = self.elem
         if "int_range" in overrides:
             int_range = overrides.pop("int_range")
             if not isinstance(elem, IntElem):
-                raise ValueError(f"int_range applies to INT formats only; {self.name} has element {elem}")
+                raise ValueError(f"int_range applies to INT formats only; {self.name} has element {elem.name}")
             elem = dataclasses.replace(elem, int_range=int_range)
         return dataclasses.replace(self, elem=elem, **overrides)
 
 
-def _mx(name: str, elem: ElemType) -> Format:
-    return Format(name, elem, block_size=32, scale="ue8m0")
+def _show(v) -> str:
+    return f"{v[0]}x{v[1]}" if isinstance(v, tuple) else str(v)
 
 
-def _nv(name: str, elem: ElemType) -> Format:
-    return Format(name, elem, block_size=16, scale="e4m3")
+def _mx(name: str, elem: ElemType, block: BlockSize = 32) -> Format:
+    return Format(name, elem, block_size=block, scale="ue8m0")
 
+
+def _nv(name: str, elem: ElemType, block: BlockSize = 16) -> Format:
+    return Format(name, elem, block_size=block, scale="e4m3")
+
+
+# NF4: the 16 quantiles of N(0, 1) normalised to [-1, 1] as bitsandbytes defines them (the float32 literals
+# of bitsandbytes' NF4 table; QLoRA, Dettmers et al. 2023); bitsandbytes' default block is 64.
+NF4_VALUES = (
+    -1.0,
+    -0.6961928009986877,
+    -0.5250730514526367,
+    -0.39491748809814453,
+    -0.28444138169288635,
+    -0.18477343022823334,
+    -0.09105003625154495,
+    0.0,
+    0.07958029955625534,
+    0.16093020141124725,
+    0.24611230194568634,
+    0.33791524171829224,
+    0.44070982933044434,
+    0.5626170039176941,
+    0.7229568362236023,
+    1.0,
+)
+# SF4: the Student-t (nu = 5) table of Dotzel et al., "Learning from Students: Applying t-Distributions to
+# Explore Accurate and Efficient Formats for LLMs", ICML 2024: the six-decimal SF4_5 list of the authors' code
+# (cornell-zhang/llm-datatypes), the NF4 construction with t(5) quantiles in place of normal ones; their RTN
+# examples use absmax groups of 128.
+SF4_VALUES = (
+    -1.0,
+    -0.627781,
+    -0.454736,
+    -0.334331,
+    -0.237434,
+    -0.152899,
+    -0.074982,
+    0.0,
+    0.065513,
+    0.132965,
+    0.204661,
+    0.283835,
+    0.375805,
+    0.491076,
+    0.656781,
+    1.0,
+)
 
 _FORMATS: dict[str, Format] = {
     f.name: f
@@ -259,6 +222,10 @@ _FORMATS: dict[str, Format] = {
         _mx("mxint4", int_(4)),
         _nv("nvfp4", fp(2, 1)),
         _nv("nvint4", int_(4)),
+        _nv("nvfp4_2d", fp(2, 1), (16, 16)),
+        _mx("mxfp8_2d", fp(4, 3), (32, 32)),
+        Format("nf4", lut(NF4_VALUES, "nf4"), block_size=64, scale="fp32"),
+        Format("sf4", lut(SF4_VALUES, "sf4"), block_size=128, scale="fp32"),
         Format("fp8_channel", fp(4, 3), block_size=PER_CHANNEL, scale="fp32"),
         Format("int8_channel", int_(8), block_size=PER_CHANNEL, scale="fp32"),
         Format("bf16", None, block_size=PER_TENSOR, scale="none", passthrough_dtype="bfloat16"),
@@ -266,7 +233,8 @@ _FORMATS: dict[str, Format] = {
     ]
 }
 _ALIASES = {"mxfp8": "mxfp8_e4m3", "mxfp6": "mxfp6_e2m3", "mxfp4_e2m1": "mxfp4"}
-_OVERRIDABLE = ("block_size", "scale", "scale_rounding", "scale_dtype", "int_range")
+_OVERRIDABLE = ("block_size", "scale", "scale_rounding", "scale_dtype", "int_range", "tensor_scale")
+_ELEMENT_SPEC = re.compile(r"^(fp|int)\(([^()]*)\)$")
 
 
 def list_formats() -> list[str]:
@@ -274,21 +242,92 @@ def list_formats() -> list[str]:
     return list(_FORMATS)
 
 
+def _custom_element(base: str) -> ElemType | None:
+    """The element of 'fp(e,m[,special])' / 'int(b)', None if `base` has neither form."""
+    m = _ELEMENT_SPEC.match(base)
+    if m is None:
+        return None
+    kind, args = m.group(1), [a.strip() for a in m.group(2).split(",")]
+    try:
+        if kind == "int":
+            (b,) = args
+            return int_(int(b))
+        if len(args) not in (2, 3):
+            raise ValueError("fp takes (e, m) or (e, m, special)")
+        return fp(int(args[0]), int(args[1]), *args[2:])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"bad element {base!r}: {err}; write fp(e,m), fp(e,m,special) or int(b)") from err
+
+
+def _base_format(name: str) -> Format | None:
+    """The named format, or the default format of a custom element spec (block 32, UE8M0), or None."""
+    key = _ALIASES.get(name, name)
+    if key in _FORMATS:
+        return _FORMATS[key]
+    elem = _custom_element(name)
+    return None if elem is None else Format(name, elem, block_size=32, scale="ue8m0")
+
+
+def _unknown_format(name: str) -> ValueError:
+    valid = sorted(list(_FORMATS) + list(_ALIASES))
+    hint = difflib.get_close_matches(str(name).lower(), valid, n=1)
+    extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+    return ValueError(
+        f"unknown format {name!r}{extra}; valid names: {', '.join(valid)}, or a custom element fp(e,m) / int(b)"
+    )
+
+
+def _parse_block_size(text: str) -> BlockSize:
+    t = text.strip().lower().replace(" ", "")
+    m = re.fullmatch(r"\(?(\d+)[x,](\d+)\)?", t)
+    if m:
+        return (int(m.group(1)), int(m.group(2)))
+    if t.lstrip("-").isdigit():
+        return int(t)
+    return t
+
+
+def parse_spec(spec: str) -> Format:
+    """The Format of a spec string (module docstring); ValueError naming the bad part and what is allowed."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"a format spec is a non-empty string, got {spec!r}")
+    base, *parts = [p.strip() for p in spec.strip().split(":")]
+    overrides = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        key = key.strip().lower()
+        if not sep or not value.strip():
+            raise ValueError(f"format spec {spec!r}: {part!r} is not key=value; keys: {', '.join(_OVERRIDABLE)}")
+        if key not in _OVERRIDABLE:
+            raise ValueError(f"format spec {spec!r}: unknown key {key!r}; allowed: {', '.join(_OVERRIDABLE)}")
+        if key in overrides:
+            raise ValueError(f"format spec {spec!r}: {key!r} is given twice")
+        value = value.strip()
+        overrides[key] = _parse_block_size(value) if key == "block_size" else value.lower()
+    try:
+        return get_format(base.lower().replace(" ", ""), **overrides)
+    except ValueError as err:
+        raise ValueError(f"format spec {spec!r}: {err}") from err
+
+
 def get_format(name: str | Format, **overrides) -> Format:
-    """A named format, optionally with `block_size`, `scale`, `scale_rounding`, `scale_dtype`, `int_range` replaced."""
+    """A named format, a custom element spec or a full spec string (module docstring), optionally with
+    `block_size`, `scale`, `scale_rounding`, `scale_dtype`, `int_range`, `tensor_scale` replaced."""
     if isinstance(name, Format):
         fmt = name
+    elif not isinstance(name, str):
+        raise TypeError(f"a format is a Format or a spec string, got {type(name).__name__}")
+    elif ":" in name:
+        fmt = parse_spec(name)
     else:
-        key = _ALIASES.get(name, name) if isinstance(name, str) else name
-        if key not in _FORMATS:
-            valid = sorted(list(_FORMATS) + list(_ALIASES))
-            hint = difflib.get_close_matches(str(name), valid, n=1)
-            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise ValueError(f"unknown format {name!r}{extra}; valid names: {', '.join(valid)}")
-        fmt = _FORMATS[key]
+        fmt = _base_format(name.strip().lower())
+        if fmt is None:
+            raise _unknown_format(name)
     unknown = set(overrides) - set(_OVERRIDABLE)
     if unknown:
         raise ValueError(f"unknown override(s) {sorted(unknown)}; allowed: {list(_OVERRIDABLE)}")
     if fmt.is_identity and overrides:
         raise ValueError(f"{fmt.name} is an identity format and takes no overrides")
+    if "int_range" in overrides:
+        check_choice("int_range", overrides["int_range"], INT_RANGES)
     return fmt.replace(**overrides) if overrides else fmt

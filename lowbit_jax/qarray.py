@@ -1,4 +1,4 @@
-"""QArray: a quantized array as a pytree (codes, scales, tensor_scale) with static format metadata."""
+"""QArray: a quantized array as a pytree (codes, scales, tensor_scale, zero_points) with static format metadata."""
 
 from __future__ import annotations
 
@@ -14,12 +14,22 @@ from lowbit_jax.formats import Format
 class QArray:
     """A block-quantized array.
 
-    codes:        element codes in `fmt.elem.storage_dtype`, the input's layout with `axis` zero-padded to a
-                  multiple of the block (identity formats: the value cast to the pass-through dtype).
-    scales:       one scale per block, `axis` holding the block count (float8_e8m0fnu, float8_e4m3fn or
-                  float32/bfloat16); shape () for per-tensor formats; None for identity formats.
-    tensor_scale: the FP32 second-level scale of E4M3-scale (NV) formats, else None.
-    fmt, axis, shape, dtype: static metadata (axis is non-negative; shape and dtype are the original input's).
+    codes:        element codes in `fmt.elem.storage_dtype`, the input's layout with the quantized axis (axes)
+                  zero-padded to whole blocks (identity formats: the value cast to the pass-through dtype).
+    scales:       one scale per block, each quantized axis holding its block count; shape () for per-tensor
+                  formats; None for identity formats.
+    tensor_scale: the float32 second-level scale g (NV formats, tensor_scale="fp32" or "ue8m0"), else None.
+    zero_points:  one integer zero point per block (zero-point INT formats, the codes' dtype), else None.
+    fmt, axis, shape, dtype: static metadata (axis: a non-negative int, or two for 2-D tiles; shape and dtype
+                  are the original input's).
+
+    Storage layout (interoperable bytes):
+    - MXFP8/6/4, MXINT8/6/4 (OCP MX v1.0): codes are the OCP element codes (FP8 as float8_e4m3fn/e5m2, FP6 as
+      uint8 bit patterns S.E.M in the low 6 bits, FP4 as float4_e2m1fn, MXINT as two's-complement int8/int4
+      holding the integer k of the fixed-point value k * 2^-(b-2)); scales are float8_e8m0fnu holding OCP's
+      shared scale X, so value = X * element, byte 0xFF = NaN.
+    - NVFP4 (NVIDIA / torchao): float4_e2m1fn codes (`pack_fp4` gives two per byte, element 2i in the low
+      nibble), float8_e4m3fn block scales, float32 tensor scale g: value = code * scale * g.
     """
 
     codes: jax.Array
@@ -29,6 +39,7 @@ class QArray:
     axis: int
     shape: tuple[int, ...]
     dtype: jnp.dtype
+    zero_points: jax.Array | None = None
 
     @property
     def ndim(self) -> int:
@@ -36,16 +47,43 @@ class QArray:
 
     @property
     def nbytes_payload(self) -> float:
-        """Storage of codes (at the element's bit width) plus scales, in bytes."""
-        bits = self.fmt.elem.bits if self.fmt.elem is not None else jnp.dtype(self.codes.dtype).itemsize * 8
-        total = self.codes.size * bits / 8
-        if self.scales is not None:
-            total += self.scales.size * jnp.dtype(self.scales.dtype).itemsize
+        """Storage of codes (at the element's bit width) plus scales and zero points at their format's widths,
+        in bytes."""
+        if self.fmt.elem is None:
+            return self.codes.size * jnp.dtype(self.codes.dtype).itemsize
+        total = self.codes.size * self.fmt.elem.bits / 8
+        total += self.scales.size * self.fmt.scale_rule.bits / 8
+        if self.zero_points is not None:
+            total += self.zero_points.size * self.fmt.elem.bits / 8
         return total
+
+    def __repr__(self) -> str:
+        return (
+            f"QArray({self.fmt.label}, shape={self.shape}, dtype={jnp.dtype(self.dtype).name}, axis={self.axis}, "
+            f"codes={jnp.dtype(self.codes.dtype).name}{tuple(self.codes.shape)}"
+            + ("" if self.scales is None else f", scales={jnp.dtype(self.scales.dtype).name}{tuple(self.scales.shape)}")
+            + ")"
+        )
 
 
 jax.tree_util.register_dataclass(
     QArray,
-    data_fields=["codes", "scales", "tensor_scale"],
+    data_fields=["codes", "scales", "tensor_scale", "zero_points"],
     meta_fields=["fmt", "axis", "shape", "dtype"],
 )
+
+
+def pack_fp4(codes_fp4: jax.Array) -> jax.Array:
+    """float4_e2m1fn codes (even last axis) -> uint8, two per byte, element 2i in the low nibble (the layout of
+    NVIDIA's and torchao's packed FP4)."""
+    if codes_fp4.dtype != jnp.float4_e2m1fn or codes_fp4.shape[-1] % 2:
+        raise ValueError(f"pack_fp4 takes float4_e2m1fn codes with an even last axis, got {codes_fp4.dtype}")
+    nib = jax.lax.bitcast_convert_type(codes_fp4, jnp.uint4).astype(jnp.uint8)
+    return nib[..., 0::2] | (nib[..., 1::2] << 4)
+
+
+def unpack_fp4(packed_u8: jax.Array) -> jax.Array:
+    """Inverse of pack_fp4: uint8 (..., n) -> float4_e2m1fn codes (..., 2n)."""
+    lo, hi = packed_u8 & 0xF, packed_u8 >> 4
+    nib = jnp.stack([lo, hi], axis=-1).reshape(*packed_u8.shape[:-1], -1).astype(jnp.uint4)
+    return jax.lax.bitcast_convert_type(nib, jnp.float4_e2m1fn)

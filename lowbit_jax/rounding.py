@@ -13,8 +13,6 @@ import contextvars
 import jax.numpy as jnp
 from jax import lax
 
-from lowbit_jax.formats import ElemType, FPElem, IntElem
-
 _MANTISSA_MASK = (1 << 23) - 1
 F32_MIN_NORMAL = 2.0**-126
 F32_MAX = float(jnp.finfo(jnp.float32).max)
@@ -177,8 +175,9 @@ def uniform_from_bits(rbits_u32: jnp.ndarray) -> jnp.ndarray:
     return (rbits_u32 >> 8).astype(jnp.float32) * (2.0**-24)
 
 
-def round_fp(v: jnp.ndarray, elem: FPElem, uniform: jnp.ndarray | None = None) -> jnp.ndarray:
-    """Round float32 `v` to FP(e, m): RNE (or stochastic) with subnormals, saturating to +-max, NaN kept."""
+def round_fp(v: jnp.ndarray, elem, uniform: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Round float32 `v` to FP(e, m) (`elem`: exp_bits/man_bits/emin/max): RNE (or stochastic) with subnormals,
+    saturating to +-max, NaN kept."""
     a = jnp.minimum(jnp.abs(v), elem.max)
     binade = jnp.maximum(f32_exponent(a), elem.emin)  # subnormals share the smallest normal's step
     step_exp = binade - elem.man_bits
@@ -186,47 +185,9 @@ def round_fp(v: jnp.ndarray, elem: FPElem, uniform: jnp.ndarray | None = None) -
     return jnp.copysign(jnp.minimum(q, elem.max), v)
 
 
-def round_int(v: jnp.ndarray, elem: IntElem, uniform: jnp.ndarray | None = None) -> jnp.ndarray:
-    """Round float32 `v` to INT(b) codes (as float32): RNE (or stochastic), clipped to [min, max]."""
-    c = jnp.clip(v, elem.min, elem.max)
+def round_int(v: jnp.ndarray, lo, hi, uniform: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Round float32 `v` to integers (as float32) in [lo, hi] (integer bounds, scalars or arrays): RNE (or
+    stochastic) of the clipped value, so rounding and clipping commute."""
+    c = jnp.clip(v, lo, hi)
     a = _round_integral(jnp.abs(c), uniform)
     return jnp.where(a == 0, 0.0, jnp.copysign(a, c))  # integer codes have no -0: keep fake_quant == dequantize
-
-
-def round_elem(v: jnp.ndarray, elem: ElemType, uniform: jnp.ndarray | None = None) -> jnp.ndarray:
-    """Round float32 `v` onto the element grid (float32 result); `uniform` in [0, 1) selects stochastic rounding."""
-    if isinstance(elem, FPElem):
-        return round_fp(v, elem, uniform)
-    return round_int(v, elem, uniform)
-
-
-# --- codes: element values <-> storage ------------------------------------------------------------------------
-
-
-def encode(values: jnp.ndarray, elem: ElemType) -> jnp.ndarray:
-    """Element values (float32, on the grid) -> codes in `elem.storage_dtype` (uint8 bit patterns for FP6 etc.)."""
-    dtype = elem.storage_dtype
-    if isinstance(elem, IntElem) or dtype != jnp.uint8:
-        return values.astype(dtype)
-    e, m = elem.exp_bits, elem.man_bits
-    a = jnp.abs(values)
-    normal = a >= elem.min_normal
-    exp = jnp.maximum(f32_exponent(a), elem.emin)
-    field = jnp.where(normal, exp + elem.bias, 0)
-    man = jnp.round(a * pow2(elem.man_bits - exp)).astype(jnp.int32) - jnp.where(normal, 1 << m, 0)
-    sign = jnp.signbit(values).astype(jnp.int32)
-    return ((sign << (e + m)) | (field << m) | man).astype(jnp.uint8)
-
-
-def decode(codes: jnp.ndarray, elem: ElemType) -> jnp.ndarray:
-    """Codes -> element values as float32 (exact)."""
-    if isinstance(elem, IntElem) or codes.dtype != jnp.uint8:
-        return codes.astype(jnp.float32)
-    e, m = elem.exp_bits, elem.man_bits
-    c = codes.astype(jnp.int32)
-    field = (c >> m) & ((1 << e) - 1)
-    man = c & ((1 << m) - 1)
-    normal = field > 0
-    sig = (man + jnp.where(normal, 1 << m, 0)).astype(jnp.float32)
-    mag = sig * pow2(jnp.where(normal, field, 1) - elem.bias - m)
-    return jnp.where((c >> (e + m)) & 1 == 1, -mag, mag)

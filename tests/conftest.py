@@ -105,19 +105,14 @@ def assert_same_bits(actual, expected, what: str = "") -> None:
 # --- MX oracle (references.md section b), float64 -----------------------------------------------------------------
 
 
-def int_code_shift(name: str) -> int:
-    """gfloat's INT(b) grid is k / 2^(b-2); lowbit_jax stores the integers k, so its exponent is lower by b - 2."""
-    return int(name[-1]) - 2 if name.startswith("mxint") else 0
-
-
 def mx_scale_exponent(amax: np.ndarray, name: str, rule: str) -> np.ndarray:
     """Scale exponent per block on gfloat's element grid, float64 arithmetic (exact for float32 amax).
 
     floor: OCP floor(log2 amax) - emax_elem; ceil: paper Eq. 9 ceil(log2(amax / Qmax)); round: nearest integer.
-    The [-127, 127] clamp applies to the scale of the stored codes (paper Eq. 9 with Qmax = 127 / 31 / 7 for INT,
-    DESIGN.md section 4), i.e. for MXINT to the gfloat exponent minus b - 2. It only matters below ~2^-120.
+    The [-127, 127] clamp applies to OCP's shared scale X, the E8M0 byte (for MXINT: the scale of the fixed-point
+    elements k / 2^(b-2), gfloat's grid); an all-zero block gets byte 0. It only matters beyond 2^+-120.
     """
-    fi, shift = GFLOAT_FI[name], int_code_shift(name)
+    fi = GFLOAT_FI[name]
     safe = np.where(amax > 0, amax, 1.0)
     if rule == "floor":
         e = np.floor(np.log2(safe)) - fi.emax
@@ -125,7 +120,7 @@ def mx_scale_exponent(amax: np.ndarray, name: str, rule: str) -> np.ndarray:
         e = np.ceil(np.log2(safe / fi.max))
     else:
         e = np.round(np.log2(safe / fi.max))
-    return np.where(amax > 0, np.clip(e - shift, -127, 127), -127) + shift
+    return np.where(amax > 0, np.clip(e, -127, 127), -127)
 
 
 def mx_reference(x, name: str, rule: str = "ceil", block: int = 32, asymmetric: bool = False) -> np.ndarray:

@@ -109,6 +109,7 @@ def test_storage_dtypes_of_elements():
 NAMES = {
     "mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp4", "mxint8", "mxint6", "mxint4",
     "nvfp4", "nvint4", "fp8_channel", "int8_channel", "bf16", "fp32",
+    "nvfp4_2d", "mxfp8_2d", "nf4", "sf4",
 }  # fmt: skip
 
 

@@ -28,3 +28,52 @@ def test_imports_flow_one_way(package):
         if (bad := _imported_packages(p) & FORBIDDEN[package])
     }
     assert not offenders, f"{package} must not import {FORBIDDEN[package]}: {offenders}"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _internal_imports(path: Path, package: str) -> set[str]:
+    """Modules of `package` that `path` imports anywhere (top level or inside functions), resolved to modules."""
+    tree, here = ast.parse(path.read_text()), _module_name(path)
+    base = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == package}
+        elif isinstance(node, ast.ImportFrom):
+            mod = node.module or ""
+            if node.level:
+                anchor = base.rsplit(".", node.level - 1)[0] if node.level > 1 else base
+                mod = f"{anchor}.{mod}" if mod else anchor
+            if mod.split(".")[0] != package:
+                continue
+            found.add(mod)
+            found |= {f"{mod}.{a.name}" for a in node.names}  # `from pkg import module`
+    return found
+
+
+def test_no_import_cycles_inside_lowbit_jax():
+    """The import graph of lowbit_jax's modules (every import, deferred ones included) has no cycle."""
+    files = {_module_name(p): p for p in (ROOT / "lowbit_jax").rglob("*.py")}
+    graph = {m: {d for d in _internal_imports(p, "lowbit_jax") if d in files and d != m} for m, p in files.items()}
+    for m in graph:  # importing a submodule runs its package's __init__ first: drop that implicit edge
+        graph[m] = {d for d in graph[m] if not m.startswith(d + ".")}
+    state, stack = {}, []
+
+    def visit(m):
+        state[m] = "open"
+        stack.append(m)
+        for d in sorted(graph[m]):
+            if state.get(d) == "open":
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(d) :] + [d]))
+            if d not in state:
+                visit(d)
+        stack.pop()
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)

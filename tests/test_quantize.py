@@ -24,7 +24,6 @@ from tests.conftest import (
     fq,
     fq_many,
     heavy_blocks,
-    int_code_shift,
     mx_reference,
     mx_scale_exponent,
     nv_reference,
@@ -115,7 +114,7 @@ def test_mx_codes_and_scales_match_oracle(name):
     finite = np.isfinite(xb).all(-1, keepdims=True)
     amax = np.abs(np.where(finite, xb, 0)).max(-1, keepdims=True)
     e = mx_scale_exponent(amax, name, "ceil")
-    e_int = e - int_code_shift(name)  # the exponent of the stored codes
+    e_int = e  # OCP layout: the E8M0 byte is X itself (MXINT: the scale of the fixed-point elements k / 2^(b-2))
     assert q.scales.dtype == jnp.float8_e8m0fnu and q.scales.shape == (4, 2)
     np.testing.assert_array_equal(np.asarray(q.scales).view(np.uint8), np.where(finite, e_int + 127, 255)[..., 0])
     elems = round_ndarray(fi, np.where(finite, xb, 0) / 2.0**e, sat=True).reshape(4, 64)
@@ -331,6 +330,10 @@ STORAGE = {
     "mxint4": (jnp.int4, jnp.float8_e8m0fnu),
     "nvfp4": (jnp.float4_e2m1fn, jnp.float8_e4m3fn),
     "nvint4": (jnp.int4, jnp.float8_e4m3fn),
+    "nvfp4_2d": (jnp.float4_e2m1fn, jnp.float8_e4m3fn),
+    "mxfp8_2d": (jnp.float8_e4m3fn, jnp.float8_e8m0fnu),
+    "nf4": (jnp.uint4, jnp.float32),
+    "sf4": (jnp.uint4, jnp.float32),
     "fp8_channel": (jnp.float8_e4m3fn, jnp.float32),
     "int8_channel": (jnp.int8, jnp.float32),
     "bf16": (jnp.bfloat16, None),
@@ -343,7 +346,8 @@ def test_storage_dtypes_and_shapes(name):
     """Codes in the narrowest XLA dtype (FP6 as uint8), E8M0 / E4M3 / FP32 scales, one scale per block."""
     assert set(STORAGE) == set(ALL_NAMED)
     x = jax.ShapeDtypeStruct((2, 3, 40), jnp.float32)
-    q = jax.eval_shape(lambda v: lb.quantize(v, name, axis=1 if name.endswith("channel") else -1), x)
+    axis = 1 if name.endswith("channel") else lb.get_format(name).default_axis
+    q = jax.eval_shape(lambda v: lb.quantize(v, name, axis=axis), x)
     codes_dt, scales_dt = STORAGE[name]
     assert q.codes.dtype == codes_dt
     assert (q.scales is None) if scales_dt is None else q.scales.dtype == scales_dt
@@ -354,6 +358,9 @@ def test_storage_dtypes_and_shapes(name):
         assert q.codes.shape == (2, 3, nb * fmt.block_size) and q.scales.shape == (2, 3, nb)
     elif fmt.block_size == "channel":
         assert q.codes.shape == (2, 3, 40) and q.scales.shape == (2, 1, 40)
+    elif isinstance(fmt.block_size, tuple):
+        r, c = fmt.block_size
+        assert q.codes.shape == (2, r, -(-40 // c) * c) and q.scales.shape == (2, 1, -(-40 // c))
 
 
 # --- fake_quant == dequantize(quantize) ------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ def ids(elems):
 
 @functools.cache
 def round_jit(elem):
-    return jax.jit(lambda v, u=None: rounding.round_elem(v, elem, u))
+    return jax.jit(lambda v, u=None: elem.round(v, u))
 
 
 # --- exact scalar reference -----------------------------------------------------------------------------------------
@@ -134,12 +134,12 @@ def test_every_code_point_round_trips_native(elem):
     codes, vals = codes[keep], vals[keep]
     assert float(np.abs(vals).max()) == elem.max
     assert_same_bits(round_jit(elem)(jnp.asarray(vals)), vals, "round")
-    enc = jax.jit(lambda v: rounding.encode(v, elem))(jnp.asarray(vals))
+    enc = jax.jit(lambda v: elem.encode(v))(jnp.asarray(vals))
     assert enc.dtype == elem.storage_dtype
     enc_bits = np.asarray(enc).view(np.uint8) if enc.dtype != jnp.uint8 else np.asarray(enc)
     if elem.storage_dtype in (jnp.float8_e4m3fn, jnp.float8_e5m2, jnp.float4_e2m1fn, jnp.uint8):
         np.testing.assert_array_equal(enc_bits & (2**elem.bits - 1), codes)
-    assert_same_bits(jax.jit(lambda c: rounding.decode(c, elem))(enc), vals, "decode")
+    assert_same_bits(jax.jit(lambda c: elem.decode(c))(enc), vals, "decode")
 
 
 def code_points(elem) -> np.ndarray:
@@ -158,8 +158,8 @@ def general_outputs() -> dict:
     def run(arrays):
         out = []
         for elem, (c, s) in zip(GENERAL_FP, arrays, strict=True):
-            enc = rounding.encode(c, elem)
-            out.append((rounding.round_elem(c, elem), enc, rounding.decode(enc, elem), rounding.round_elem(s, elem)))
+            enc = elem.encode(c)
+            out.append((elem.round(c), enc, elem.decode(enc), elem.round(s)))
         return out
 
     results = run(ins)
@@ -267,7 +267,7 @@ def int_sweep() -> np.ndarray:
 @functools.cache
 def int_outputs() -> dict:
     """round_int of int_sweep() for every INT element, in one compilation."""
-    out = jax.jit(lambda v: [rounding.round_elem(v, e) for e in INTS])(int_sweep())
+    out = jax.jit(lambda v: [e.round(v) for e in INTS])(int_sweep())
     return dict(zip(INTS, (np.asarray(o) for o in out), strict=True))
 
 

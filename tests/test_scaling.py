@@ -31,15 +31,16 @@ def floor_log2(r: Fraction) -> int:
     return f - 1 if Fraction(2) ** f > r else f
 
 
-def exponent_reference(amax: float, qmax: float, rule: str) -> int:
-    """Exact UE8M0 exponent, clamped to [-127, 127] (-127 for a zero block).
+def exponent_reference(amax: float, qmax: float, rule: str, shift: int = 0) -> int:
+    """Exact UE8M0 exponent of the element scale, clamped so that OCP's X = 2^(e + shift) is in [2^-127, 2^127]
+    (shift = b - 2 for MXINT's fixed-point elements, 0 for FP; the lowest for a zero block).
 
     ceil:  the smallest e with amax <= Qmax * 2^e (paper Eq. 9);
     floor: floor(log2 amax) - floor(log2 Qmax) (OCP MX v1.0; paper Eq. 8), via math.frexp;
     round: the integer nearest to log2(amax / Qmax) (never a tie: sqrt(2) is irrational).
     """
     if amax == 0:
-        return -127
+        return -127 - shift
     r = Fraction(amax) / Fraction(qmax)
     if rule == "ceil":
         f = floor_log2(r)
@@ -49,7 +50,7 @@ def exponent_reference(amax: float, qmax: float, rule: str) -> int:
     else:
         f = floor_log2(r)
         e = f + ((r / Fraction(2) ** f) ** 2 >= 2)
-    return max(-127, min(127, e))
+    return max(-127 - shift, min(127 - shift, e))
 
 
 def amax_probes(qmax: float) -> np.ndarray:
@@ -85,7 +86,8 @@ def test_ue8m0_exponent_exact(elem, rule):
     """Every probe, including the top ulps of each binade where float32 floor(log2) is off by one."""
     amax = amax_probes(elem.max)
     got = np.asarray(exponent_jit(elem, rule)(jnp.asarray(amax)))
-    expected = np.array([exponent_reference(float(a), elem.max, rule) for a in amax])
+    shift = elem.bits - 2 if elem.kind == "int" else 0
+    expected = np.array([exponent_reference(float(a), elem.max, rule, shift) for a in amax])
     bad = np.nonzero(got != expected)[0]
     assert bad.size == 0, [(float(amax[i]), int(got[i]), int(expected[i])) for i in bad[:5]]
 

@@ -5,13 +5,16 @@
     y = kernels.qmatmul(kernels.quantize(x, fmt), kernels.quantize(w, fmt))  # x @ w.T from QArrays, float32
     y = kernels.fake_quant(x, fmt, -1, rotation=kernels.rotation_signs(32, key))  # Q(x R), R block Hadamard
 
-"xla" runs the core (lowbit_jax.quantize); "pallas" runs `pallas_quantize` (interpreted off GPUs, so it works
+"xla" runs the core (lowbit_jax.codec); "pallas" runs `pallas_quantize` (interpreted off GPUs, so it works
 anywhere, slowly); "auto" picks Pallas on a GPU only. Both give the same bits: stochastic-rounding bits are
-drawn here exactly as the core draws them (`sr_bits`) and passed to the kernel as an input. The axis is moved
-last and the array viewed as 2-D for the kernels. Identity formats, scalars and empty arrays use the core.
+drawn here exactly as the core draws them (`sr_bits`) and passed to the kernel as an input. The kernels take
+2-D arrays blocked along the last axis: 1-D blocks, per-channel and per-tensor formats move the axis last;
+2-D tiles become one row per tile (`blocks.Layout.to_rows`) and run as 1-D blocks of rows x cols elements.
+Identity formats, scalars and empty arrays use the core. Zero-point INT formats have no kernel
+(NotImplementedError).
 
-rotation (optional, both impls): the h random signs of R = diag(signs) H / sqrt(h), applied along `axis`
-before quantization; the result lives in the rotated domain (x R), and fake_quant's straight-through
+rotation (optional, both impls, 1-D layouts): the h random signs of R = diag(signs) H / sqrt(h), applied along
+`axis` before quantization; the result lives in the rotated domain (x R), and fake_quant's straight-through
 gradient is dy R^T. Without rotation the result equals lb.quantize / lb.fake_quant bit for bit.
 """
 
@@ -23,23 +26,14 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from lowbit_jax import blocks, codec
+from lowbit_jax.codec import check_input
 from lowbit_jax.formats import Format
+from lowbit_jax.impls import IMPLS, resolve_impl
 from lowbit_jax.kernels import reference
 from lowbit_jax.kernels.pallas_qmatmul import MatTiles, qmatmul_pallas, qmatmul_ref
 from lowbit_jax.kernels.pallas_quantize import Tiles, fake_quant_pallas, quantize_pallas
 from lowbit_jax.qarray import QArray
-from lowbit_jax.quantize import (
-    check_input,
-    layout,
-)
-from lowbit_jax.quantize import (
-    fake_quant as core_fake_quant,
-)
-from lowbit_jax.quantize import (
-    quantize as core_quantize,
-)
-
-IMPLS = ("xla", "pallas", "auto")
 
 __all__ = [
     "IMPLS",
@@ -54,15 +48,6 @@ __all__ = [
 ]
 
 
-def resolve_impl(impl: str) -> str:
-    """'xla' or 'pallas' for an impl name ('auto': Pallas on a GPU, XLA elsewhere)."""
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "auto":
-        return "pallas" if jax.default_backend() == "gpu" else "xla"
-    return impl
-
-
 def rotation_signs(h: int, key) -> jax.Array:
     """The h random +-1 signs of lowbit_jax.hadamard's rotation for `key`."""
     from lowbit_jax import hadamard
@@ -70,30 +55,63 @@ def rotation_signs(h: int, key) -> jax.Array:
     return hadamard.random_signs(h, key)
 
 
-def sr_bits(key, shape: tuple[int, ...], fmt: Format, axis: int) -> jax.Array:
+def _axes(shape, fmt: Format, axis) -> tuple[int, ...]:
+    ndim = max(len(shape), 1)
+    axis = fmt.default_axis if axis is None else axis
+    return tuple(a % ndim for a in ((axis,) if isinstance(axis, int) else axis))
+
+
+def sr_bits(key, shape: tuple[int, ...], fmt: Format, axis) -> jax.Array:
     """The core's stochastic-rounding bits for `key` (uint32), laid out in x's padded shape."""
-    lay = layout(tuple(shape), fmt.block_size, axis % max(len(shape), 1))
+    lay = blocks.layout(tuple(shape), fmt.block_size, _axes(shape, fmt, axis))
     return jax.random.bits(key, lay.blocked_shape, jnp.uint32).reshape(lay.padded_shape)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Static:
     fmt: Format
-    axis: int
+    axes: tuple[int, ...]
     impl: str
     tiles: Tiles
     backend: str | None
 
+    @property
+    def is_tile(self) -> bool:
+        return len(self.axes) == 2
 
-def _as_2d(x: jax.Array, axis: int) -> jax.Array:
-    moved = jnp.moveaxis(x, axis, -1)
+    def layout(self, shape) -> blocks.Layout:
+        return blocks.layout(tuple(shape), self.fmt.block_size, self.axes)
+
+    @property
+    def fmt_2d(self) -> Format:
+        """The format the 2-D kernels run: a tile of r x c elements is one row-block of r * c."""
+        return reference.row_format(self.fmt)
+
+
+def _as_2d(x: jax.Array, st: _Static) -> jax.Array:
+    if st.is_tile:
+        return st.layout(x.shape).to_rows(x)
+    moved = jnp.moveaxis(x, st.axes[0], -1)
     return moved.reshape(-1, moved.shape[-1])
 
 
-def _from_2d(y_2d: jax.Array, x_shape: tuple[int, ...], axis: int) -> jax.Array:
-    """(rows, n) -> x's layout with `axis` of length n."""
+def _from_2d(y_2d: jax.Array, x_shape: tuple[int, ...], st: _Static, crop: bool = True) -> jax.Array:
+    """(rows, n) -> x's layout; tiles: rows of whole tiles back to the (padded, unless crop) layout."""
+    if st.is_tile:
+        return st.layout(x_shape).from_rows(y_2d, crop)
+    axis = st.axes[0]
     moved = tuple(s for i, s in enumerate(x_shape) if i != axis) + (y_2d.shape[-1],)
     return jnp.moveaxis(y_2d.reshape(moved), -1, axis)
+
+
+def _bits_2d(key, x_shape, st: _Static):
+    if key is None:
+        return None
+    lay = st.layout(x_shape)
+    bits = jax.random.bits(key, lay.blocked_shape, jnp.uint32)
+    if st.is_tile:
+        return lay.blocked_to_rows(bits)
+    return _as_2d(bits.reshape(lay.padded_shape), st)
 
 
 def _unrotate_2d(g_2d: jax.Array, signs: jax.Array) -> jax.Array:
@@ -104,13 +122,12 @@ def _unrotate_2d(g_2d: jax.Array, signs: jax.Array) -> jax.Array:
 
 
 def _fake_quant_2d(x, rbits, signs, st: _Static):
-    x2 = _as_2d(x, st.axis)
-    b2 = None if rbits is None else _as_2d(rbits, st.axis)
+    x2 = _as_2d(x, st)
     if st.impl == "pallas":
-        y2 = fake_quant_pallas(x2, st.fmt, rbits=b2, rotation=signs, tiles=st.tiles, backend=st.backend)
+        y2 = fake_quant_pallas(x2, st.fmt_2d, rbits=rbits, rotation=signs, tiles=st.tiles, backend=st.backend)
     else:
-        y2 = reference.fake_quant_ref(x2, st.fmt, rbits=b2, rotation=signs)
-    return _from_2d(y2, x.shape, st.axis)
+        y2 = reference.fake_quant_ref(x2, st.fmt_2d, rbits=rbits, rotation=signs)
+    return _from_2d(y2, x.shape, st).astype(x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -124,7 +141,7 @@ def _ste_fwd(x, rbits, signs, st):
 
 def _ste_bwd(st, signs, g):
     if signs is not None:
-        g = _from_2d(_unrotate_2d(_as_2d(g, st.axis), signs), g.shape, st.axis).astype(g.dtype)
+        g = _from_2d(_unrotate_2d(_as_2d(g, st), signs), g.shape, st).astype(g.dtype)
     return g, None, None
 
 
@@ -135,47 +152,58 @@ def _core_only(x: jax.Array, fmt: Format) -> bool:
     return fmt.is_identity or x.ndim == 0 or x.size == 0
 
 
+def _check_kernel(fmt: Format, axes, rotation) -> None:
+    if getattr(fmt.elem, "zero_point", False):
+        raise NotImplementedError(
+            f"{fmt.label}: the Pallas kernels do not cover zero-point INT blocks (per-block min/max and stored "
+            "zero points); use impl='xla'"
+        )
+    if rotation is not None and len(axes) == 2:
+        raise NotImplementedError(
+            f"{fmt.label}: a Hadamard rotation of 2-D tiles is not defined; rotate along one axis"
+        )
+
+
 @functools.partial(jax.jit, static_argnums=(3,))
 def _fake_quant_jit(x, key, signs, st: _Static):
-    rbits = None if key is None else sr_bits(key, x.shape, st.fmt, st.axis)
-    return _fake_quant_ste(x, rbits, signs, st)
+    return _fake_quant_ste(x, _bits_2d(key, x.shape, st), signs, st)
 
 
 @functools.partial(jax.jit, static_argnums=(3,))
 def _quantize_jit(x, key, signs, st: _Static):
     """(codes, scales, tensor_scale) in the core QArray's layout."""
-    x2 = _as_2d(x, st.axis)
-    b2 = None if key is None else _as_2d(sr_bits(key, x.shape, st.fmt, st.axis), st.axis)
+    x2, b2 = _as_2d(x, st), _bits_2d(key, x.shape, st)
     if st.impl == "pallas":
-        out = quantize_pallas(x2, st.fmt, rbits=b2, rotation=signs, tiles=st.tiles, backend=st.backend)
+        out = quantize_pallas(x2, st.fmt_2d, rbits=b2, rotation=signs, tiles=st.tiles, backend=st.backend)
     else:
-        out = reference.quantize_ref(x2, st.fmt, rbits=b2, rotation=signs)
+        out = reference.quantize_ref(x2, st.fmt_2d, rbits=b2, rotation=signs)
     codes, scales, tensor = out
-    scales = _from_2d(scales, x.shape, st.axis) if scales.ndim else scales
-    return _from_2d(codes, x.shape, st.axis), scales, tensor
+    if st.is_tile:
+        return _from_2d(codes, x.shape, st, crop=False), st.layout(x.shape).rows_to_scales(scales), tensor
+    scales = _from_2d(scales, x.shape, st) if scales.ndim else scales
+    return _from_2d(codes, x.shape, st), scales, tensor
 
 
-def _core_only(x: jax.Array, fmt: Format) -> bool:
-    return fmt.is_identity or x.ndim == 0 or x.size == 0
-
-
-def fake_quant(x, fmt, axis=-1, *, key=None, impl="auto", rotation=None, tiles=None, backend=None) -> jax.Array:
+def fake_quant(x, fmt, axis=None, *, key=None, impl="auto", rotation=None, tiles=None, backend=None) -> jax.Array:
     """lb.fake_quant through `impl` (optionally after a block Hadamard rotation); straight-through gradient."""
-    x, fmt, axis = check_input(x, fmt, axis)
+    x, fmt, axes = check_input(x, fmt, axis)
     impl = resolve_impl(impl)
     if _core_only(x, fmt) or (impl == "xla" and rotation is None):
-        return core_fake_quant(x, fmt, axis, key=key)
-    return _fake_quant_jit(x, key, rotation, _Static(fmt, axis, impl, tiles or Tiles(), backend))
+        return codec.fake_quant_jit(x, fmt, axes, key)
+    _check_kernel(fmt, axes, rotation)
+    return _fake_quant_jit(x, key, rotation, _Static(fmt, axes, impl, tiles or Tiles(), backend))
 
 
-def quantize(x, fmt, axis=-1, *, key=None, impl="auto", rotation=None, tiles=None, backend=None) -> QArray:
+def quantize(x, fmt, axis=None, *, key=None, impl="auto", rotation=None, tiles=None, backend=None) -> QArray:
     """lb.quantize through `impl` (optionally after a block Hadamard rotation); codes and scales as the core's."""
-    x, fmt, axis = check_input(x, fmt, axis)
+    x, fmt, axes = check_input(x, fmt, axis)
     impl = resolve_impl(impl)
     if _core_only(x, fmt) or (impl == "xla" and rotation is None):
-        return core_quantize(x, fmt, axis, key=key)
-    codes, scales, tensor = _quantize_jit(x, key, rotation, _Static(fmt, axis, impl, tiles or Tiles(), backend))
-    return QArray(codes, scales, tensor, fmt, axis, x.shape, x.dtype)
+        return codec.quantize_jit(x, fmt, axes, key)
+    _check_kernel(fmt, axes, rotation)
+    codes, scales, tensor = _quantize_jit(x, key, rotation, _Static(fmt, axes, impl, tiles or Tiles(), backend))
+    axis_field = axes[0] if len(axes) == 1 else axes
+    return QArray(codes, scales, tensor, fmt, axis_field, x.shape, x.dtype)
 
 
 def qmatmul(a: QArray, b: QArray, *, impl="auto", tiles=None, backend=None) -> jax.Array:

@@ -18,11 +18,10 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from lowbit_jax.formats import FPElem
-from lowbit_jax.kernels import pallas_quantize, storage
+from lowbit_jax import codec
+from lowbit_jax.elements import FPElem
+from lowbit_jax.kernels import pallas_quantize
 from lowbit_jax.qarray import QArray
-from lowbit_jax.quantize import dequantize
-from lowbit_jax.rounding import decode
 
 _DOT_T = (((1,), (1,)), ((), ()))  # contract the last axes: a @ b.T
 
@@ -51,7 +50,7 @@ def check_operands(a: QArray, b: QArray) -> int:
 def qmatmul_ref(a: QArray, b: QArray) -> jax.Array:
     """dequantize(a) @ dequantize(b).T in float32 at HIGHEST precision (qdot_general's forward)."""
     check_operands(a, b)
-    a32, b32 = dequantize(a, jnp.float32), dequantize(b, jnp.float32)
+    a32, b32 = codec.dequantize_array(a, jnp.float32), codec.dequantize_array(b, jnp.float32)
     return lax.dot_general(a32, b32, _DOT_T, precision=lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
 
 
@@ -59,10 +58,10 @@ def _kernel_operand(q: QArray, rows: int, k: int):
     """(codes, scales, tensor) padded to (rows, k) / (rows, k / block), as dtypes every backend loads."""
     codes, scales, fmt = q.codes, q.scales, q.fmt
     if isinstance(fmt.elem, FPElem) and fmt.elem.bits < 8 and codes.dtype != jnp.uint8:
-        codes = storage.code_bytes(decode(codes, fmt.elem), fmt.elem)  # float4 -> uint8 bit patterns
+        codes = fmt.elem.code_bytes(fmt.elem.decode(codes))  # float4 -> uint8 bit patterns
     elif not isinstance(fmt.elem, FPElem):
         codes = codes.astype(jnp.int8)
-    if fmt.scale == "ue8m0":
+    if scales.dtype == jnp.float8_e8m0fnu:  # E8M0 is decoded from its bits (uint8) inside the kernel
         scales = lax.bitcast_convert_type(scales, jnp.uint8)
     codes = pallas_quantize._pad_to(codes, rows, k)
     scales = pallas_quantize._pad_to(scales, rows, k // fmt.block_size)
@@ -72,8 +71,8 @@ def _kernel_operand(q: QArray, rows: int, k: int):
 
 def _tile(codes, scales, tensor, fmt) -> jax.Array:
     """float32 values of a (rows, tk) tile: lb.dequantize of the tile as a QArray."""
-    t = tensor.reshape(()) if fmt.scale == "e4m3" else None
-    return dequantize(QArray(codes, scales, t, fmt, 1, codes.shape, jnp.float32), jnp.float32)
+    t = tensor.reshape(()) if fmt.scale_rule.has_tensor_scale else None
+    return codec.dequantize_array(QArray(codes, scales, t, fmt, 1, codes.shape, jnp.float32), jnp.float32)
 
 
 def _kernel(fa, fb, tk, nk, ac, as_, at, bc, bs_, bt, out):

@@ -1,8 +1,8 @@
 """Pallas kernels: fused fake-quant, and quantize to codes + scales, for every block format (2-D, last axis).
 
 Same signatures as `reference.py` plus static knobs (tiles, backend), bit-identical to it. The tile math is
-the library's own code (quantize.scale_from_amax / to_elem_domain / from_elem_domain, rounding.round_elem,
-rounding.encode), so the kernel and the core cannot drift apart.
+the library's own code (codec.tile_values / dequant_values / code_values, the format's element grid and
+scale rule), so the kernel and the core cannot drift apart.
 
 Layout. Blocked formats (MX, NV, any int block size): x (M, L) is zero-padded to whole blocks and viewed,
 for free, as (M * L/block, block), each block zero-padded to a power-of-two width; one grid step takes
@@ -35,18 +35,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from lowbit_jax import rounding, scaling
+from lowbit_jax import blocks, codec, rounding
 from lowbit_jax.formats import Format
-from lowbit_jax.kernels import reference, storage, substitute
-from lowbit_jax.quantize import (
-    amax_along,
-    encode_scales,
-    from_elem_domain,
-    layout,
-    nv_tensor_amax,
-    scale_from_amax,
-    to_elem_domain,
-)
+from lowbit_jax.kernels import reference, substitute
 
 BACKENDS = ("interpret", "triton", "interpret_portable")
 DEFAULT_GPU_BACKEND = "triton"
@@ -106,11 +97,8 @@ def tile_values(fmt: Format, h: int, x, bits, amax, g, signs):
     x = x.astype(jnp.float32)
     if signs is not None:
         x = rotate_tile(x, signs, h)
-    if amax is None:
-        amax = amax_along(x, 1)
-    sc = scale_from_amax(amax, fmt, g)
     uniform = None if bits is None else rounding.uniform_from_bits(bits)
-    return rounding.round_elem(to_elem_domain(x, sc, fmt), fmt.elem, uniform), sc
+    return codec.tile_values(x, fmt, (1,), uniform, g, amax)
 
 
 def _body(fmt, h, out, out_dtype, byte_outputs, has, *arrays):
@@ -118,12 +106,13 @@ def _body(fmt, h, out, out_dtype, byte_outputs, has, *arrays):
     got = dict(zip(has, arrays))
     values, sc = tile_values(fmt, h, got["x"], got.get("bits"), got.get("amax"), got.get("g"), got.get("signs"))
     if out == "fake":
-        return (from_elem_domain(values, sc).astype(out_dtype),)
-    kept = jnp.where(sc.finite, values, 0.0)
-    codes = storage.code_bytes(kept, fmt.elem) if byte_outputs else rounding.encode(kept, fmt.elem)
+        return (codec.dequant_values(values, sc).astype(out_dtype),)
+    kept = codec.code_values(values, sc)
+    codes = fmt.elem.code_bytes(kept) if byte_outputs else fmt.elem.encode(kept)
     if out == "codes":
         return (codes,)
-    return codes, (storage.scale_bytes(sc, fmt) if byte_outputs else encode_scales(sc, fmt))
+    rule = fmt.scale_rule
+    return codes, (rule.scale_bytes(sc, fmt.elem) if byte_outputs else rule.encode(sc, fmt.elem))
 
 
 def _kernel(tile_fn, n_in, *refs):
@@ -164,15 +153,32 @@ def _launch(spec: dict, inputs: dict, outs: list, grid, backend: str, tiles: Til
     )(*(inputs[n][0] for n in names))
 
 
-def _nv_g(amax, fmt: Format):
-    """The (1, 1) NV tensor scale from block amaxes, or None for other scale rules."""
-    if fmt.scale != "e4m3":
-        return None
-    return scaling.nv_tensor_scale(nv_tensor_amax(amax), fmt.elem).reshape(1, 1)
+def _tensor_g(amax, fmt: Format):
+    """The (1, 1) second-level scale from block amaxes, or None for rules without one."""
+    g = codec.tensor_scale(amax, fmt)
+    return None if g is None else g.reshape(1, 1)
 
 
 def _amax_rows(x) -> jax.Array:
-    return amax_along(x.astype(jnp.float32), 1)
+    return blocks.amax_along(x.astype(jnp.float32), 1)
+
+
+def _code_dtype(fmt: Format, byte_outputs: bool):
+    return fmt.elem.byte_dtype if byte_outputs else fmt.elem.storage_dtype
+
+
+def _scale_dtype(fmt: Format, byte_outputs: bool):
+    return fmt.scale_rule.byte_dtype if byte_outputs else fmt.scale_rule.storage_dtype
+
+
+def _codes_out(codes, fmt: Format):
+    """Kernel codes (bytes or the storage dtype) -> the element's storage dtype."""
+    return codes if codes.dtype == fmt.elem.storage_dtype else fmt.elem.codes_from_bytes(codes)
+
+
+def _scales_out(scales, fmt: Format):
+    rule = fmt.scale_rule
+    return scales if scales.dtype == rule.storage_dtype else rule.from_bytes(scales)
 
 
 def _run_blocked(x, fmt, rbits, signs, out, out_dtype, tiles, backend, byte_outputs):
@@ -180,20 +186,21 @@ def _run_blocked(x, fmt, rbits, signs, out, out_dtype, tiles, backend, byte_outp
     no amax); the block amax is a row reduction in the tile and scales come out of the kernel. A per-channel
     format runs here with the whole row as its one block."""
     m, length = x.shape
-    lay = layout((m, length), fmt.block_size, 1)
-    blk, rows = lay.block, m * lay.n_blocks
+    lay = blocks.layout((m, length), fmt.block_size, 1)
+    (blk,), (n_blocks,) = lay.block, lay.n_blocks
+    rows = m * n_blocks
     width = _pow2_at_least(blk)
     h = 0 if signs is None else signs.shape[0]
     if h and blk % h:
         x, signs, h = reference.rotate_rows(x, signs), None, 0
-    pad = lay.n_blocks * blk - length
+    pad = n_blocks * blk - length
     x = (jnp.pad(x, ((0, 0), (0, pad))) if pad else x).reshape(rows, blk)
     per_step = tiles.blocks if isinstance(fmt.block_size, int) else max(1, tiles.rows * tiles.cols // width)
     tr = max(_fit(rows, per_step), 16 if h and not backend.startswith("interpret") else 1)  # Triton dots: M >= 16
     steps = pl.cdiv(rows, tr)
     row_spec = pl.BlockSpec((tr, width), lambda i: (i, 0))
     one = lambda shape: pl.BlockSpec(shape, lambda i: (0, 0))
-    g = _nv_g(_amax_rows(x if not h else reference.rotate_rows(x, signs)), fmt)
+    g = _tensor_g(_amax_rows(x if not h else reference.rotate_rows(x, signs)), fmt)
     inputs = {"x": (_pad_to(x, steps * tr, width), row_spec)}
     if rbits is not None:
         inputs["bits"] = (_pad_to(rbits.reshape(rows, blk), steps * tr, width), row_spec)
@@ -202,19 +209,19 @@ def _run_blocked(x, fmt, rbits, signs, out, out_dtype, tiles, backend, byte_outp
     if h:
         inputs["signs"] = (jnp.tile(signs.astype(jnp.float32), width // h).reshape(1, width), one((1, width)))
     spec = {"fmt": fmt, "h": h, "out": out, "out_dtype": out_dtype, "bytes": byte_outputs}
-    code_dtype = out_dtype if out == "fake" else storage.code_dtype(fmt, byte_outputs)
+    code_dtype = out_dtype if out == "fake" else _code_dtype(fmt, byte_outputs)
     outs = [(jax.ShapeDtypeStruct((steps * tr, width), code_dtype), row_spec)]
     if out == "quantize":
         scale_spec = pl.BlockSpec((tr, 1), lambda i: (i, 0))
-        outs.append((jax.ShapeDtypeStruct((steps * tr, 1), storage.scale_dtype(fmt, byte_outputs)), scale_spec))
+        outs.append((jax.ShapeDtypeStruct((steps * tr, 1), _scale_dtype(fmt, byte_outputs)), scale_spec))
     res = _launch(spec, inputs, outs, (steps,), backend, tiles)
-    y = res[0][:rows, :blk].reshape(m, lay.n_blocks * blk)
+    y = res[0][:rows, :blk].reshape(m, n_blocks * blk)
     if out == "fake":
         return y[:, :length] if pad else y
     tensor = None if g is None else g.reshape(())
     return (
-        storage.codes_from_bytes(y, fmt),  # whole blocks, as QArray codes
-        storage.scales_from_bytes(res[1][:rows].reshape(m, lay.n_blocks), fmt),
+        _codes_out(y, fmt),  # whole blocks, as QArray codes
+        _scales_out(res[1][:rows].reshape(m, n_blocks), fmt),
         tensor,
     )
 
@@ -228,7 +235,7 @@ def _run_rowwise(x, fmt, rbits, signs, out, out_dtype, tiles, backend, byte_outp
         amax = _amax_rows(x)
     else:
         amax = jnp.broadcast_to(_amax_rows(x.reshape(1, -1)), (m, 1))
-    g = _nv_g(amax, fmt)
+    g = _tensor_g(amax, fmt)
     tr, tc = _fit(m, tiles.rows), _fit(length, tiles.cols)
     grid = (pl.cdiv(m, tr), pl.cdiv(length, tc))
     mp, lp = grid[0] * tr, grid[1] * tc
@@ -241,16 +248,28 @@ def _run_rowwise(x, fmt, rbits, signs, out, out_dtype, tiles, backend, byte_outp
         inputs["g"] = (g, pl.BlockSpec((1, 1), lambda i, j: (0, 0)))
     spec = {"fmt": fmt, "h": 0, "out": "fake" if out == "fake" else "codes", "out_dtype": out_dtype}
     spec["bytes"] = byte_outputs
-    code_dtype = out_dtype if out == "fake" else storage.code_dtype(fmt, byte_outputs)
+    code_dtype = out_dtype if out == "fake" else _code_dtype(fmt, byte_outputs)
     outs = [(jax.ShapeDtypeStruct((mp, lp), code_dtype), tile_spec)]
     [y] = _launch(spec, inputs, outs, grid, backend, tiles)
     y = y[:m, :length] if (mp, lp) != (m, length) else y
     if out == "fake":
         return y
-    sc = scale_from_amax(amax, fmt, g)
-    scales = encode_scales(sc, fmt)
+    sc = codec.scales_from_stat(amax, fmt, g)
+    scales = fmt.scale_rule.encode(sc, fmt.elem)
     scales = scales if fmt.block_size == "channel" else scales[0, 0]
-    return storage.codes_from_bytes(y, fmt), scales, None if g is None else g.reshape(())
+    return _codes_out(y, fmt), scales, None if g is None else g.reshape(())
+
+
+def _run_tiles(x_2d, fmt, rbits, out, tiles, backend, byte_outputs):
+    """2-D tiles: one row of r * c elements per tile (`Layout.to_rows`), run as 1-D blocks, laid back."""
+    lay = blocks.layout(x_2d.shape, fmt.block_size, (0, 1))
+    rows = lay.to_rows(x_2d)
+    bits = None if rbits is None else lay.blocked_to_rows(rbits.reshape(lay.blocked_shape))
+    res = _run(rows, reference.row_format(fmt), bits, None, out, tiles, backend, byte_outputs)
+    if out == "fake":
+        return lay.from_rows(res).astype(x_2d.dtype)
+    codes, scales, tensor = res
+    return lay.from_rows(codes, crop=False), lay.rows_to_scales(scales), tensor
 
 
 def _run(x_2d, fmt, rbits, rotation, out, tiles, backend, byte_outputs):
@@ -258,6 +277,8 @@ def _run(x_2d, fmt, rbits, rotation, out, tiles, backend, byte_outputs):
     backend = default_backend() if backend is None else backend
     byte_outputs = not backend.startswith("interpret") if byte_outputs is None else byte_outputs
     dtype = x_2d.dtype
+    if isinstance(fmt.block_size, tuple):
+        return _run_tiles(x_2d, fmt, rbits, out, tiles, backend, byte_outputs)
     if isinstance(fmt.block_size, int):
         return _run_blocked(x_2d, fmt, rbits, rotation, out, dtype, tiles, backend, byte_outputs)
     if fmt.block_size == "channel" and _pow2_at_least(x_2d.shape[1]) <= tiles.whole_row_max:

@@ -1,9 +1,9 @@
-"""Pure-jnp references for the Pallas quantize kernels: 2-D arrays blocked along the last axis.
+"""The reference of the Pallas quantize kernels: the core itself (lowbit_jax.codec) on 2-D arrays blocked along
+the last axis, after the exact-order Hadamard rotation the kernels fuse.
 
-They are built from the core's own pieces (layout, to_blocks, block_scale, to_elem_domain, round_elem,
-from_elem_domain, encode), so `fake_quant_ref(x, fmt, rbits=bits)` equals `lb.fake_quant(x, fmt, axis=-1,
-key=key)` bit for bit when `bits` are the core's bits for that key (see `sr_bits`). The kernels in
-`pallas_quantize.py` take the same arguments and are tested bit-identical to these functions.
+`fake_quant_ref(x, fmt, rbits=bits)` equals `lb.fake_quant(x, fmt, axis=-1, key=key)` bit for bit when `bits`
+are the core's bits for that key (see `kernels.sr_bits`).
+The kernels in `pallas_quantize.py` take the same arguments and are tested bit-identical to these functions.
 
 rbits:    uint32 random bits for stochastic rounding, shaped like x padded to whole blocks (None: RNE).
 rotation: the h random +-1 signs of a block Hadamard rotation R = diag(signs) H / sqrt(h) (h = 16 or 32, any
@@ -15,21 +15,14 @@ rotation: the h random +-1 signs of a block Hadamard rotation R = diag(signs) H 
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lowbit_jax import rounding
+from lowbit_jax import codec
 from lowbit_jax.formats import Format
-from lowbit_jax.quantize import (
-    block_scale,
-    encode_scales,
-    from_blocks,
-    from_elem_domain,
-    layout,
-    to_blocks,
-    to_elem_domain,
-)
 
 
 def rotation_scale(h: int) -> np.float32:
@@ -62,33 +55,38 @@ def check_2d(x_2d: jax.Array, fmt: Format, rotation) -> None:
         raise ValueError(f"the kernels take 2-D arrays blocked along the last axis, got shape {x_2d.shape}")
     if fmt.is_identity:
         raise ValueError(f"{fmt.name} is an identity format; it has no quantize kernel")
+    if isinstance(fmt.block_size, tuple) and rotation is not None:
+        raise NotImplementedError(f"{fmt.label}: a Hadamard rotation of 2-D tiles is not defined; use 1-D blocks")
     if rotation is not None:
         h = rotation.shape[0]
         if h < 1 or h & (h - 1) or x_2d.shape[1] % h:
             raise ValueError(f"rotation size {h} must be a power of two dividing the row length {x_2d.shape[1]}")
 
 
-def _values(x_2d: jax.Array, fmt: Format, rbits, rotation):
-    """Element values (blocked), block scales and layout: the core's quantize_blocks with explicit bits."""
-    check_2d(x_2d, fmt, rotation)
-    x = x_2d if rotation is None else rotate_rows(x_2d, rotation)
-    lay = layout(x.shape, fmt.block_size, 1)
-    x_blocks = to_blocks(x, lay)
-    sc = block_scale(x_blocks, fmt, lay)
-    uniform = None if rbits is None else rounding.uniform_from_bits(rbits.reshape(lay.blocked_shape))
-    values = rounding.round_elem(to_elem_domain(x_blocks, sc, fmt), fmt.elem, uniform)
-    return values, sc, lay
+def axes_2d(fmt: Format) -> tuple[int, ...]:
+    """The quantized axes of a 2-D kernel input: both for 2-D tiles, else the last."""
+    return (0, 1) if isinstance(fmt.block_size, tuple) else (1,)
+
+
+def row_format(fmt: Format) -> Format:
+    """The 1-D format a tile format runs as on `Layout.to_rows` (one row of r * c elements per tile)."""
+    if not isinstance(fmt.block_size, tuple):
+        return fmt
+    r, c = fmt.block_size
+    return dataclasses.replace(fmt, block_size=r * c)
 
 
 def fake_quant_ref(x_2d: jax.Array, fmt: Format, *, rbits=None, rotation=None) -> jax.Array:
-    """dequantize(quantize(x)) along the last axis of a 2-D array, in x's dtype."""
-    values, sc, lay = _values(x_2d, fmt, rbits, rotation)
-    return from_blocks(from_elem_domain(values, sc), lay).astype(x_2d.dtype)
+    """dequantize(quantize(x)) of a 2-D array (blocked along its last axis, or tiled over both), in x's dtype."""
+    check_2d(x_2d, fmt, rotation)
+    x = x_2d if rotation is None else rotate_rows(x_2d, rotation)
+    return codec.fake_quant_array(x, fmt, axes_2d(fmt), rbits=rbits).astype(x_2d.dtype)
 
 
 def quantize_ref(x_2d: jax.Array, fmt: Format, *, rbits=None, rotation=None):
-    """(codes, scales, tensor_scale) of a 2-D array blocked along its last axis: the core QArray's fields."""
-    values, sc, lay = _values(x_2d, fmt, rbits, rotation)
-    codes = rounding.encode(jnp.where(sc.finite, values, 0.0), fmt.elem)
-    scales = encode_scales(sc, fmt).reshape(lay.scales_shape)
-    return from_blocks(codes, lay, crop=False), scales, sc.tensor
+    """(codes, scales, tensor_scale) of a 2-D array (blocked along its last axis, or tiled over both): the core
+    QArray's fields."""
+    check_2d(x_2d, fmt, rotation)
+    x = x_2d if rotation is None else rotate_rows(x_2d, rotation)
+    q = codec.quantize_array(x, fmt, axes_2d(fmt), rbits=rbits)
+    return q.codes, q.scales, q.tensor_scale

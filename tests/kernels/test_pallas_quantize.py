@@ -99,7 +99,7 @@ def test_quantize_kernel_matches_reference(name):
 @pytest.mark.parametrize("name", FORMATS)
 def test_reference_is_the_core(name):
     x, fmt, key = hard_input(), lb.get_format(name), jax.random.key(3)
-    bits = kernels.sr_bits(key, x.shape, fmt, 1)
+    bits = kernels.sr_bits(key, x.shape, fmt, reference.axes_2d(fmt))  # (1,), or (0, 1) for 2-D tiles
 
     @jax.jit
     def core(v, k):

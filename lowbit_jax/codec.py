@@ -1,0 +1,191 @@
+"""The block quantizer as pure functions: block statistic -> scales -> element domain -> grid, and back.
+
+Data flow: x -> `blocks` lays out blocks (zero-padded) -> block amax (zero-point INT: min and max, zero
+included) -> the format's scale rule turns it into scales (and the second level) -> x / scale rounded onto the
+element grid (RNE or stochastic, saturating) -> codes; dequantization multiplies back and crops. The same
+functions run on a blocked view (`quantize_array`, any layout) and on a kernel tile whose rows are blocks
+(the Pallas kernels call `tile_values` and the encoders below), so the kernels' reference is this module.
+`fake_quant` values equal `dequantize(quantize(x))` bit for bit.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from lowbit_jax import blocks, rounding, scaling
+from lowbit_jax.formats import Format, get_format
+from lowbit_jax.qarray import QArray
+from lowbit_jax.scaling import Scales
+
+
+def block_stat(x_blocks: jax.Array, fmt: Format, axes) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """What the scale rule reads, reduced over `axes` (keepdims): amax, or (min, max) for zero-point INT."""
+    if getattr(fmt.elem, "zero_point", False):
+        return blocks.min_max_along(x_blocks, axes)
+    return blocks.amax_along(x_blocks, axes)
+
+
+def stat_amax(stat) -> jax.Array:
+    """The amax-like input of the scale rule: amax, or the span max - min of zero-point blocks."""
+    return stat[1] - stat[0] if isinstance(stat, tuple) else stat
+
+
+def scales_from_stat(stat, fmt: Format, g=None) -> Scales:
+    """Scales of blocks with this statistic; `g`: the second-level scale (default: from these blocks)."""
+    sc = fmt.scale_rule.block_scales(stat_amax(stat), fmt.elem, g)
+    if not isinstance(stat, tuple):
+        return sc
+    z = fmt.elem.round(scaling.divide(-stat[0], sc, fmt.scale_rule.dtype), lo=0.0, hi=fmt.elem.max)
+    return sc._replace(zero=z)
+
+
+def tensor_scale(stat, fmt: Format):
+    """The second-level scale from all blocks' statistics (None if the rule has none)."""
+    if not fmt.scale_rule.has_tensor_scale:
+        return None
+    return fmt.scale_rule.tensor_scale(stat_amax(stat), fmt.elem)
+
+
+def round_values(v: jax.Array, sc: Scales, fmt: Format, uniform=None) -> jax.Array:
+    """Element-domain values onto the grid (zero-point blocks: integers in [-z, 2^b - 1 - z])."""
+    if sc.zero is None:
+        return fmt.elem.round(v, uniform)
+    return fmt.elem.round(v, uniform, lo=-sc.zero, hi=fmt.elem.max - sc.zero)
+
+
+def tile_values(x: jax.Array, fmt: Format, axes, uniform=None, g=None, stat=None) -> tuple[jax.Array, Scales]:
+    """Grid values (float32, x's layout) and Scales of float32 blocks that run along `axes` of x (keepdims);
+    `stat`: a precomputed block statistic (else reduced here), `g`: the second-level scale."""
+    stat = block_stat(x, fmt, axes) if stat is None else stat
+    sc = scales_from_stat(stat, fmt, g)
+    v = scaling.divide(x, sc, fmt.scale_rule.dtype)
+    return round_values(v, sc, fmt, uniform), sc
+
+
+def dequant_values(values: jax.Array, sc: Scales) -> jax.Array:
+    """Grid values -> x's values (float32; NaN for blocks that held NaN or Inf)."""
+    return scaling.multiply(values, sc)
+
+
+def code_values(values: jax.Array, sc: Scales) -> jax.Array:
+    """Grid values as stored: 0 for non-finite blocks, shifted by the zero point for zero-point blocks."""
+    kept = jnp.where(sc.finite, values, 0.0)
+    return kept if sc.zero is None else kept + jnp.where(sc.finite, sc.zero, 0.0)
+
+
+def encode_codes(values, sc: Scales, fmt: Format) -> jax.Array:
+    return fmt.elem.encode(code_values(values, sc))
+
+
+def encode_zero(sc: Scales, fmt: Format) -> jax.Array | None:
+    """Stored zero points (the element's code dtype) or None."""
+    return None if sc.zero is None else fmt.elem.encode(jnp.where(sc.finite, sc.zero, 0.0))
+
+
+def uniform_like(key, shape) -> jax.Array | None:
+    """Stochastic-rounding uniforms on the 2^-24 grid drawn for `key` in `shape` (None without a key)."""
+    return None if key is None else rounding.uniform_from_bits(jax.random.bits(key, shape, jnp.uint32))
+
+
+def quantize_blocks(x: jax.Array, fmt: Format, axes, key=None, rbits=None) -> tuple[jax.Array, Scales, blocks.Layout]:
+    """Grid values (blocked view), Scales and layout of x quantized along `axes` (normalised); stochastic
+    rounding from `key`, or from explicit uint32 `rbits` in x's padded shape (kernels.sr_bits)."""
+    lay = blocks.layout(x.shape, fmt.block_size, axes)
+    if rbits is not None:
+        uniform = rounding.uniform_from_bits(rbits.reshape(lay.blocked_shape))
+    else:
+        uniform = uniform_like(key, lay.blocked_shape)
+    values, sc = tile_values(lay.to_blocks(x), fmt, lay.block_axes, uniform)
+    return values, sc, lay
+
+
+def fake_quant_array(x: jax.Array, fmt: Format, axes, key=None, rbits=None) -> jax.Array:
+    """dequantize(quantize(x)) in x's dtype."""
+    if fmt.is_identity:  # rounded, not only cast: XLA:GPU drops a cast pair
+        return rounding.round_to_dtype(x, fmt.passthrough_dtype).astype(x.dtype)
+    values, sc, lay = quantize_blocks(x, fmt, axes, key, rbits)
+    return lay.from_blocks(dequant_values(values, sc)).astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def fake_quant_ste(x: jax.Array, fmt: Format, axes: tuple[int, ...], key) -> jax.Array:
+    """fake_quant_array with a straight-through (identity) gradient."""
+    return fake_quant_array(x, fmt, axes, key)
+
+
+fake_quant_ste.defvjp(
+    lambda x, fmt, axes, key: (fake_quant_array(x, fmt, axes, key), None), lambda fmt, axes, _, g: (g, None)
+)
+
+
+def _axis_field(axes: tuple[int, ...]):
+    return axes[0] if len(axes) == 1 else axes
+
+
+def quantize_array(x: jax.Array, fmt: Format, axes, key=None, rbits=None) -> QArray:
+    """The QArray of x quantized along `axes` (normalised)."""
+    if fmt.is_identity:  # rounded, not only cast: XLA:GPU drops the pair cast here / cast back in dequantize
+        codes = rounding.round_to_dtype(x, fmt.passthrough_dtype).astype(fmt.passthrough_dtype)
+        return QArray(codes, None, None, fmt, _axis_field(axes), x.shape, x.dtype)
+    values, sc, lay = quantize_blocks(x, fmt, axes, key, rbits)
+    codes = lay.from_blocks(encode_codes(values, sc, fmt), crop=False)
+    scales = lay.stat_to_scales(fmt.scale_rule.encode(sc, fmt.elem))
+    zero = encode_zero(sc, fmt)
+    zero = None if zero is None else lay.stat_to_scales(zero)
+    return QArray(codes, scales, sc.tensor, fmt, _axis_field(axes), x.shape, x.dtype, zero)
+
+
+def qarray_layout(q: QArray) -> blocks.Layout:
+    return blocks.layout(q.shape, q.fmt.block_size, q.axis)
+
+
+def scales_of(q: QArray, lay: blocks.Layout) -> Scales:
+    """The Scales (keepdims layout) of a QArray's stored scales."""
+    fmt = q.fmt
+    sc = fmt.scale_rule.decode(lay.scales_to_stat(q.scales), fmt.elem, q.tensor_scale)
+    if q.zero_points is None:
+        return sc
+    return sc._replace(zero=lay.scales_to_stat(fmt.elem.decode(q.zero_points)))
+
+
+def dequantize_array(q: QArray, dtype) -> jax.Array:
+    """Values of a QArray in `dtype`, cropped to the original shape."""
+    if q.fmt.is_identity:
+        return q.codes.astype(dtype)
+    lay = qarray_layout(q)
+    sc = scales_of(q, lay)
+    values = q.fmt.elem.decode(q.codes).reshape(lay.blocked_shape)
+    if sc.zero is not None:
+        values = values - sc.zero
+    return lay.from_blocks(dequant_values(values, sc)).astype(dtype)
+
+
+def check_input(x, fmt: Format | str, axis=None) -> tuple[jax.Array, Format, tuple[int, ...]]:
+    """Validate and normalise (x, fmt, axis) -> (array, Format, quantized axes); axis None: the format's
+    default. Clear errors for non-float input, bad formats and out-of-range or mismatched axes."""
+    if isinstance(fmt, str):
+        fmt = get_format(fmt)
+    if not isinstance(fmt, Format):
+        raise TypeError(f"fmt must be a Format or a format spec string, got {type(fmt).__name__}")
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"lowbit_jax quantizes real floating-point arrays; got dtype {x.dtype}")
+    if x.ndim == 0 and not (fmt.is_identity or fmt.block_size == blocks.PER_TENSOR):
+        raise ValueError(f"{fmt.name} quantizes blocks along an axis; got a scalar")
+    axis = fmt.default_axis if axis is None else axis
+    if fmt.is_identity or fmt.block_size == blocks.PER_TENSOR:
+        axes = blocks.normalize_axes(axis if isinstance(axis, int) else axis[-1], x.ndim, blocks.PER_TENSOR)
+    else:
+        axes = blocks.normalize_axes(axis, x.ndim, fmt.block_size)
+        if x.ndim < len(axes):
+            raise ValueError(f"{fmt.name} quantizes {len(axes)} axes; got an array of rank {x.ndim}")
+    return x, fmt, axes
+
+
+# Jitted entry points (static format and axes), so that eager calls compile once per shape.
+fake_quant_jit = jax.jit(fake_quant_ste, static_argnums=(1, 2))
+quantize_jit = jax.jit(quantize_array, static_argnums=(1, 2))
+dequantize_jit = jax.jit(dequantize_array, static_argnums=(1,))
