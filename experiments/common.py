@@ -24,7 +24,8 @@ RESULTS = Path("results")
 
 
 def _field_parser(field: dataclasses.Field, hint):
-    """(argparse type, is_tuple) for a Config field: int/float/str/bool or a tuple of them (comma-separated)."""
+    """(argparse type, is_tuple) for a Config field: int/float/str/bool or a tuple of them (comma-separated, commas
+    inside parentheses kept: format specs such as fp(3,2))."""
     origin = typing.get_origin(hint)
     if origin is tuple:
         inner = typing.get_args(hint)[0]
@@ -46,6 +47,17 @@ def _convert(text: str, typ, name: str):
         return typ(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--{name}: cannot read {text!r} as {typ.__name__}") from None
+
+
+def split_list(text: str, sep: str = ",") -> list[str]:
+    """`text` split on `sep` outside parentheses, so that 'mxint8,fp(3,2):block_size=(16,16)' is two specs."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += (ch == "(") - (ch == ")")
+        if ch == sep and depth <= 0:
+            parts.append(text[start:i])
+            start, depth = i + 1, 0
+    return [*parts, text[start:]]
 
 
 def parse_config(cls, argv: Sequence[str] | None, description: str, presets: dict | None = None):
@@ -78,7 +90,7 @@ def parse_config(cls, argv: Sequence[str] | None, description: str, presets: dic
         flag = f.name.replace("_", "-")
         try:
             if is_tuple:
-                overrides[f.name] = tuple(_convert(t.strip(), typ, flag) for t in text.split(",") if t.strip())
+                overrides[f.name] = tuple(_convert(t.strip(), typ, flag) for t in split_list(text) if t.strip())
             else:
                 overrides[f.name] = _convert(text, typ, flag)
         except argparse.ArgumentTypeError as err:

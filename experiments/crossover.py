@@ -26,7 +26,8 @@ Output (--out, default results/crossover/):
   curves.csv      pair, variant, kappa, int_db, fp_db           (theory, kappa grid)
   montecarlo.csv  pair, block_size, kappa, blocks, int_db, fp_db (binned measurement)
   crossover.png   one panel per pair: theory lines, measured points, kappa* marked
-Pair names are upper-case "INT/FP" as given, e.g. "MXINT8/MXFP8".
+Pair names are upper-case "INT/FP" as given, e.g. "MXINT8/MXFP8". Pairs and --formats take format specs
+(docs/formats.md; comma lists split outside parentheses), e.g. --pairs "int(6):block_size=16/fp(3,2):block_size=16".
 """
 
 from __future__ import annotations
@@ -53,19 +54,20 @@ VARIANTS = ("paper", "reference")
 
 
 def parse_pair(text: str, block_size: int = 0, scale: str = "") -> tuple[str, lb.Format, lb.Format]:
-    """'int_name/fp_name' -> (pair key, INT format, FP format), with block size / scale type overridden if set."""
-    names = text.split("/")
-    if len(names) != 2:
+    """'INT spec/FP spec' (format specs, e.g. 'mxint8/mxfp8' or 'int(6):block_size=16/fp(3,2):block_size=16') ->
+    (pair key: the text upper-cased, INT format, FP format), block size / scale type overridden if set."""
+    names = [n.strip() for n in text.strip().split("/")]
+    if len(names) != 2 or not all(names):
         raise ValueError(f"a pair is 'INT/FP', e.g. mxint8/mxfp8; got {text!r}")
     over = {"block_size": block_size} if block_size else {}
     over |= {"scale": scale} if scale else {}
-    fmts = [lb.get_format(n.strip(), **over) for n in names]
+    fmts = [lb.get_format(n, **over) for n in names]
     kinds = [None if f.is_identity else f.elem.kind for f in fmts]
     if kinds != ["int", "fp"]:
         raise ValueError(f"pair {text!r} must name an INT format then an FP format")
     if fmts[0].block_size != fmts[1].block_size:
         raise ValueError(f"pair {text!r}: both formats need the same block size")
-    return text.upper(), fmts[0], fmts[1]
+    return "/".join(names).upper(), fmts[0], fmts[1]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -89,19 +89,14 @@ def resolve_dtype(dtype: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- precision
 def parse_precision(text: str) -> lb.Format | None:
-    """'none' -> None; 'name:key=value:...' -> lb.get_format(name, key=value, ...)."""
-    name, *parts = text.strip().split(":")
-    if name == "none":
-        if parts:
+    """'none' -> None; anything else is a format spec for lb.get_format ('mxint8:block_size=64', 'fp(3,2)',
+    'NVFP4', ...; docs/formats.md), whose errors name the bad part."""
+    name, sep, _ = text.strip().partition(":")
+    if name.strip().lower() == "none":
+        if sep:
             raise ValueError(f"precision 'none' takes no overrides, got {text!r}")
         return None
-    overrides = {}
-    for part in parts:
-        key, sep, value = part.partition("=")
-        if not sep:
-            raise ValueError(f"precision {text!r}: overrides are key=value, got {part!r}")
-        overrides[key] = int(value) if value.lstrip("-").isdigit() else value
-    return lb.get_format(name, **overrides)
+    return lb.get_format(text)
 
 
 def slug(text: str) -> str:

@@ -38,7 +38,9 @@ class Captured:
     call: int = 0
 
     def matrix(self, role: str) -> np.ndarray:
-        """The value as (rows, K), the dims of GEMM `role` merged last (block axis = last)."""
+        """The value as (rows, K), the dims of GEMM `role` merged last (block axis = last). For 2-D tile formats
+        qdot_general tiles each batch element's matrix of X's and W's 'fwd' role and dY's 'dx' role (the
+        other roles see those tiles transposed), so tile this matrix only without batch dims."""
         if role not in self.axes:
             raise KeyError(f"{self.name} has roles {sorted(self.axes)}, not {role!r}")
         m = merged_matrix(self.value, self.axes[role])

@@ -70,6 +70,14 @@ def dequant_values(values: jax.Array, sc: Scales) -> jax.Array:
     return scaling.multiply(values, sc)
 
 
+def to_output(y_f32: jax.Array, dtype) -> jax.Array:
+    """float32 results in `dtype`, values beyond its range saturated to its largest finite value, so that a
+    finite input never comes back as +-Inf (a block scale times a rounded-up element can pass float32's or the
+    output dtype's maximum); NaN kept."""
+    big = float(jnp.finfo(dtype).max)
+    return jnp.clip(y_f32, -big, big).astype(dtype)
+
+
 def code_values(values: jax.Array, sc: Scales) -> jax.Array:
     """Grid values as stored: 0 for non-finite blocks, shifted by the zero point for zero-point blocks."""
     kept = jnp.where(sc.finite, values, 0.0)
@@ -107,7 +115,7 @@ def fake_quant_array(x: jax.Array, fmt: Format, axes, key=None, rbits=None) -> j
     if fmt.is_identity:  # rounded, not only cast: XLA:GPU drops a cast pair
         return rounding.round_to_dtype(x, fmt.passthrough_dtype).astype(x.dtype)
     values, sc, lay = quantize_blocks(x, fmt, axes, key, rbits)
-    return lay.from_blocks(dequant_values(values, sc)).astype(x.dtype)
+    return to_output(lay.from_blocks(dequant_values(values, sc)), x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -160,7 +168,7 @@ def dequantize_array(q: QArray, dtype) -> jax.Array:
     values = q.fmt.elem.decode(q.codes).reshape(lay.blocked_shape)
     if sc.zero is not None:
         values = values - sc.zero
-    return lay.from_blocks(dequant_values(values, sc)).astype(dtype)
+    return to_output(lay.from_blocks(dequant_values(values, sc)), dtype)
 
 
 def check_input(x, fmt: Format | str, axis=None) -> tuple[jax.Array, Format, tuple[int, ...]]:
@@ -177,12 +185,11 @@ def check_input(x, fmt: Format | str, axis=None) -> tuple[jax.Array, Format, tup
         raise ValueError(f"{fmt.name} quantizes blocks along an axis; got a scalar")
     axis = fmt.default_axis if axis is None else axis
     if fmt.is_identity or fmt.block_size == blocks.PER_TENSOR:
-        axes = blocks.normalize_axes(axis if isinstance(axis, int) else axis[-1], x.ndim, blocks.PER_TENSOR)
-    else:
-        axes = blocks.normalize_axes(axis, x.ndim, fmt.block_size)
-        if x.ndim < len(axes):
-            raise ValueError(f"{fmt.name} quantizes {len(axes)} axes; got an array of rank {x.ndim}")
-    return x, fmt, axes
+        return x, fmt, blocks.normalize_axes(axis if isinstance(axis, int) else axis[-1], x.ndim, blocks.PER_TENSOR)
+    if blocks.block_ndim(fmt.block_size) == 2 and x.ndim < 2:
+        r, c = fmt.block_size
+        raise ValueError(f"{fmt.name} quantizes {r}x{c} tiles over two axes; got an array of rank {x.ndim}")
+    return x, fmt, blocks.normalize_axes(axis, x.ndim, fmt.block_size)
 
 
 # Jitted entry points (static format and axes), so that eager calls compile once per shape.

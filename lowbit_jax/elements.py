@@ -199,8 +199,9 @@ class IntElem:
 
     @property
     def scale_shift(self) -> int:
-        """OCP MXINT elements are fixed point with b - 2 fraction bits: the UE8M0 byte is X = 2^(b-2) * scale."""
-        return self.bits - 2
+        """OCP MXINT elements are fixed point with b - 2 fraction bits: the UE8M0 byte is X = 2^(b-2) * scale.
+        Zero-point codes have no OCP meaning; their UE8M0 byte is the scale of the integer codes itself."""
+        return 0 if self.zero_point else self.bits - 2
 
     @property
     def min_subnormal(self) -> float:
@@ -360,7 +361,7 @@ class LUTElem:
     def index(self, v, uniform=None) -> jnp.ndarray:
         """The code (int32 table index) of float32 `v`: nearest value, ties to the even index; outside the
         table's range the end codes (saturation); stochastic between the two neighbours given `uniform`.
-        NaN gets an arbitrary code (`round` keeps NaN; the codec stores non-finite blocks as code 0)."""
+        NaN gets an arbitrary code (`round` keeps NaN; the codec stores non-finite blocks as the code of 0)."""
         v = jnp.asarray(v, jnp.float32)
         if uniform is None:
             return self._count(v, self.thresholds)

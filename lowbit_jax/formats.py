@@ -95,6 +95,8 @@ class Format:
                 check_choice("tensor_scale", self.tensor_scale, TENSOR_SCALES)
             rule = scaling.rule(self.scale, self.scale_rounding, self.scale_dtype, self.tensor_scale)
             object.__setattr__(self, "scale_rule", rule)
+            if self.tensor_scale == scaling.default_tensor_scale(self.scale):  # one spelling per format
+                object.__setattr__(self, "tensor_scale", None)
         self.scale_rule.check(self.elem)
         if self.scale_rule.has_tensor_scale and self.block_size == PER_TENSOR:
             kind = self.scale_rule.name.upper()
@@ -320,7 +322,7 @@ def get_format(name: str | Format, **overrides) -> Format:
     elif ":" in name:
         fmt = parse_spec(name)
     else:
-        fmt = _base_format(name.strip().lower())
+        fmt = _base_format(name.strip().lower().replace(" ", ""))
         if fmt is None:
             raise _unknown_format(name)
     unknown = set(overrides) - set(_OVERRIDABLE)

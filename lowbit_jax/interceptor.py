@@ -2,8 +2,11 @@
 
 Rules: a list of (regex, value), matched with re.fullmatch against '/'-joined module paths ('encoder/layer_0/
 attn/query'; NNX list indices appear as numbers, 'layers/0/linear'); the first match wins; unmatched layers
-are left alone. value: a QDotConfig; None or "skip"; a preset "train:<fmt>" / "direct_cast:<fmt>", or the
-tuple ("train", fmt) / ("direct_cast", fmt). Bad regexes, presets and format names fail at construction.
+are left alone. value: a QDotConfig; None or "skip"; a preset "train:<spec>" / "direct_cast:<spec>", or the
+tuple ("train", spec) / ("direct_cast", spec). The preset is the text before the first ':' (case-insensitive) and
+<spec> everything after it, a full format spec (lowbit_jax.formats grammar, e.g. "direct_cast:mxint8:block_size=64",
+"train:fp(3,2):block_size=16:scale=e4m3"); the tuple's spec may also be a Format. Bad regexes, presets and specs
+fail at construction, with the spec parser's own message.
 
 Convolutions: linen nn.Conv and nnx.Conv get their `conv_general_dilated` hook swapped for
 `qconv.qconv_general_dilated` (the convolution as patches . W through qdot_general, grouped ones included).
@@ -46,7 +49,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lowbit_jax import capture as capture_lib
-from lowbit_jax.formats import get_format
+from lowbit_jax.formats import Format, get_format
 from lowbit_jax.qconv import with_conv_config
 from lowbit_jax.qdot import QDotConfig, einsum_via, with_config
 
@@ -71,11 +74,15 @@ class Rule:
     config: QDotConfig | str | None
 
 
-def _preset(name: str, fmt, where: str) -> QDotConfig:
-    if name not in PRESETS:
+def _preset(name: str, spec, where: str) -> QDotConfig:
+    """The preset `name` ('train' / 'direct_cast', any case) applied to a format spec string or Format."""
+    key = name.strip().lower()
+    if key not in PRESETS:
         raise ValueError(f"{where}: unknown preset {name!r}; use one of {sorted(PRESETS)} or a QDotConfig")
+    if not isinstance(spec, str | Format):
+        raise ValueError(f"{where}: preset {key!r} takes a format spec string or a Format, got {spec!r}")
     try:
-        return PRESETS[name](get_format(fmt) if isinstance(fmt, str) else fmt)
+        return PRESETS[key](get_format(spec))
     except (ValueError, TypeError) as err:
         raise ValueError(f"{where}: {err}") from err
 
@@ -89,12 +96,13 @@ def parse_value(value, where: str = "rule") -> QDotConfig | str | None:
     if isinstance(value, QDotConfig):
         return value
     if isinstance(value, str) and ":" in value:
-        return _preset(*value.split(":", 1), where)
+        preset, _, spec = value.partition(":")  # the spec keeps its own ':'s
+        return _preset(preset, spec, where)
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
         return _preset(value[0], value[1], where)
     raise ValueError(
-        f"{where}: a rule value must be a QDotConfig, None/'skip', 'train:<format>', 'direct_cast:<format>' "
-        f"or ('train'|'direct_cast', format); got {value!r}"
+        f"{where}: a rule value must be a QDotConfig, None/'skip', 'train:<spec>', 'direct_cast:<spec>' "
+        f"or ('train'|'direct_cast', spec); got {value!r}"
     )
 
 

@@ -36,7 +36,7 @@ class QArray:
     scales: jax.Array | None
     tensor_scale: jax.Array | None
     fmt: Format
-    axis: int
+    axis: int | tuple[int, int]
     shape: tuple[int, ...]
     dtype: jnp.dtype
     zero_points: jax.Array | None = None

@@ -1,4 +1,4 @@
-"""qdot_general: lax.dot_general with the paper's six GEMM quantizers (NOTES.md section 5) and a custom VJP.
+"""qdot_general: lax.dot_general with the six GEMM quantizers of a linear layer and a custom VJP.
 
 For Y = X . W (X = lhs, W = rhs, any dimension_numbers) the three GEMMs of a linear layer are
   forward  Y  = Q(X) . Q(W)        contracting over the contracting dims          (x_fwd, w_fwd)
@@ -13,12 +13,21 @@ length K; quantization blocks (and Hadamard chunks of size h) run along that mer
 GEMM use the same merged order, so their blocks line up element for element. Quantized operands are computed
 in float32 and the GEMM accumulates in `accum_dtype` at HIGHEST precision unless `precision` is given.
 
+2-D tiles (block_size (r, c)): the operand is quantized as a matrix per batch element, its free dims merged
+(in canonical order) into rows F and its contracting dims into columns K, and a tile's orientation is fixed
+by the TENSOR, not by the GEMM: r runs along X's free (token) dims and c along its contracting dims, r along
+W's free (out-feature) dims and c along its contracting (in-feature) dims, r along dY's X-free dims and c
+along its W-free dims (the forward GEMM's orientation; for dY, the dX GEMM's). Where a tensor enters a GEMM
+transposed (X in dW, W in dX, dY in dW) its tiles are transposed with it, so e.g. the Q(W) of the dX GEMM is
+the forward Q(W) transposed, bit for bit, for any (r, c). Hadamard rotation runs along one axis and so does
+not combine with tiles: QDotConfig raises for a rotated GEMM with a 2-D operand format.
+
 Sharding: the arithmetic is defined on the global array, so under jit with NamedSharding inputs (GSPMD,
 AxisType.Auto meshes) sharded and single-device results agree and no block depends on where shards end;
-keep local shard lengths of a contracting dim multiples of the block size to avoid communication inside a
-block. Explicit sharding-in-types meshes (AxisType.Explicit): the forward takes `out_sharding` as
-lax.dot_general does (needed, as there, when both operands shard a contracting dim), and the backward gives
-dX and dW the shardings of X and W, as JAX's own transpose rule does.
+keep local shard lengths of a contracting dim multiples of the block size (for tiles, of free dims too) to
+avoid communication inside a block. Explicit sharding-in-types meshes (AxisType.Explicit): the forward takes
+`out_sharding` as lax.dot_general does (needed, as there, when both operands shard a contracting dim), and the
+backward gives dX and dW the shardings of X and W, as JAX's own transpose rule does.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from lowbit_jax import hadamard
+from lowbit_jax import blocks, hadamard
 from lowbit_jax.formats import Format, get_format
 from lowbit_jax.quantize import fake_quant
 
@@ -48,6 +57,11 @@ def _as_format(value, field: str) -> Format | None:
     if isinstance(value, str):
         return get_format(value)
     raise TypeError(f"QDotConfig.{field} must be a Format, a format name or None, got {type(value).__name__}")
+
+
+def is_tiled(fmt: Format | None) -> bool:
+    """Whether `fmt` quantizes 2-D tiles (block_size (r, c)) rather than blocks along one axis."""
+    return fmt is not None and blocks.block_ndim(fmt.block_size) == 2
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,14 @@ class QDotConfig:
             object.__setattr__(self, name, _as_format(getattr(self, name), name))
         if self.rotation is not None:
             hadamard.check_size(self.rotation)
+            rotated = OPERANDS if self.rotate_grads else OPERANDS[:2]
+            tiled = [n for n in rotated if is_tiled(getattr(self, n))]
+            if tiled:
+                fmt = getattr(self, tiled[0])
+                raise ValueError(
+                    f"QDotConfig: Hadamard rotation (rotation={self.rotation}) does not combine with the 2-D tile "
+                    f"format {fmt.label} of {', '.join(tiled)}: a tile has no single axis to rotate along"
+                )
         dt = jnp.dtype(self.accum_dtype)
         if not jnp.issubdtype(dt, jnp.floating):
             raise ValueError(f"accum_dtype must be a floating dtype, got {self.accum_dtype!r}")
@@ -167,10 +189,21 @@ class _Gemm:
     accum_dtype: str
     precision: object
     impl: str = "xla"
+    flip_a: bool = False  # the operand's (free, K) is its tensor's tile orientation transposed (2-D tiles)
+    flip_b: bool = False
 
 
-def _quant(x_f32, fmt: Format | None, key, impl: str = "xla"):
-    return x_f32 if fmt is None else fake_quant(x_f32, fmt, axis=-1, key=key, impl=impl)
+def _quant(x_f32, fmt: Format | None, key, impl: str = "xla", n_batch: int = 0, flip: bool = False):
+    """x [B.., F.., K] quantized in blocks along K, or (2-D tiles) as the matrix [B.., prod(F), K] with tile
+    (r, c) over (F, K), or over (K, F) when `flip`."""
+    if fmt is None:
+        return x_f32
+    if not is_tiled(fmt):
+        return fake_quant(x_f32, fmt, axis=-1, key=key, impl=impl)
+    lead, free = x_f32.shape[:n_batch], x_f32.shape[n_batch:-1]
+    m = x_f32.reshape(lead + (math.prod(free), x_f32.shape[-1]))
+    q = fake_quant(m, fmt, axis=(-1, -2) if flip else (-2, -1), key=key, impl=impl)
+    return q.reshape(x_f32.shape)
 
 
 def _at_least_f32(x):
@@ -198,8 +231,8 @@ def gemm(spec: _Gemm, a, b, *, rot_key=None, key_a=None, key_b=None, out_spec: t
     if spec.rotation and (spec.fmt_a is not None or spec.fmt_b is not None):
         a, b = hadamard.rotate(a, spec.rotation, rot_key), hadamard.rotate(b, spec.rotation, rot_key)
     acc = jnp.dtype(spec.accum_dtype)
-    a = _quant(a, spec.fmt_a, key_a, spec.impl).astype(acc)
-    b = _quant(b, spec.fmt_b, key_b, spec.impl).astype(acc)
+    a = _quant(a, spec.fmt_a, key_a, spec.impl, spec.n_batch, spec.flip_a).astype(acc)
+    b = _quant(b, spec.fmt_b, key_b, spec.impl, spec.n_batch, spec.flip_b).astype(acc)
     batch = tuple(range(spec.n_batch))
     dims = (((a.ndim - 1,), (b.ndim - 1,)), (batch, batch))
     sharding = {} if out_spec is None else {"out_sharding": PartitionSpec(*out_spec)}
@@ -216,7 +249,7 @@ class _Spec:
     out_spec: tuple | None = None  # the forward output's PartitionSpec entries (Explicit meshes)
 
 
-def _gemm_spec(spec: _Spec, fa: str, fb: str, n_batch: int, rotate: bool) -> _Gemm:
+def _gemm_spec(spec: _Spec, fa: str, fb: str, n_batch: int, rotate: bool, flip_a: bool, flip_b: bool) -> _Gemm:
     cfg = spec.config
     return _Gemm(
         getattr(cfg, fa),
@@ -226,6 +259,8 @@ def _gemm_spec(spec: _Spec, fa: str, fb: str, n_batch: int, rotate: bool) -> _Ge
         cfg.accum_dtype,
         spec.precision,
         cfg.impl,
+        flip_a,
+        flip_b,
     )
 
 
@@ -244,7 +279,7 @@ def _forward(spec: _Spec, lhs, rhs, key):
     (lc, rc), (lb, rb) = spec.dims
     a = canonical(lhs, lb, free_dims(lhs.ndim, lc, lb), lc)
     b = canonical(rhs, rb, free_dims(rhs.ndim, rc, rb), rc)
-    g = _gemm_spec(spec, "x_fwd", "w_fwd", len(lb), True)
+    g = _gemm_spec(spec, "x_fwd", "w_fwd", len(lb), True, False, False)
     return gemm(g, a, b, rot_key=_rot_key(spec, key, "rot_fwd"), out_spec=spec.out_spec).astype(spec.out_dtype)
 
 
@@ -257,7 +292,7 @@ def _grad_lhs(spec: _Spec, dy, rhs, key, x_spec=None):
     a = canonical(dy, tuple(range(nb)), dy_lf, tuple(range(dy.ndim - nrf, dy.ndim)))
     b = canonical(rhs, rb, rc, rf)
     cfg = spec.config
-    g = _gemm_spec(spec, "dy_dx", "w_dx", nb, cfg.rotate_grads)
+    g = _gemm_spec(spec, "dy_dx", "w_dx", nb, cfg.rotate_grads, False, True)  # W enters transposed
     lf = free_dims(nb + len(dy_lf) + len(lc), lc, lb)
     order = lb + lf + lc  # dx_t's dims, named by X's dims
     out_spec = None if x_spec is None else tuple(x_spec[d] for d in order)
@@ -274,7 +309,7 @@ def _grad_rhs(spec: _Spec, lhs, dy, key, w_spec=None):
     a = canonical(lhs, lb, lc, lf)
     b = canonical(dy, tuple(range(nb)), tuple(range(nb + nlf, dy.ndim)), tuple(range(nb, nb + nlf)))
     cfg = spec.config
-    g = _gemm_spec(spec, "x_dw", "dy_dw", nb, cfg.rotate_grads)
+    g = _gemm_spec(spec, "x_dw", "dy_dw", nb, cfg.rotate_grads, True, True)  # X and dY enter transposed
     rf = free_dims(nb + len(rc) + (dy.ndim - nb - nlf), rc, rb)
     order = rb + rc + rf  # dw_t's dims, named by W's dims
     out_spec = None if w_spec is None else tuple(w_spec[d] for d in order)

@@ -1,6 +1,6 @@
 """Exact float32 building blocks and rounding onto an element grid (RNE or stochastic, saturating).
 
-XLA facts this module is written around (DESIGN.md section 4): exponents must come from bits, `jnp.exp2` is not
+XLA facts this module is written around: exponents must come from bits, `jnp.exp2` is not
 exact, float32 subnormals flush to zero, `x / broadcast(d)` is rewritten into `x * broadcast(1 / d)` (CPU), and
 float32 division on NVIDIA GPUs is PTX `div.full.f32`, up to 2 ulp off (openxla/xla#37181; seen on an H100).
 """

@@ -5,7 +5,7 @@ Every rule has `name`, `bits` (storage per block scale), `storage_dtype` and the
   block_scales(amax, elem, g=None) -> Scales   the scales of blocks with these amaxes (float32, >= 0, NaN/Inf
                                                for blocks holding them); g: the second-level scale, computed
                                                from these amaxes when the rule has one and g is None
-  encode(sc, elem) -> stored scales            (float8_e8m0fnu, float8_e4m3fn, uint8 UE5M3 codes, float32/bf16)
+  encode(sc, elem) -> stored scales            (float8_e8m0fnu, float8_e4m3fn, float32 (UE5M3 values), bf16)
   scale_bytes(sc, elem) -> bytes               the same as uint8 bit patterns where 8-bit (kernel outputs)
   decode(stored, elem, tensor) -> Scales       the inverse of encode
 `divide` and `multiply` apply Scales to element-domain values. The formulas (paper Eq. 7-9, the OCP and
@@ -354,8 +354,12 @@ def rule(scale: str, rounding: str = "ceil", dtype: str = "float32", tensor: str
         return UE8M0(rounding, dtype)
     if rounding != "ceil":
         raise ValueError(f"scale_rounding applies to UE8M0 scales only; {scale} scales round to nearest")
-    default = "fp32" if scale == "e4m3" else "none"
-    return FloatScale(scale, dtype, default if tensor is None else tensor)
+    return FloatScale(scale, dtype, default_tensor_scale(scale) if tensor is None else tensor)
+
+
+def default_tensor_scale(scale: str) -> str:
+    """The second level a scale type gets unless told otherwise: FP32 for E4M3 (NVFP4), none otherwise."""
+    return "fp32" if scale == "e4m3" else "none"
 
 
 # --------------------------------------------------------------------------------------------- applying scales

@@ -127,7 +127,7 @@ def _fake_quant_2d(x, rbits, signs, st: _Static):
         y2 = fake_quant_pallas(x2, st.fmt_2d, rbits=rbits, rotation=signs, tiles=st.tiles, backend=st.backend)
     else:
         y2 = reference.fake_quant_ref(x2, st.fmt_2d, rbits=rbits, rotation=signs)
-    return _from_2d(y2, x.shape, st).astype(x.dtype)
+    return codec.to_output(_from_2d(y2, x.shape, st), x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))

@@ -106,7 +106,7 @@ def _body(fmt, h, out, out_dtype, byte_outputs, has, *arrays):
     got = dict(zip(has, arrays))
     values, sc = tile_values(fmt, h, got["x"], got.get("bits"), got.get("amax"), got.get("g"), got.get("signs"))
     if out == "fake":
-        return (codec.dequant_values(values, sc).astype(out_dtype),)
+        return (codec.to_output(codec.dequant_values(values, sc), out_dtype),)
     kept = codec.code_values(values, sc)
     codes = fmt.elem.code_bytes(kept) if byte_outputs else fmt.elem.encode(kept)
     if out == "codes":
@@ -267,7 +267,7 @@ def _run_tiles(x_2d, fmt, rbits, out, tiles, backend, byte_outputs):
     bits = None if rbits is None else lay.blocked_to_rows(rbits.reshape(lay.blocked_shape))
     res = _run(rows, reference.row_format(fmt), bits, None, out, tiles, backend, byte_outputs)
     if out == "fake":
-        return lay.from_rows(res).astype(x_2d.dtype)
+        return codec.to_output(lay.from_rows(res), x_2d.dtype)
     codes, scales, tensor = res
     return lay.from_rows(codes, crop=False), lay.rows_to_scales(scales), tensor
 

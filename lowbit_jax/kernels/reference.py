@@ -80,7 +80,7 @@ def fake_quant_ref(x_2d: jax.Array, fmt: Format, *, rbits=None, rotation=None) -
     """dequantize(quantize(x)) of a 2-D array (blocked along its last axis, or tiled over both), in x's dtype."""
     check_2d(x_2d, fmt, rotation)
     x = x_2d if rotation is None else rotate_rows(x_2d, rotation)
-    return codec.fake_quant_array(x, fmt, axes_2d(fmt), rbits=rbits).astype(x_2d.dtype)
+    return codec.to_output(codec.fake_quant_array(x, fmt, axes_2d(fmt), rbits=rbits), x_2d.dtype)
 
 
 def quantize_ref(x_2d: jax.Array, fmt: Format, *, rbits=None, rotation=None):
