@@ -197,25 +197,16 @@ def layout(shape: tuple[int, ...], block_size: BlockSize, axis) -> Layout:
     return Layout(shape, axes, block)
 
 
-def amax(x_blocks: jax.Array, lay: Layout) -> jax.Array:
-    """max |x| of every block (keepdims); NaN for blocks holding a NaN, Inf for blocks holding an Inf.
+def amax_along(x: jax.Array, axes) -> jax.Array:
+    """max |x| over `axes` (kept with size 1): a block's amax; NaN for blocks holding a NaN, Inf for blocks
+    holding an Inf.
 
     The NaN test is explicit: XLA:CPU's max reduction skips NaNs (measured with jax 0.10.2: jnp.max of an
     (8, 4128) array holding one NaN is finite), and so do Triton's.
     """
-    return amax_along(x_blocks, lay.block_axes)
-
-
-def amax_along(x: jax.Array, axes) -> jax.Array:
-    """max |x| over `axes` (kept with size 1), NaN where the slice holds a NaN."""
     m = jnp.max(jnp.abs(x), axis=axes, keepdims=True)
     has_nan = jnp.max(jnp.isnan(x).astype(jnp.int32), axis=axes, keepdims=True) > 0
     return jnp.where(has_nan, jnp.nan, m)
-
-
-def min_max(x_blocks: jax.Array, lay: Layout) -> tuple[jax.Array, jax.Array]:
-    """(min, max) of every block with zero included (min <= 0 <= max), keepdims; NaN propagates."""
-    return min_max_along(x_blocks, lay.block_axes)
 
 
 def min_max_along(x: jax.Array, axes) -> tuple[jax.Array, jax.Array]:

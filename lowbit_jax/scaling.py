@@ -215,11 +215,6 @@ def tensor_scale_pow2(amax_tensor: jnp.ndarray, qmax_total: float) -> jnp.ndarra
     return jnp.where(amax_tensor > 0, pow2(e), 1.0).astype(jnp.float32)
 
 
-def nv_tensor_scale(amax_tensor: jnp.ndarray, elem) -> jnp.ndarray:
-    """The NVFP4 tensor scale g = amax / (Qmax * 448) (see tensor_scale_fp32)."""
-    return tensor_scale_fp32(amax_tensor, elem.max * E4M3_SCALE_MAX)
-
-
 def grid_block_scale(amax_block: jnp.ndarray, g, elem, grid: FPElem) -> jnp.ndarray:
     """Block scale = grid_RNE_saturating(amax / Qmax / g) as float32 (g None: amax / Qmax); 0 for a zero or
     underflowing block, NaN for a block holding NaN/Inf."""
@@ -231,11 +226,6 @@ def grid_block_scale(amax_block: jnp.ndarray, g, elem, grid: FPElem) -> jnp.ndar
     # Rounded on bits, not by a float32 -> float8 -> float32 cast pair: XLA:GPU removes such pairs (excess
     # precision), which left unrounded scales on an H100 (2026-11-26). round_fp saturates at max as satfinite.
     return jnp.where(jnp.isfinite(amax_block), round_fp(s, grid), jnp.nan)
-
-
-def nv_block_scale(amax_block: jnp.ndarray, g: jnp.ndarray, elem) -> jnp.ndarray:
-    """The NV E4M3 block scale E4M3_RNE_saturating(amax / Qmax / g) (see grid_block_scale)."""
-    return grid_block_scale(amax_block, g, elem, E4M3)
 
 
 def fp32_scale(amax: jnp.ndarray, elem, scale_dtype: str = "float32") -> jnp.ndarray:

@@ -14,6 +14,7 @@ from jax import lax
 
 import lowbit_jax as lb
 from tests.conftest import assert_same_bits, mx_reference, mx_scale_exponent, nv_reference
+from tests.test_qdot import vjp_at
 
 HI = lax.Precision.HIGHEST
 DN_2D = (((1,), (0,)), ((), ()))
@@ -204,17 +205,6 @@ def test_clear_errors():
 
 
 # ------------------------------------------------------------------------------------------------ qdot_general
-def vjp_at(fn, x, w, dy):
-    """(fn(x, w), (dx, dw) at cotangent dy), jitted."""
-
-    @jax.jit
-    def run(x, w, dy):
-        y, vjp = jax.vjp(fn, x, w)
-        return y, vjp(dy)
-
-    return run(x, w, dy)
-
-
 def eye(n, m=None):
     return jnp.asarray(np.eye(n, m, dtype=np.float32))
 
