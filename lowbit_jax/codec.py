@@ -29,8 +29,13 @@ def block_stat(x_blocks: jax.Array, fmt: Format, axes) -> jax.Array | tuple[jax.
 
 
 def stat_amax(stat) -> jax.Array:
-    """The amax-like input of the scale rule: amax, or the span max - min of zero-point blocks."""
-    return stat[1] - stat[0] if isinstance(stat, tuple) else stat
+    """The amax-like input of the scale rule: amax, or the span max - min of zero-point blocks (a finite span
+    that overflows float32 saturates to its maximum: the block's extremes then clip, rather than turn NaN)."""
+    if not isinstance(stat, tuple):
+        return stat
+    lo, hi = stat
+    span = hi - lo
+    return jnp.where(jnp.isfinite(lo) & jnp.isfinite(hi), jnp.minimum(span, rounding.F32_MAX), span)
 
 
 def scales_from_stat(stat, fmt: Format, g=None) -> Scales:

@@ -613,3 +613,15 @@ def test_zero_point_has_no_pallas_kernel():
             lb.fake_quant(x, spec, impl="pallas")
         with pytest.raises(NotImplementedError, match="zero-point"):
             lb.quantize(x, spec, impl="pallas")
+
+
+@pytest.mark.parametrize("spec", ["int8_channel:int_range=zero_point", "mxint8:int_range=zero_point"])
+def test_zero_point_span_beyond_float32_stays_finite(spec):
+    """A block spanning -3e38 .. 3e38 (max - min overflows float32) comes back finite, not NaN; its largest
+    magnitude keeps its sign; a block holding Inf is still all NaN."""
+    x = np.zeros((2, 32), F32)
+    x[0, :3] = [3e38, -3e38, 1.0]
+    x[1, :2] = [np.inf, 1.0]
+    y = np.asarray(lb.fake_quant(x, spec, axis=-1))
+    assert np.isfinite(y[0]).all() and y[0, 0] > 0 > y[0, 1]
+    assert np.isnan(y[1]).all()
