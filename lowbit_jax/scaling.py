@@ -229,10 +229,14 @@ def grid_block_scale(amax_block: jnp.ndarray, g, elem, grid: FPElem) -> jnp.ndar
 
 
 def fp32_scale(amax: jnp.ndarray, elem, scale_dtype: str = "float32") -> jnp.ndarray:
-    """Unrounded scale amax / Qmax (paper Eq. 7) in `scale_dtype`, returned as float32."""
+    """Unrounded scale amax / Qmax (paper Eq. 7) in `scale_dtype`, returned as float32; at least the smallest
+    normal float32 for a non-zero block, because XLA flushes a subnormal scale to zero, which would zero a block
+    of normal values (such a block then uses fewer codes instead)."""
     if scale_dtype == "bfloat16":
-        return round_bf16(div_exact(round_bf16(amax), round_bf16(jnp.float32(elem.max))))
-    return div_exact(amax, jnp.float32(elem.max))
+        s = round_bf16(div_exact(round_bf16(amax), round_bf16(jnp.float32(elem.max))))
+    else:
+        s = div_exact(amax, jnp.float32(elem.max))
+    return jnp.where(amax > 0, jnp.maximum(s, F32_MIN_NORMAL), s)
 
 
 def finite_tensor_amax(amax_blocks: jnp.ndarray) -> jnp.ndarray:

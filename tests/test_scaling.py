@@ -227,3 +227,16 @@ def test_ue8m0_exponent_bf16_matches_ml_dtypes(elem, rule):
     got = np.asarray(_bf16_exponents_jit(elem)(jnp.asarray(amax))[RULES.index(rule)])
     bad = np.nonzero(got != expected)[0]
     assert bad.size == 0, [(float(amax[i]), int(got[i]), int(expected[i])) for i in bad[:5]]
+
+
+def test_fp32_scale_of_tiny_normal_blocks_is_the_smallest_normal():
+    """amax / Qmax below 2^-126 would be a float32 subnormal, which XLA flushes to 0 and so zeroes a block of
+    normal values: the FP32 scale is held at 2^-126 instead (numpy float64 oracle of round(x / 2^-126))."""
+    x = np.array([[4e-37, -2e-37, 1e-37, 3e-37]], np.float32)
+    s = 2.0**-126
+    v = x.astype(np.float64) / s  # exact: a power-of-two scale
+    ints = np.round(v) * s
+    e4m3 = v.astype(ml_dtypes.float8_e4m3fn).astype(np.float64) * s  # in range: |v| < 35
+    assert_same_bits(fq(x, lb.get_format("int8_channel")), ints.astype(np.float32), "int8_channel")
+    assert_same_bits(fq(x, lb.get_format("fp8_channel")), e4m3.astype(np.float32), "fp8_channel")
+    assert (fq(x, lb.get_format("int8_channel")) != 0).all()

@@ -254,8 +254,10 @@ def _run_rowwise(x, fmt, rbits, signs, out, out_dtype, tiles, backend, byte_outp
     y = y[:m, :length] if (mp, lp) != (m, length) else y
     if out == "fake":
         return y
-    sc = codec.scales_from_stat(amax, fmt, g)
-    scales = fmt.scale_rule.encode(sc, fmt.elem)
+    # Per tensor: the scale of the one (1, 1) amax, not of its broadcast, which XLA may fold into a reciprocal
+    # multiply (a stored scale 1 ulp off in about half of random arrays).
+    stat = amax if fmt.block_size == "channel" else amax[:1]
+    scales = fmt.scale_rule.encode(codec.scales_from_stat(stat, fmt, g), fmt.elem)
     scales = scales if fmt.block_size == "channel" else scales[0, 0]
     return _codes_out(y, fmt), scales, None if g is None else g.reshape(())
 
