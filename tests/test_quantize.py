@@ -487,3 +487,28 @@ def test_qarray_pytree_jit_vmap_grad(name):
     w = jnp.asarray(rng.normal(size=(3, 48)).astype(np.float32))
     g = jax.jit(jax.grad(lambda w_, q_: jnp.sum(lb.dequantize(q_) * w_)))(w, q)
     assert_same_bits(g, dq(q), "grad with a QArray argument")
+
+
+F32_MAX = float(np.finfo(np.float32).max)
+_S_CH = float(np.float32(F32_MAX) / np.float32(127))  # int8_channel's scale of a FLT_MAX row (IEEE float32)
+NEAR_MAX = [  # (format, input, dtype, expected): closed forms of the UE8M0 ceil rule and RNE elements
+    ("mxfp4", 3.0e38, np.float32, F32_MAX),  # X = 2^126, 3.53 -> 4: 4 * 2^126 = 2^128 saturates
+    ("mxfp8_e4m3", 3.3e38, np.float32, F32_MAX),  # X = 2^120, 248.2 -> 256: 2^128 saturates
+    ("mxint8", 3.4028235e38, np.float32, 127 * 2.0**121),  # X clamps at 2^127: k = 127 (saturated) * 2^(127-6)
+    ("mxint4", 3.4028235e38, np.float32, 7 * 2.0**125),  # X = 2^127: k = 7 * 2^(127-2)
+    ("int8_channel", 3.4028235e38, np.float32, float(np.float32(min(127 * _S_CH, F32_MAX)))),
+    ("mxfp4", 57344.0, np.float16, 65504.0),  # X = 2^14, 3.5 -> 4 (tie to even): 65536 saturates
+    ("mxint8", 65504.0, np.float16, 65504.0),  # code scale 2^10 (X = 2^16), 63.97 -> 64: 65536 saturates
+    ("mxfp8_e4m3", 65504.0, np.float16, 65504.0),  # X = 2^8, 255.9 -> 256: 65536 saturates
+    ("mxfp6_e2m3", 65504.0, np.float16, 65504.0),  # X = 2^14, 3.998 -> 4: 65536 saturates
+]
+
+
+@pytest.mark.parametrize(("name", "value", "dtype", "expected"), NEAR_MAX)
+def test_finite_inputs_near_the_dtype_max_stay_finite(name, value, dtype, expected):
+    """A finite input never comes back Inf: a value whose rounding lands beyond the output dtype's range
+    saturates to its largest finite value; dequantize(quantize) agrees."""
+    x = np.full((1, 32), value, dtype)
+    y = np.asarray(lb.fake_quant(x, name)).astype(np.float64)
+    np.testing.assert_array_equal(y, np.full((1, 32), expected))
+    np.testing.assert_array_equal(np.asarray(lb.dequantize(lb.quantize(x, name))).astype(np.float64), y)
