@@ -240,8 +240,9 @@ def fp32_scale(amax: jnp.ndarray, elem, scale_dtype: str = "float32") -> jnp.nda
 
 
 def finite_tensor_amax(amax_blocks: jnp.ndarray) -> jnp.ndarray:
-    """The tensor amax behind a second-level scale: the largest finite block amax (NaN/Inf blocks left out)."""
-    return jnp.max(jnp.where(jnp.isfinite(amax_blocks), amax_blocks, 0.0))
+    """The tensor amax behind a second-level scale: the largest finite block amax (NaN/Inf blocks left out;
+    0 for an empty array, whose tensor scale is then 1)."""
+    return jnp.max(jnp.where(jnp.isfinite(amax_blocks), amax_blocks, 0.0), initial=0.0)
 
 
 _GRIDS = {"e4m3": E4M3, "ue5m3": UE5M3, "fp32": None}

@@ -512,3 +512,27 @@ def test_finite_inputs_near_the_dtype_max_stay_finite(name, value, dtype, expect
     y = np.asarray(lb.fake_quant(x, name)).astype(np.float64)
     np.testing.assert_array_equal(y, np.full((1, 32), expected))
     np.testing.assert_array_equal(np.asarray(lb.dequantize(lb.quantize(x, name))).astype(np.float64), y)
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [(n, s) for n in ("nvfp4", "nvint4", "nvfp4:tensor_scale=ue8m0") for s in [(0,), (3, 0), (0, 3)]]
+    + [("nvfp4_2d", (3, 0)), ("nvfp4_2d", (0, 3))],
+)
+def test_formats_with_a_tensor_scale_take_empty_arrays(name, shape):
+    """An empty array has no block to take a tensor amax from: its tensor scale is 1 and every path returns an
+    empty result (the tensor-amax reduction used to raise 'zero-size array to reduction operation max')."""
+    x = np.zeros(shape, np.float32)
+    q = lb.quantize(x, name)
+    assert float(q.tensor_scale) == 1.0 and lb.dequantize(q).shape == shape
+    assert lb.fake_quant(x, name).shape == shape and lb.fake_quant(x, name, impl="pallas").shape == shape
+
+
+@pytest.mark.parametrize(("a", "b"), [((2, 0), (0, 3)), ((0, 4), (4, 3))])
+def test_qdot_general_with_an_nv_format_takes_empty_operands(a, b):
+    """K = 0 or M = 0 through the six-operand NV training GEMMs: forward and both gradients have their shapes."""
+    dn, cfg = (((1,), (0,)), ((), ())), lb.QDotConfig.train("nvfp4")
+    x, w = jnp.zeros(a), jnp.zeros(b)
+    y = lb.qdot_general(x, w, dn, cfg)
+    dx, dw = jax.grad(lambda x, w: lb.qdot_general(x, w, dn, cfg).sum(), argnums=(0, 1))(x, w)
+    assert y.shape == (a[0], b[1]) and not np.asarray(y).any() and dx.shape == a and dw.shape == b
