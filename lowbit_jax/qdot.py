@@ -45,6 +45,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from lowbit_jax import blocks, hadamard
 from lowbit_jax.formats import Format, get_format
+from lowbit_jax.impls import check_impl
 from lowbit_jax.quantize import fake_quant
 
 OPERANDS = ("x_fwd", "w_fwd", "dy_dx", "w_dx", "x_dw", "dy_dw")
@@ -103,8 +104,7 @@ class QDotConfig:
         if not jnp.issubdtype(dt, jnp.floating):
             raise ValueError(f"accum_dtype must be a floating dtype, got {self.accum_dtype!r}")
         object.__setattr__(self, "accum_dtype", dt.name)
-        if self.impl not in ("xla", "pallas", "auto"):
-            raise ValueError(f"impl must be 'xla', 'pallas' or 'auto', got {self.impl!r}")
+        check_impl(self.impl)
 
     @classmethod
     def train(cls, fmt: Format | str, **kwargs) -> QDotConfig:
