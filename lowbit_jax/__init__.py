@@ -5,25 +5,34 @@ from lowbit_jax.capture import Captured
 from lowbit_jax.formats import (
     PER_CHANNEL,
     PER_TENSOR,
+    AdaptiveFormat,
     ElemType,
     Format,
     FPElem,
     IntElem,
     LUTElem,
+    ScaledIntElem,
+    adaptive,
     fp,
     get_format,
     int_,
     list_formats,
     lut,
     parse_spec,
+    stretched_int,
 )
 from lowbit_jax.interceptor import Report, capture, quantize_nnx, quantized
 from lowbit_jax.qarray import QArray, pack_fp4, unpack_fp4
 from lowbit_jax.qconv import qconv_general_dilated
 from lowbit_jax.qdot import QDotConfig, qdot_general, qeinsum
-from lowbit_jax.quantize import dequantize, fake_quant, quantize
+from lowbit_jax.quantize import block_choices, dequantize, fake_quant, quantize
 
 __all__ = [
+    "AdaptiveFormat",
+    "ScaledIntElem",
+    "adaptive",
+    "block_choices",
+    "stretched_int",
     "PER_CHANNEL",
     "PER_TENSOR",
     "ElemType",

@@ -15,7 +15,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from lowbit_jax import blocks, rounding, scaling
+from lowbit_jax import blocks, rounding, scaling, selection
 from lowbit_jax.formats import Format, get_format
 from lowbit_jax.qarray import QArray
 from lowbit_jax.scaling import Scales
@@ -48,7 +48,9 @@ def scales_from_stat(stat, fmt: Format, g=None) -> Scales:
 
 
 def tensor_scale(stat, fmt: Format):
-    """The second-level scale from all blocks' statistics (None if the rule has none)."""
+    """The second-level scale from all blocks' statistics (None if the rule has none; adaptive formats: their
+    candidates' shared one)."""
+    fmt = fmt.candidates[0] if fmt.is_adaptive else fmt
     if not fmt.scale_rule.has_tensor_scale:
         return None
     return fmt.scale_rule.tensor_scale(stat_amax(stat), fmt.elem)
@@ -64,10 +66,26 @@ def round_values(v: jax.Array, sc: Scales, fmt: Format, uniform=None) -> jax.Arr
 def tile_values(x: jax.Array, fmt: Format, axes, uniform=None, g=None, stat=None) -> tuple[jax.Array, Scales]:
     """Grid values (float32, x's layout) and Scales of float32 blocks that run along `axes` of x (keepdims);
     `stat`: a precomputed block statistic (else reduced here), `g`: the second-level scale."""
+    if fmt.is_adaptive:
+        return adaptive_tile_values(x, fmt, axes, uniform, g, stat)
     stat = block_stat(x, fmt, axes) if stat is None else stat
     sc = scales_from_stat(stat, fmt, g)
     v = scaling.divide(x, sc, fmt.scale_rule.dtype)
     return round_values(v, sc, fmt, uniform), sc
+
+
+def adaptive_tile_values(x, fmt: Format, axes, uniform=None, g=None, stat=None) -> tuple[jax.Array, Scales]:
+    """tile_values of an adaptive format: every candidate quantizes the blocks (RNE, one shared second-level
+    scale), the lowest `fmt.select` error of the dequantized block wins (ties: the earlier candidate); with
+    `uniform` the chosen candidate is then rounded stochastically (the choice is made on the RNE results)."""
+    stat = blocks.amax_along(x, axes) if stat is None else stat
+    g = tensor_scale(stat, fmt) if g is None else g
+    rne = [tile_values(x, c, axes, None, g, stat) for c in fmt.candidates]
+    errors = [selection.block_error(x, dequant_values(v, sc), axes, fmt.select) for v, sc in rne]
+    choice = selection.best_candidate(errors)
+    outs = rne if uniform is None else [tile_values(x, c, axes, uniform, g, stat) for c in fmt.candidates]
+    values = selection.pick(choice, [v for v, _ in outs])
+    return values, selection.pick_scales(choice, [sc for _, sc in outs])
 
 
 def dequant_values(values: jax.Array, sc: Scales) -> jax.Array:
@@ -90,7 +108,28 @@ def code_values(values: jax.Array, sc: Scales) -> jax.Array:
 
 
 def encode_codes(values, sc: Scales, fmt: Format) -> jax.Array:
-    return fmt.elem.encode(code_values(values, sc))
+    """Grid values -> codes in the element's storage dtype."""
+    kept = code_values(values, sc)
+    return fmt.elem.encode(kept, sc.choice) if fmt.is_adaptive else fmt.elem.encode(kept)
+
+
+def encode_code_bytes(values, sc: Scales, fmt: Format) -> jax.Array:
+    """Grid values -> codes as bytes (the element's byte dtype; kernels that cannot store sub-byte dtypes)."""
+    kept = code_values(values, sc)
+    return fmt.elem.code_bytes(kept, sc.choice) if fmt.is_adaptive else fmt.elem.code_bytes(kept)
+
+
+def decode_codes(codes, sc: Scales, fmt: Format) -> jax.Array:
+    """Stored codes (blocked view) -> grid values (float32), zero points removed."""
+    values = fmt.elem.decode(codes, sc.choice) if fmt.is_adaptive else fmt.elem.decode(codes)
+    return values if sc.zero is None else values - sc.zero
+
+
+def selectors_of(sc: Scales, fmt: Format) -> jax.Array | None:
+    """The stored per-block choice (uint8, keepdims) of formats that keep it beside the scales, else None."""
+    if not fmt.is_adaptive or fmt.selector != "separate":
+        return None
+    return jnp.where(sc.finite, sc.choice, 0).astype(jnp.uint8)
 
 
 def encode_zero(sc: Scales, fmt: Format) -> jax.Array | None:
@@ -148,7 +187,17 @@ def quantize_array(x: jax.Array, fmt: Format, axes, key=None, rbits=None) -> QAr
     scales = lay.stat_to_scales(fmt.scale_rule.encode(sc, fmt.elem))
     zero = encode_zero(sc, fmt)
     zero = None if zero is None else lay.stat_to_scales(zero)
-    return QArray(codes, scales, sc.tensor, fmt, _axis_field(axes), x.shape, x.dtype, zero)
+    sel = selectors_of(sc, fmt)
+    sel = None if sel is None else lay.stat_to_scales(sel)
+    return QArray(codes, scales, sc.tensor, fmt, _axis_field(axes), x.shape, x.dtype, zero, sel)
+
+
+def block_choices_array(x: jax.Array, fmt: Format, axes) -> jax.Array:
+    """The chosen candidate (int32) of every block of an adaptive format, in the stored scales' shape."""
+    if not fmt.is_adaptive:
+        raise ValueError(f"{fmt.name} is not an adaptive format; block choices exist for lb.adaptive formats")
+    _, sc, lay = quantize_blocks(x, fmt, axes)
+    return lay.stat_to_scales(sc.choice)
 
 
 def qarray_layout(q: QArray) -> blocks.Layout:
@@ -158,7 +207,11 @@ def qarray_layout(q: QArray) -> blocks.Layout:
 def scales_of(q: QArray, lay: blocks.Layout) -> Scales:
     """The Scales (keepdims layout) of a QArray's stored scales."""
     fmt = q.fmt
-    sc = fmt.scale_rule.decode(lay.scales_to_stat(q.scales), fmt.elem, q.tensor_scale)
+    stored = lay.scales_to_stat(q.scales)
+    if fmt.is_adaptive:
+        sel = None if q.selectors is None else lay.scales_to_stat(q.selectors)
+        return fmt.scale_rule.decode(stored, fmt.elem, q.tensor_scale, sel)
+    sc = fmt.scale_rule.decode(stored, fmt.elem, q.tensor_scale)
     if q.zero_points is None:
         return sc
     return sc._replace(zero=lay.scales_to_stat(fmt.elem.decode(q.zero_points)))
@@ -170,9 +223,7 @@ def dequantize_array(q: QArray, dtype) -> jax.Array:
         return q.codes.astype(dtype)
     lay = qarray_layout(q)
     sc = scales_of(q, lay)
-    values = q.fmt.elem.decode(q.codes).reshape(lay.blocked_shape)
-    if sc.zero is not None:
-        values = values - sc.zero
+    values = decode_codes(q.codes.reshape(lay.blocked_shape), sc, q.fmt)
     return to_output(lay.from_blocks(dequant_values(values, sc)), dtype)
 
 
@@ -201,3 +252,4 @@ def check_input(x, fmt: Format | str, axis=None) -> tuple[jax.Array, Format, tup
 fake_quant_jit = jax.jit(fake_quant_ste, static_argnums=(1, 2))
 quantize_jit = jax.jit(quantize_array, static_argnums=(1, 2))
 dequantize_jit = jax.jit(dequantize_array, static_argnums=(1,))
+block_choices_jit = jax.jit(block_choices_array, static_argnums=(1, 2))

@@ -249,6 +249,16 @@ def _f32(v) -> float:
     return float(np.float32(v))
 
 
+def f32_nearest(value: Fraction) -> float:
+    """The float32 nearest to an exact rational (ties to even), without a float64 double rounding."""
+    t = np.float32(float(value))
+    for cand in (np.nextafter(t, np.float32(-np.inf)), np.nextafter(t, np.float32(np.inf))):
+        d_c, d_t = abs(Fraction(float(cand)) - value), abs(Fraction(float(t)) - value)
+        if d_c < d_t or (d_c == d_t and int(cand.view(np.uint32)) % 2 == 0):
+            t = cand
+    return float(t)
+
+
 def _up_threshold(lo: float, hi: float, up_wins_tie: bool) -> float:
     """The smallest float32 t such that every float32 v >= t is nearer to `hi` than to `lo` (ties: `hi` iff
     up_wins_tie): the midpoint when it is a float32 and the tie goes up, else the next float32 above it."""
@@ -259,7 +269,7 @@ def _up_threshold(lo: float, hi: float, up_wins_tie: bool) -> float:
     return float(t)
 
 
-SELECT_MAX = 16  # tables up to this size use compare-and-select chains (Pallas/Triton lower no gather)
+SELECT_MAX = 64  # tables up to this size use compare-and-select chains (Pallas/Triton lower no gather)
 
 
 def _select(index, table: tuple[float, ...]) -> jnp.ndarray:
@@ -281,12 +291,14 @@ def _count_at_least(v, points: tuple[float, ...]) -> jnp.ndarray:
 @dataclass(frozen=True)
 class LUTElem:
     """A lookup-table grid: any strictly increasing table of 2..256 values (rounded to float32); round to the
-    nearest value (ties to the even code index); codes are table indices. Scales map the block amax to
-    max |value|. Tables of at most SELECT_MAX values compute with comparisons and selects only (no gather or
-    searchsorted), so the Pallas kernels lower them; larger tables use searchsorted and gathers."""
+    nearest value (ties to the even code index; `tie_parity` 1: to the odd index); codes are table indices.
+    Scales map the block amax to max |value|. Tables of at most SELECT_MAX values compute with comparisons and
+    selects only (no gather or searchsorted), so the Pallas kernels lower them; larger tables use searchsorted
+    and gathers."""
 
     values: tuple[float, ...]
     label: str = "lut"
+    tie_parity: int = 0
     thresholds: tuple[float, ...] = field(init=False, repr=False, compare=False)
 
     kind = "lut"
@@ -302,7 +314,11 @@ class LUTElem:
         if any(b <= a for a, b in zip(vals, vals[1:])):
             raise ValueError("lookup-table values must be strictly increasing (as float32)")
         object.__setattr__(self, "values", vals)
-        ts = tuple(_up_threshold(a, b, (i + 1) % 2 == 0) for i, (a, b) in enumerate(zip(vals, vals[1:])))
+        if self.tie_parity not in (0, 1):
+            raise ValueError(f"tie_parity must be 0 or 1, got {self.tie_parity!r}")
+        ts = tuple(
+            _up_threshold(a, b, (i + 1 + self.tie_parity) % 2 == 0) for i, (a, b) in enumerate(zip(vals, vals[1:]))
+        )
         object.__setattr__(self, "thresholds", ts)
 
     @property
@@ -393,7 +409,89 @@ class LUTElem:
         return codes_u8.astype(self.storage_dtype)
 
 
-ElemType = FPElem | IntElem | LUTElem
+@dataclass(frozen=True)
+class ScaledIntElem:
+    """INT(b) codes k in [-(2^(b-1)-1), 2^(b-1)-1] standing for the values fl32(k * top / (2^(b-1)-1)): the
+    symmetric integer grid stretched so that its largest code equals `top` (IF4's INT candidate: INT4 with
+    top 6, the values +-6k/7, each correctly rounded to float32). Rounding goes to the nearest of these values,
+    ties to the even k, saturating; codes are the integers k (two's complement)."""
+
+    bits: int
+    top: float
+    table: LUTElem = field(init=False, repr=False, compare=False)
+
+    kind = "int"
+    int_range = "symmetric"
+    zero_point = False
+    scale_shift = 0  # no OCP fixed-point meaning: a UE8M0 byte is the scale of these values itself
+    byte_dtype = jnp.int8
+
+    def __post_init__(self):
+        if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
+            raise ValueError(f"a stretched INT(b) grid needs an integer 2 <= b <= 8, got {self.bits!r}")
+        top = Fraction(self.top)
+        if not (top > 0 and math.isfinite(self.top)) or float(np.float32(self.top)) != self.top:
+            raise ValueError(f"top must be a positive float32 value, got {self.top!r}")
+        q = self.qmax
+        vals = [f32_nearest(Fraction(k) * top / q) for k in range(-q, q + 1)]
+        object.__setattr__(self, "table", LUTElem(tuple(vals), self.name, tie_parity=q % 2))
+
+    @property
+    def qmax(self) -> int:
+        """The largest code, 2^(b-1) - 1."""
+        return 2 ** (self.bits - 1) - 1
+
+    @property
+    def step(self) -> float:
+        """The grid step top / qmax (exact value, as a Python float)."""
+        return self.top / self.qmax
+
+    @property
+    def max(self) -> float:
+        return float(self.top)
+
+    @property
+    def min(self) -> float:
+        return -float(self.top)
+
+    @property
+    def emax(self) -> int:
+        return math.floor(math.log2(self.top))
+
+    @property
+    def min_subnormal(self) -> float:
+        return self.table.values[self.qmax + 1]
+
+    @property
+    def dynamic_range(self) -> float:
+        return float(self.qmax)
+
+    @property
+    def name(self) -> str:
+        return f"int{self.bits}@{self.top:g}"
+
+    @property
+    def storage_dtype(self):
+        return jnp.int4 if self.bits <= 4 else jnp.int8
+
+    def round(self, v, uniform=None):
+        """float32 `v` onto the stretched grid (nearest value, ties to even k; stochastic given `uniform`)."""
+        return self.table.round(v, uniform)
+
+    def code_bytes(self, values) -> jnp.ndarray:
+        return (self.table.index(values) - self.qmax).astype(jnp.int8)
+
+    def encode(self, values) -> jnp.ndarray:
+        return (self.table.index(values) - self.qmax).astype(self.storage_dtype)
+
+    def decode(self, codes) -> jnp.ndarray:
+        return self.table.decode(codes.astype(jnp.int32) + self.qmax)
+
+    def codes_from_bytes(self, codes_bytes) -> jnp.ndarray:
+        return codes_bytes.astype(self.storage_dtype)
+
+
+ElemType = FPElem | IntElem | LUTElem | ScaledIntElem
 
 
 def fp(exp_bits: int, man_bits: int, special: Special | None = None) -> FPElem:
@@ -409,6 +507,11 @@ def fp(exp_bits: int, man_bits: int, special: Special | None = None) -> FPElem:
 def int_(bits: int, int_range: IntRange = "symmetric") -> IntElem:
     """INT(b) element."""
     return IntElem(bits, int_range)
+
+
+def stretched_int(bits: int, top: float) -> ScaledIntElem:
+    """The symmetric INT(b) grid stretched so that its largest code is `top` (values fl32(k * top / qmax))."""
+    return ScaledIntElem(bits, top)
 
 
 def lut(values, name: str = "lut") -> LUTElem:

@@ -5,10 +5,12 @@ Spec grammar (used by get_format, CLI flags, interceptor rules and QDotConfig st
     spec     := base (":" key "=" value)*
     base     := a named format ("mxint8", "nvfp4", ...; lb.list_formats()) | "fp(e,m)" | "fp(e,m,special)"
                 | "int(b)"   (custom elements default to block_size=32, scale=ue8m0)
-    key      := block_size | scale | scale_rounding | scale_dtype | int_range | tensor_scale
+    key      := block_size | scale | scale_rounding | scale_dtype | int_range | tensor_scale | select
     block_size values: an int, "RxC" or "(R,C)" (a 2-D tile), "channel" (or -1), "tensor"
+    select (adaptive formats only): mse | mae | absmax
 e.g. "mxint8:block_size=64:scale_rounding=floor", "fp(3,2):block_size=32:scale=ue8m0",
-"int(5):block_size=16:scale=e4m3", "nvfp4:block_size=16x16".
+"int(5):block_size=16:scale=e4m3", "nvfp4:block_size=16x16", "if4:select=mae".
+Overrides of an adaptive format apply to each of its candidates (block_size, scale_rounding, ...).
 """
 
 from __future__ import annotations
@@ -26,14 +28,18 @@ from lowbit_jax.elements import (
     FPElem,
     IntElem,
     LUTElem,
+    ScaledIntElem,
     check_choice,
     fp,
     int_,
     lut,
+    stretched_int,
 )
-from lowbit_jax.scaling import E4M3_SCALE_MAX, SCALE_DTYPES, TENSOR_SCALES, UE8M0_ROUNDINGS, ScaleRule
+from lowbit_jax.scaling import E4M3_SCALE_MAX, SCALE_DTYPES, TENSOR_SCALES, UE8M0_ROUNDINGS, FloatScale, ScaleRule
+from lowbit_jax.selection import SELECTS, AdaptiveElem, AdaptiveScale, selector_bits, selector_mode
 
 __all__ = [
+    "AdaptiveFormat",
     "E4M3_SCALE_MAX",
     "PER_CHANNEL",
     "PER_TENSOR",
@@ -42,12 +48,15 @@ __all__ = [
     "Format",
     "IntElem",
     "LUTElem",
+    "ScaledIntElem",
+    "adaptive",
     "fp",
     "get_format",
     "int_",
     "list_formats",
     "lut",
     "parse_spec",
+    "stretched_int",
 ]
 
 SCALE_TYPES = ("ue8m0", "e4m3", "ue5m3", "fp32", "none")
@@ -107,6 +116,11 @@ class Format:
         return self.elem is None
 
     @property
+    def is_adaptive(self) -> bool:
+        """Whether blocks choose among candidate formats (AdaptiveFormat)."""
+        return False
+
+    @property
     def qmax(self) -> float:
         return self.elem.max
 
@@ -154,6 +168,109 @@ class Format:
                 raise ValueError(f"int_range applies to INT formats only; {self.name} has element {elem.name}")
             elem = dataclasses.replace(elem, int_range=int_range)
         return dataclasses.replace(self, elem=elem, **overrides)
+
+
+@dataclass(frozen=True)
+class AdaptiveFormat(Format):
+    """A per-block choice among candidate formats (lowbit_jax.selection): every block is quantized by each
+    candidate, the lowest `select` error wins (ties: the earlier candidate) and the choice is stored.
+
+    Build one with `adaptive(candidates, select)`; `elem` and `scale_rule` are derived (the candidates' grids and
+    rules with the choice's storage), and block_size, scale, scale_rounding, scale_dtype, tensor_scale are the
+    candidates' (they share the block layout, the scale type and the second-level scale).
+    """
+
+    candidates: tuple[Format, ...] = ()
+    select: str = "mse"
+
+    def __post_init__(self):
+        cands = tuple(self.candidates)
+        if len(cands) < 2 or not all(isinstance(c, Format) for c in cands):
+            raise ValueError("an adaptive format needs at least two candidate Formats")
+        for c in cands:
+            if c.is_identity or c.is_adaptive:
+                raise ValueError(f"candidate {c.name} must be a plain block format (not identity or adaptive)")
+        check_choice("select", self.select, SELECTS)
+        first = cands[0]
+        if any(c.block_size != first.block_size for c in cands):
+            sizes = ", ".join(f"{c.name}: {_show(c.block_size)}" for c in cands)
+            raise ValueError(f"adaptive candidates must share one block layout, got {sizes}")
+        totals = {_tensor_total(c) for c in cands}
+        if len(totals) != 1:
+            raise ValueError(
+                "adaptive candidates must share one second-level scale (equal Qmax x bound), got "
+                + ", ".join(f"{c.name}: {_tensor_total(c)}" for c in cands)
+            )
+        elems = tuple(c.elem for c in cands)
+        rules = tuple(c.scale_rule for c in cands)
+        object.__setattr__(self, "candidates", cands)
+        object.__setattr__(self, "elem", AdaptiveElem(elems))
+        object.__setattr__(self, "scale_rule", AdaptiveScale(rules, selector_mode(elems, rules)))
+        for f in ("block_size", "scale", "scale_rounding", "scale_dtype", "passthrough_dtype", "tensor_scale"):
+            object.__setattr__(self, f, getattr(first, f))
+
+    @property
+    def is_adaptive(self) -> bool:
+        return True
+
+    @property
+    def selector(self) -> str:
+        """Where the per-block choice is stored: "scale_sign", "scale" or "separate" (lowbit_jax.selection)."""
+        return self.scale_rule.mode
+
+    @property
+    def selector_bits(self) -> int:
+        """Extra bits per block for the choice (0 when it lives in the scale's sign bit or value)."""
+        return selector_bits(self.selector, len(self.candidates))
+
+    @property
+    def bits_per_element(self) -> float:
+        """Element bits plus the block scale's and the selector's bits spread over a block."""
+        n = self.block_size[0] * self.block_size[1] if isinstance(self.block_size, tuple) else self.block_size
+        extra = self.scale_rule.bits + self.selector_bits
+        return self.elem.bits + (extra / n if isinstance(n, int) else 0.0)
+
+    @property
+    def label(self) -> str:
+        """The name, plus what differs from the named format (select, then the candidates' overrides)."""
+        base = _base_format(self.name)
+        if base is None or base == self:
+            return self.name
+        diffs = [] if self.select == base.select else [f"select={self.select}"]
+        if len(base.candidates) == len(self.candidates):
+            first = self.candidates[0].replace(name=base.candidates[0].name)
+            inner = first.label
+            if inner != first.name:
+                diffs.append(inner[len(first.name) + 1 : -1])
+        return f"{self.name}[{', '.join(diffs)}]" if diffs else self.name
+
+    def replace(self, **overrides) -> AdaptiveFormat:
+        """A copy with `select` / `name` replaced and every other override applied to each candidate."""
+        own = {k: overrides.pop(k) for k in ("select", "name") if k in overrides}
+        cands = tuple(c.replace(**overrides) for c in self.candidates) if overrides else self.candidates
+        return AdaptiveFormat(own.get("name", self.name), None, candidates=cands, select=own.get("select", self.select))
+
+
+def _tensor_total(fmt: Format) -> float | None:
+    """Qmax x bound of a format's second-level scale (what its tensor scale divides the tensor amax by)."""
+    rule = fmt.scale_rule
+    if not rule.has_tensor_scale:
+        return None
+    return fmt.elem.max * (rule.grid.max if rule.bound is None else rule.bound)
+
+
+def adaptive(candidates, select: str = "mse", name: str | None = None) -> AdaptiveFormat:
+    """A format whose every block takes the candidate (Formats or spec strings) with the lowest `select` error
+    ("mse", "mae" or "absmax"; ties: the earlier candidate).
+
+    Candidates must share the block layout, the scale type and the second-level scale. Storage cost of the
+    choice: none when the candidates share one grid and differ in the scale value (the stored scale is the
+    chosen one), none for two candidates sharing one E4M3 scale rule (the choice is the scale's sign bit), else
+    ceil(log2 n) bits per block beside the scales (QArray.selectors).
+    """
+    cands = tuple(c if isinstance(c, Format) else get_format(c) for c in candidates)
+    label = name if name is not None else "adaptive(" + "|".join(c.label for c in cands) + ")"
+    return AdaptiveFormat(label, None, candidates=cands, select=select)
 
 
 def _show(v) -> str:
@@ -228,14 +345,33 @@ _FORMATS: dict[str, Format] = {
         _mx("mxfp8_2d", fp(4, 3), (32, 32)),
         Format("nf4", lut(NF4_VALUES, "nf4"), block_size=64, scale="fp32"),
         Format("sf4", lut(SF4_VALUES, "sf4"), block_size=128, scale="fp32"),
+        _nv("nvfp6", fp(2, 3)),
+        # The INT candidates of IF4 / IF6 (arXiv 2603.28765): INT4 / INT6 stretched to the FP grid's max, so they
+        # share its E4M3 block scale; and Four Over Six's two NVFP4 mappings (arXiv 2512.02010), whose tensor
+        # scale bound is 256 so that a block mapped to 4 (a 1.5x larger scale) still fits E4M3.
+        _nv("if4_int", stretched_int(4, 6.0)),
+        _nv("if6_int", stretched_int(6, 7.5)),
+        Format("nvfp4_to6", fp(2, 1), 16, FloatScale("e4m3", tensor="fp32", bound=256.0)),
+        Format("nvfp4_to4", fp(2, 1), 16, FloatScale("e4m3", tensor="fp32", bound=256.0, target=4.0)),
         Format("fp8_channel", fp(4, 3), block_size=PER_CHANNEL, scale="fp32"),
         Format("int8_channel", int_(8), block_size=PER_CHANNEL, scale="fp32"),
         Format("bf16", None, block_size=PER_TENSOR, scale="none", passthrough_dtype="bfloat16"),
         Format("fp32", None, block_size=PER_TENSOR, scale="none", passthrough_dtype="float32"),
     ]
 }
+_FORMATS.update(
+    (f.name, f)
+    for f in [
+        adaptive([_FORMATS["nvfp4"], _FORMATS["if4_int"]], name="if4"),
+        adaptive([_FORMATS["nvfp6"], _FORMATS["if6_int"]], name="if6"),
+        adaptive([_FORMATS["mxfp4"], _FORMATS["mxint4"]], name="mxif4"),
+        adaptive([_FORMATS["mxfp6_e2m3"], _FORMATS["mxint6"]], name="mxif6"),
+        adaptive([_FORMATS["mxfp8_e4m3"], _FORMATS["mxint8"]], name="mxif8"),
+        adaptive([_FORMATS["nvfp4_to6"], _FORMATS["nvfp4_to4"]], name="nvfp4_4over6"),
+    ]
+)
 _ALIASES = {"mxfp8": "mxfp8_e4m3", "mxfp6": "mxfp6_e2m3", "mxfp4_e2m1": "mxfp4"}
-_OVERRIDABLE = ("block_size", "scale", "scale_rounding", "scale_dtype", "int_range", "tensor_scale")
+_OVERRIDABLE = ("block_size", "scale", "scale_rounding", "scale_dtype", "int_range", "tensor_scale", "select")
 _ELEMENT_SPEC = re.compile(r"^(fp|int)\(([^()]*)\)$")
 
 
@@ -332,4 +468,6 @@ def get_format(name: str | Format, **overrides) -> Format:
         raise ValueError(f"{fmt.name} is an identity format and takes no overrides")
     if "int_range" in overrides:
         check_choice("int_range", overrides["int_range"], INT_RANGES)
+    if "select" in overrides and not fmt.is_adaptive:
+        raise ValueError(f"select applies to adaptive formats only (e.g. if4, mxif4); {fmt.name} is not one")
     return fmt.replace(**overrides) if overrides else fmt

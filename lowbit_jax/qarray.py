@@ -1,4 +1,5 @@
-"""QArray: a quantized array as a pytree (codes, scales, tensor_scale, zero_points) with static format metadata."""
+"""QArray: a quantized array as a pytree (codes, scales, tensor_scale, zero_points, selectors) with static format
+metadata."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ class QArray:
                   formats; None for identity formats.
     tensor_scale: the float32 second-level scale g (NV formats, tensor_scale="fp32" or "ue8m0"), else None.
     zero_points:  one integer zero point per block (zero-point INT formats, the codes' dtype), else None.
+    selectors:    the chosen candidate per block (uint8, the scales' shape) of adaptive formats that store it
+                  beside the scales (MXIF), else None (IF4 / IF6 keep it in the E4M3 scale's sign bit; Four
+                  Over Six needs none: the stored scale is the chosen one).
     fmt, axis, shape, dtype: static metadata (axis: a non-negative int, or two for 2-D tiles; shape and dtype
                   are the original input's).
 
@@ -40,6 +44,7 @@ class QArray:
     shape: tuple[int, ...]
     dtype: jnp.dtype
     zero_points: jax.Array | None = None
+    selectors: jax.Array | None = None
 
     @property
     def ndim(self) -> int:
@@ -55,6 +60,8 @@ class QArray:
         total += self.scales.size * self.fmt.scale_rule.bits / 8
         if self.zero_points is not None:
             total += self.zero_points.size * self.fmt.elem.bits / 8
+        if self.selectors is not None:
+            total += self.selectors.size * self.fmt.selector_bits / 8
         return total
 
     def __repr__(self) -> str:
@@ -68,7 +75,7 @@ class QArray:
 
 jax.tree_util.register_dataclass(
     QArray,
-    data_fields=["codes", "scales", "tensor_scale", "zero_points"],
+    data_fields=["codes", "scales", "tensor_scale", "zero_points", "selectors"],
     meta_fields=["fmt", "axis", "shape", "dtype"],
 )
 

@@ -32,6 +32,13 @@ def dequantize(q: QArray, dtype=None) -> jax.Array:
     return codec.dequantize_jit(q, jnp.dtype(q.dtype if dtype is None else dtype))
 
 
+def block_choices(x, fmt: Format | str, axis=None) -> jax.Array:
+    """The candidate (int32 index into fmt.candidates) each block of an adaptive format chooses, in the shape of
+    quantize(x, fmt, axis).scales; ValueError for other formats."""
+    x, fmt, axes = check_input(x, fmt, axis)
+    return codec.block_choices_jit(x, fmt, axes)
+
+
 def fake_quant(x, fmt: Format | str, axis=None, *, key=None, impl: str = "xla") -> jax.Array:
     """dequantize(quantize(x)) in one pass, same shape and dtype as x; the gradient passes straight through.
 

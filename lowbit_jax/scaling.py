@@ -51,7 +51,8 @@ class Scales(NamedTuple):
 
     exp: power-of-two scales, scale = 2^exp (int32), else None;  value: other scales, the block scale as
     float32, else None;  tensor: the second-level scale g (float32 scalar) or None;  finite: blocks free of
-    NaN/Inf;  zero: the integer zero points (float32) of zero-point INT blocks, else None.
+    NaN/Inf;  zero: the integer zero points (float32) of zero-point INT blocks, else None;  choice: the chosen
+    candidate (int32) of adaptive-format blocks, else None.
     """
 
     exp: jax.Array | None
@@ -59,6 +60,7 @@ class Scales(NamedTuple):
     tensor: jax.Array | None
     finite: jax.Array
     zero: jax.Array | None = None
+    choice: jax.Array | None = None
 
 
 # --------------------------------------------------------------------------------------------- UE8M0 rules
@@ -215,12 +217,12 @@ def tensor_scale_pow2(amax_tensor: jnp.ndarray, qmax_total: float) -> jnp.ndarra
     return jnp.where(amax_tensor > 0, pow2(e), 1.0).astype(jnp.float32)
 
 
-def grid_block_scale(amax_block: jnp.ndarray, g, elem, grid: FPElem) -> jnp.ndarray:
-    """Block scale = grid_RNE_saturating(amax / Qmax / g) as float32 (g None: amax / Qmax); 0 for a zero or
-    underflowing block, NaN for a block holding NaN/Inf."""
+def grid_block_scale(amax_block: jnp.ndarray, g, elem, grid: FPElem, qmax: float | None = None) -> jnp.ndarray:
+    """Block scale = grid_RNE_saturating(amax / Qmax / g) as float32 (g None: amax / Qmax; Qmax: `qmax`, default
+    the element's max); 0 for a zero or underflowing block, NaN for a block holding NaN/Inf."""
     # Two correctly rounded divisions: XLA rewrites (a / b) / c into a / (b * c), which rounds differently; the
     # max(., 0) (a no-op for amax >= 0, NaN kept) hides the inner divide. Plain ops, so Pallas kernels lower it too.
-    s = div_exact(amax_block, jnp.float32(elem.max))
+    s = div_exact(amax_block, jnp.float32(elem.max if qmax is None else qmax))
     if g is not None:
         s = div_exact(jnp.maximum(s, 0.0), g)
     # Rounded on bits, not by a float32 -> float8 -> float32 cast pair: XLA:GPU removes such pairs (excess
@@ -228,14 +230,16 @@ def grid_block_scale(amax_block: jnp.ndarray, g, elem, grid: FPElem) -> jnp.ndar
     return jnp.where(jnp.isfinite(amax_block), round_fp(s, grid), jnp.nan)
 
 
-def fp32_scale(amax: jnp.ndarray, elem, scale_dtype: str = "float32") -> jnp.ndarray:
+def fp32_scale(amax: jnp.ndarray, elem, scale_dtype: str = "float32", qmax: float | None = None) -> jnp.ndarray:
     """Unrounded scale amax / Qmax (paper Eq. 7) in `scale_dtype`, returned as float32; at least the smallest
     normal float32 for a non-zero block, because XLA flushes a subnormal scale to zero, which would zero a block
-    of normal values (such a block then uses fewer codes instead)."""
+    of normal values (such a block then uses fewer codes instead). `qmax`: the value amax maps to (default
+    the element's max)."""
+    q = jnp.float32(elem.max if qmax is None else qmax)
     if scale_dtype == "bfloat16":
-        s = round_bf16(div_exact(round_bf16(amax), round_bf16(jnp.float32(elem.max))))
+        s = round_bf16(div_exact(round_bf16(amax), round_bf16(q)))
     else:
-        s = div_exact(amax, jnp.float32(elem.max))
+        s = div_exact(amax, q)
     return jnp.where(amax > 0, jnp.maximum(s, F32_MIN_NORMAL), s)
 
 
@@ -258,13 +262,16 @@ class FloatScale:
 
     tensor: the second level g: "fp32" (g = tensor amax / (Qmax * bound), NVFP4), "ue8m0" (the smallest power
     of two >= that), "none". bound: the largest block scale g maps the tensor amax to (default the grid max,
-    448 for E4M3). A block whose amax / Qmax / g falls outside the grid saturates or underflows (scale 0).
+    448 for E4M3). target: the element value a block's amax maps to (default the element's max, Qmax; Four
+    Over Six's second candidate maps it to 4 on the E2M1 grid); the tensor scale always uses Qmax * bound.
+    A block whose amax / target / g falls outside the grid saturates or underflows (scale 0).
     """
 
     kind: str = "e4m3"
     dtype: str = "float32"
     tensor: str = "none"
     bound: float | None = None
+    target: float | None = None
 
     def __post_init__(self):
         check_choice("scale", self.kind, tuple(_GRIDS))
@@ -274,6 +281,9 @@ class FloatScale:
             raise ValueError("an unrounded FP32 block scale takes no tensor scale (tensor_scale='none')")
         if self.dtype != "float32" and self.kind != "fp32":
             raise ValueError(f"scale_dtype='bfloat16' applies to FP32 and UE8M0 scales, not {self.kind}")
+        for what, v in (("bound", self.bound), ("target", self.target)):
+            if v is not None and not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{what} must be a positive finite number or None, got {v!r}")
 
     @property
     def name(self) -> str:
@@ -301,7 +311,9 @@ class FloatScale:
         return self.tensor != "none"
 
     def check(self, elem) -> None:
-        return None
+        """ValueError if the target lies above the element's max (its blocks would clip)."""
+        if self.target is not None and self.target > elem.max:
+            raise ValueError(f"target {self.target} exceeds the largest {elem.name} value {elem.max}")
 
     def tensor_scale(self, amax_blocks, elem):
         """The second-level scale g from the blocks' amaxes (None without a second level)."""
@@ -313,9 +325,9 @@ class FloatScale:
 
     def block_scales(self, amax, elem, g=None) -> Scales:
         if self.grid is None:
-            return Scales(None, fp32_scale(amax, elem, self.dtype), None, jnp.isfinite(amax))
+            return Scales(None, fp32_scale(amax, elem, self.dtype, self.target), None, jnp.isfinite(amax))
         g = self.tensor_scale(amax, elem) if g is None else g
-        return Scales(None, grid_block_scale(amax, g, elem, self.grid), g, jnp.isfinite(amax))
+        return Scales(None, grid_block_scale(amax, g, elem, self.grid, self.target), g, jnp.isfinite(amax))
 
     def encode(self, sc: Scales, elem) -> jax.Array:
         if self.kind == "e4m3":

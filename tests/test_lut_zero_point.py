@@ -386,10 +386,11 @@ def test_lut_stochastic_rounding_is_unbiased():
 
 # ------------------------------------------------------------------------------------------------ kernels
 def test_small_tables_lower_to_compares_and_selects():
-    """Tables of at most 16 values trace to elementwise compares and selects (no gather, sort or rank-raising
-    broadcast, no captured constants), which Pallas kernels can lower; larger tables keep the gather."""
+    """Tables of at most SELECT_MAX (64) values, IF6's stretched INT6 grid (63) among them, trace to elementwise
+    compares and selects (no gather, sort or rank-raising broadcast, no captured constants), which Pallas kernels
+    can lower; larger tables keep the gather."""
     v = jnp.ones((4, 8), jnp.float32)
-    for name, fmt in LUT_FORMATS.items():
+    for name, fmt in {**LUT_FORMATS, "if6_int": lb.get_format("if6_int")}.items():
         e = fmt.elem
         for fn in (
             e.round,
@@ -402,7 +403,7 @@ def test_small_tables_lower_to_compares_and_selects():
             names, rank = jaxpr_facts(closed)
             assert not names & {"gather", "sort", "scatter", "dynamic_slice", "while"}, (name, names)
             assert rank <= 2 and not closed.consts, (name, rank, closed.consts)
-    big = lb.lut(np.linspace(-1.0, 1.0, 40))
+    big = lb.lut(np.linspace(-1.0, 1.0, 65))
     assert "gather" in jaxpr_facts(jax.make_jaxpr(big.round)(v))[0]
 
 

@@ -171,17 +171,20 @@ def _fake_quant_jit(x, key, signs, st: _Static):
 
 @functools.partial(jax.jit, static_argnums=(3,))
 def _quantize_jit(x, key, signs, st: _Static):
-    """(codes, scales, tensor_scale) in the core QArray's layout."""
+    """(codes, scales, tensor_scale, selectors) in the core QArray's layout."""
     x2, b2 = _as_2d(x, st), _bits_2d(key, x.shape, st)
     if st.impl == "pallas":
         out = quantize_pallas(x2, st.fmt_2d, rbits=b2, rotation=signs, tiles=st.tiles, backend=st.backend)
     else:
         out = reference.quantize_ref(x2, st.fmt_2d, rbits=b2, rotation=signs)
-    codes, scales, tensor = out
+    codes, scales, tensor, sel = out
     if st.is_tile:
-        return _from_2d(codes, x.shape, st, crop=False), st.layout(x.shape).rows_to_scales(scales), tensor
+        lay = st.layout(x.shape)
+        sel = None if sel is None else lay.rows_to_scales(sel)
+        return _from_2d(codes, x.shape, st, crop=False), lay.rows_to_scales(scales), tensor, sel
     scales = _from_2d(scales, x.shape, st) if scales.ndim else scales
-    return _from_2d(codes, x.shape, st), scales, tensor
+    sel = None if sel is None else _from_2d(sel, x.shape, st)
+    return _from_2d(codes, x.shape, st), scales, tensor, sel
 
 
 def fake_quant(x, fmt, axis=None, *, key=None, impl="auto", rotation=None, tiles=None, backend=None) -> jax.Array:
@@ -201,9 +204,9 @@ def quantize(x, fmt, axis=None, *, key=None, impl="auto", rotation=None, tiles=N
     if _core_only(x, fmt) or (impl == "xla" and rotation is None):
         return codec.quantize_jit(x, fmt, axes, key)
     _check_kernel(fmt, axes, rotation)
-    codes, scales, tensor = _quantize_jit(x, key, rotation, _Static(fmt, axes, impl, tiles or Tiles(), backend))
+    codes, scales, tensor, sel = _quantize_jit(x, key, rotation, _Static(fmt, axes, impl, tiles or Tiles(), backend))
     axis_field = axes[0] if len(axes) == 1 else axes
-    return QArray(codes, scales, tensor, fmt, axis_field, x.shape, x.dtype)
+    return QArray(codes, scales, tensor, fmt, axis_field, x.shape, x.dtype, selectors=sel)
 
 
 def qmatmul(a: QArray, b: QArray, *, impl="auto", tiles=None, backend=None) -> jax.Array:

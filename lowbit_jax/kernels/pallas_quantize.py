@@ -107,12 +107,13 @@ def _body(fmt, h, out, out_dtype, byte_outputs, has, *arrays):
     values, sc = tile_values(fmt, h, got["x"], got.get("bits"), got.get("amax"), got.get("g"), got.get("signs"))
     if out == "fake":
         return (codec.to_output(codec.dequant_values(values, sc), out_dtype),)
-    kept = codec.code_values(values, sc)
-    codes = fmt.elem.code_bytes(kept) if byte_outputs else fmt.elem.encode(kept)
+    codes = codec.encode_code_bytes(values, sc, fmt) if byte_outputs else codec.encode_codes(values, sc, fmt)
     if out == "codes":
         return (codes,)
     rule = fmt.scale_rule
-    return codes, (rule.scale_bytes(sc, fmt.elem) if byte_outputs else rule.encode(sc, fmt.elem))
+    scales = rule.scale_bytes(sc, fmt.elem) if byte_outputs else rule.encode(sc, fmt.elem)
+    selectors = codec.selectors_of(sc, fmt)
+    return (codes, scales) if selectors is None else (codes, scales, selectors)
 
 
 def _kernel(tile_fn, n_in, *refs):
@@ -211,9 +212,12 @@ def _run_blocked(x, fmt, rbits, signs, out, out_dtype, tiles, backend, byte_outp
     spec = {"fmt": fmt, "h": h, "out": out, "out_dtype": out_dtype, "bytes": byte_outputs}
     code_dtype = out_dtype if out == "fake" else _code_dtype(fmt, byte_outputs)
     outs = [(jax.ShapeDtypeStruct((steps * tr, width), code_dtype), row_spec)]
+    separate = fmt.is_adaptive and fmt.selector == "separate"
     if out == "quantize":
         scale_spec = pl.BlockSpec((tr, 1), lambda i: (i, 0))
         outs.append((jax.ShapeDtypeStruct((steps * tr, 1), _scale_dtype(fmt, byte_outputs)), scale_spec))
+        if separate:
+            outs.append((jax.ShapeDtypeStruct((steps * tr, 1), jnp.uint8), scale_spec))
     res = _launch(spec, inputs, outs, (steps,), backend, tiles)
     y = res[0][:rows, :blk].reshape(m, n_blocks * blk)
     if out == "fake":
@@ -223,11 +227,17 @@ def _run_blocked(x, fmt, rbits, signs, out, out_dtype, tiles, backend, byte_outp
         _codes_out(y, fmt),  # whole blocks, as QArray codes
         _scales_out(res[1][:rows].reshape(m, n_blocks), fmt),
         tensor,
+        res[2][:rows].reshape(m, n_blocks) if separate else None,
     )
 
 
 def _run_rowwise(x, fmt, rbits, signs, out, out_dtype, tiles, backend, byte_outputs):
     """Per-channel / per-tensor formats: amax (and scales) reduced outside, tiles of (rows, cols)."""
+    if fmt.is_adaptive:
+        raise NotImplementedError(
+            f"{fmt.label}: an adaptive format's per-block choice needs the whole block in one kernel tile; "
+            "per-tensor blocks and per-channel rows longer than Tiles.whole_row_max have no kernel, use impl='xla'"
+        )
     m, length = x.shape
     if signs is not None:
         x = reference.rotate_rows(x, signs)
@@ -259,7 +269,7 @@ def _run_rowwise(x, fmt, rbits, signs, out, out_dtype, tiles, backend, byte_outp
     stat = amax if fmt.block_size == "channel" else amax[:1]
     scales = fmt.scale_rule.encode(codec.scales_from_stat(stat, fmt, g), fmt.elem)
     scales = scales if fmt.block_size == "channel" else scales[0, 0]
-    return _codes_out(y, fmt), scales, None if g is None else g.reshape(())
+    return _codes_out(y, fmt), scales, None if g is None else g.reshape(()), None
 
 
 def _run_tiles(x_2d, fmt, rbits, out, tiles, backend, byte_outputs):
@@ -270,8 +280,9 @@ def _run_tiles(x_2d, fmt, rbits, out, tiles, backend, byte_outputs):
     res = _run(rows, reference.row_format(fmt), bits, None, out, tiles, backend, byte_outputs)
     if out == "fake":
         return codec.to_output(lay.from_rows(res), x_2d.dtype)
-    codes, scales, tensor = res
-    return lay.from_rows(codes, crop=False), lay.rows_to_scales(scales), tensor
+    codes, scales, tensor, selectors = res
+    selectors = None if selectors is None else lay.rows_to_scales(selectors)
+    return lay.from_rows(codes, crop=False), lay.rows_to_scales(scales), tensor, selectors
 
 
 def _run(x_2d, fmt, rbits, rotation, out, tiles, backend, byte_outputs):
@@ -300,5 +311,6 @@ def fake_quant_pallas(x_2d, fmt: Format, *, rbits=None, rotation=None, tiles: Ti
 def quantize_pallas(
     x_2d, fmt: Format, *, rbits=None, rotation=None, tiles: Tiles = Tiles(), backend=None, byte_outputs=None
 ):
-    """Pallas twin of reference.quantize_ref -> (codes, scales, tensor_scale); byte_outputs None: on GPUs."""
+    """Pallas twin of reference.quantize_ref -> (codes, scales, tensor_scale, selectors); byte_outputs None: on
+    GPUs."""
     return _run(x_2d, fmt, rbits, rotation, "quantize", tiles, backend, byte_outputs)

@@ -15,8 +15,6 @@ rotation: the h random +-1 signs of a block Hadamard rotation R = diag(signs) H 
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,7 +71,7 @@ def row_format(fmt: Format) -> Format:
     if not isinstance(fmt.block_size, tuple):
         return fmt
     r, c = fmt.block_size
-    return dataclasses.replace(fmt, block_size=r * c)
+    return fmt.replace(block_size=r * c)
 
 
 def fake_quant_ref(x_2d: jax.Array, fmt: Format, *, rbits=None, rotation=None) -> jax.Array:
@@ -84,9 +82,9 @@ def fake_quant_ref(x_2d: jax.Array, fmt: Format, *, rbits=None, rotation=None) -
 
 
 def quantize_ref(x_2d: jax.Array, fmt: Format, *, rbits=None, rotation=None):
-    """(codes, scales, tensor_scale) of a 2-D array (blocked along its last axis, or tiled over both): the core
-    QArray's fields."""
+    """(codes, scales, tensor_scale, selectors) of a 2-D array (blocked along its last axis, or tiled over both):
+    the core QArray's fields (selectors None unless an adaptive format stores them beside the scales)."""
     check_2d(x_2d, fmt, rotation)
     x = x_2d if rotation is None else rotate_rows(x_2d, rotation)
     q = codec.quantize_array(x, fmt, axes_2d(fmt), rbits=rbits)
-    return q.codes, q.scales, q.tensor_scale
+    return q.codes, q.scales, q.tensor_scale, q.selectors
