@@ -194,8 +194,6 @@ def quantize_array(x: jax.Array, fmt: Format, axes, key=None, rbits=None) -> QAr
 
 def block_choices_array(x: jax.Array, fmt: Format, axes) -> jax.Array:
     """The chosen candidate (int32) of every block of an adaptive format, in the stored scales' shape."""
-    if not fmt.is_adaptive:
-        raise ValueError(f"{fmt.name} is not an adaptive format; block choices exist for lb.adaptive formats")
     _, sc, lay = quantize_blocks(x, fmt, axes)
     return lay.stat_to_scales(sc.choice)
 

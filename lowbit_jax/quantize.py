@@ -36,6 +36,8 @@ def block_choices(x, fmt: Format | str, axis=None) -> jax.Array:
     """The candidate (int32 index into fmt.candidates) each block of an adaptive format chooses, in the shape of
     quantize(x, fmt, axis).scales; ValueError for other formats."""
     x, fmt, axes = check_input(x, fmt, axis)
+    if not fmt.is_adaptive:
+        raise ValueError(f"{fmt.name} is not an adaptive format; block choices exist for lb.adaptive formats")
     return codec.block_choices_jit(x, fmt, axes)
 
 

@@ -2,7 +2,8 @@
 
 Covered: UE8M0 scale_rounding "even" / "ceil_amax" (MXFP4, MXFP8, MXINT8), UE5M3 block scales, E4M3 block scales
 with tensor_scale "ue8m0" / "none", custom elements fp(3,2) and int(5), a per-channel UE8M0 "even" format (both
-per-channel kernel paths), the public impl="pallas" path, and the QArray matmul kernel on such operands.
+per-channel kernel paths), adaptive formats (IF4, MXIF4, Four Over Six; codes, scales and selectors), the public
+impl="pallas" path, and the QArray matmul kernel on such operands.
 
 The reference of the kernels is the core itself (the kernels run the core's tile functions), so every kernel
 output is compared with codec.quantize_array / fake_quant_array (what lb.quantize / lb.fake_quant run), given
@@ -57,6 +58,10 @@ FORMATS = [
     ("fp(3,2):block_size=32:scale=ue8m0", None),
     ("int(5):block_size=16:scale=e4m3", None),
     ("mxint8:block_size=channel:scale_rounding=even", "mxint8:block_size=channel"),
+    # adaptive formats: the choice in the E4M3 sign bit, beside the scales, and in the scale value
+    ("if4", None),
+    ("mxif4", None),
+    ("nvfp4_4over6:select=mae", "nvfp4_to6"),
 ]
 
 
@@ -155,7 +160,8 @@ def assert_same(actual, expected, what: str) -> None:
 
 
 def assert_fields(actual: tuple, expected: tuple, what: str) -> None:
-    for name, a, e in zip(("codes", "scales", "tensor_scale"), actual, expected):
+    assert len(actual) == len(expected), (what, len(actual), len(expected))
+    for name, a, e in zip(("codes", "scales", "tensor_scale", "selectors"), actual, expected):
         assert_same(a, e, f"{what} {name}")
 
 
@@ -188,11 +194,11 @@ def core_fn(fmt, runs, base):
                 outs.append(codec.fake_quant_array(v, fmt, _axes(fmt), rbits=b))
             else:
                 q = codec.quantize_array(v, fmt, _axes(fmt), rbits=b)
-                outs.append((q.codes, q.scales, q.tensor_scale))
+                outs.append((q.codes, q.scales, q.tensor_scale, q.selectors))
         if base is None:
             return outs, None
         q = codec.quantize_array(x, base, _axes(fmt), rbits=bits if runs[_f32_quant(runs)][2] else None)
-        return outs, (q.codes, q.scales, q.tensor_scale)
+        return outs, (q.codes, q.scales, q.tensor_scale, q.selectors)
 
     return run
 
