@@ -15,6 +15,8 @@ Every number is read off the Format objects (lowbit_jax.formats, .elements, .sca
   min               smallest positive value: smallest nonzero |element| x the smallest positive block scale
   range             log2(max / min) in binades: what one tensor (one g) can hold
   block range       log2(elem.max / smallest nonzero |element|): what one block (one scale) can hold
+Adaptive formats (lb.adaptive) show the union of their candidates' grids and value ranges; their scale column
+marks a choice stored beside the scales ("+sel") or in the E4M3 scale's sign bit ("±").
 Formats with an FP32 block scale or an E8M0 X near 2^127 reach beyond float32 in principle; float32 inputs only
 use the part below 3.4e38.
 
@@ -71,6 +73,10 @@ def _grid(elem) -> tuple[float, ...]:
         return tuple(np.arange(elem.min, elem.max + 1, dtype=np.float64).tolist())
     if isinstance(elem, LUTElem):
         return tuple(float(v) for v in elem.values)
+    if isinstance(elem, lb.ScaledIntElem):
+        return elem.table.values
+    if elem.kind == "adaptive":  # the union of the candidates' grids
+        return tuple(np.unique(np.concatenate([_grid(e) for e in elem.elems])).tolist())
     raise TypeError(f"no grid for element {elem!r}")
 
 
@@ -103,8 +109,19 @@ def block_scale_range(fmt: lb.Format) -> tuple[float, float]:
     return rule.grid.max, rule.grid.min_subnormal
 
 
+def value_range(fmt: lb.Format) -> tuple[float, float]:
+    """(largest, smallest positive) value of a block format (adaptive formats: over their candidates)."""
+    if fmt.is_adaptive:
+        ranges = [value_range(c) for c in fmt.candidates]
+        return max(r[0] for r in ranges), min(r[1] for r in ranges)
+    s_hi, s_lo = block_scale_range(fmt)
+    return fmt.elem.max * s_hi, smallest_positive(fmt.elem) * s_lo
+
+
 def scale_text(fmt: lb.Format) -> str:
     """The block-scale rule in words, e.g. 'ue8m0 ceil', 'e4m3', 'fp32 (bf16)'."""
+    if fmt.is_adaptive:
+        return scale_text(fmt.candidates[0]) + {"separate": " +sel", "scale_sign": " ±"}.get(fmt.selector, "")
     rule = fmt.scale_rule
     if isinstance(rule, scaling.UE8M0):
         return f"ue8m0 {rule.rounding}" + (" (bf16)" if rule.dtype == "bfloat16" else "")
@@ -128,12 +145,11 @@ def describe(fmt: lb.Format) -> dict:
         block_range = math.log2(hi / lo)
     else:
         elem = fmt.elem
-        s_hi, s_lo = block_scale_range(fmt)
         grid = grid_values(elem)
-        hi, lo = elem.max * s_hi, smallest_positive(elem) * s_lo
+        hi, lo = value_range(fmt)
         bits, n_values = elem.bits, len(grid)
         element, kind, scale, scale_bits = elem.name, elem.kind, scale_text(fmt), fmt.scale_rule.bits
-        second = getattr(fmt.scale_rule, "tensor", "none")
+        second = getattr((fmt.candidates[0] if fmt.is_adaptive else fmt).scale_rule, "tensor", "none")
         block_range = math.log2(elem.max / smallest_positive(elem))
     return {
         "format": fmt.label,
