@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 PER_CHANNEL = "channel"
 PER_TENSOR = "tensor"
@@ -166,9 +167,17 @@ class Layout:
 def normalize_axes(axis, ndim: int, bs: BlockSize) -> tuple[int, ...]:
     """The quantized axes (non-negative, increasing) for a block size; ValueError for a mismatch."""
     want = block_ndim(bs)
-    axes = (axis,) if isinstance(axis, int) and not isinstance(axis, bool) else axis
-    if not isinstance(axes, tuple | list) or not all(isinstance(a, int) and not isinstance(a, bool) for a in axes):
-        raise ValueError(f"axis must be an int or a pair of ints, got {axis!r}")
+
+    def is_int(a) -> bool:  # numpy integers count; bools and traced values do not
+        return isinstance(a, int | np.integer) and not isinstance(a, bool | np.bool_)
+
+    axes = (axis,) if is_int(axis) else axis
+    if not isinstance(axes, tuple | list) or not all(is_int(a) for a in axes):
+        raise ValueError(
+            f"axis must be a Python int or a pair of ints (static, not traced), got {axis!r} of type "
+            f"{type(axis).__name__}"
+        )
+    axes = tuple(int(a) for a in axes)
     if want == 2 and len(axes) != 2:
         raise ValueError(f"a 2-D block {bs} quantizes two axes; got axis={axis!r} (default (-2, -1))")
     if want != 2 and len(axes) != 1:

@@ -90,6 +90,11 @@ class Format:
 
     def __post_init__(self):
         object.__setattr__(self, "block_size", blocks.check_block_size(self.block_size))
+        if self.elem is not None and not isinstance(self.elem, FPElem | IntElem | LUTElem | ScaledIntElem):
+            raise TypeError(
+                f"Format {self.name!r}: elem must be an element grid (lb.fp(e, m), lb.int_(b), lb.lut(...)), "
+                f"got {self.elem!r}; for a named format use lb.get_format"
+            )
         if (self.elem is None) != (self.scale == "none"):
             raise ValueError("identity formats (scale='none') have no element type, and only they")
         if self.elem is None:

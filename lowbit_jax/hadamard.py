@@ -50,9 +50,17 @@ def random_hadamard(h: int, key) -> jax.Array:
 
 
 def rotate(x, h: int, key, axis: int = -1, *, inverse: bool = False) -> jax.Array:
-    """x with every chunk of h consecutive elements along `axis` multiplied by R (R^T if inverse); dtype kept."""
+    """x with every chunk of h consecutive elements along `axis` multiplied by R (R^T if inverse); dtype kept.
+    TypeError for non-float x (a rotation of integers would truncate), ValueError for a scalar or an axis outside
+    [-ndim, ndim)."""
     x = jnp.asarray(x)
-    axis = axis % x.ndim
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"hadamard.rotate takes real floating-point arrays; got dtype {x.dtype}")
+    if x.ndim == 0:
+        raise ValueError("hadamard.rotate rotates chunks along an axis; got a scalar")
+    if isinstance(axis, bool) or not isinstance(axis, int | np.integer) or not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"axis {axis!r} is out of range for an array of rank {x.ndim}")
+    axis = int(axis) % x.ndim
     n = x.shape[axis]
     R_hxh = random_hadamard(check_size(h, n), key)
     if inverse:

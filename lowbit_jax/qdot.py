@@ -100,6 +100,8 @@ class QDotConfig:
                     f"QDotConfig: Hadamard rotation (rotation={self.rotation}) does not combine with the 2-D tile "
                     f"format {fmt.label} of {', '.join(tiled)}: a tile has no single axis to rotate along"
                 )
+        if not isinstance(self.stochastic_grads, bool):
+            raise TypeError(f"QDotConfig.stochastic_grads must be True or False, got {self.stochastic_grads!r}")
         dt = jnp.dtype(self.accum_dtype)
         if not jnp.issubdtype(dt, jnp.floating):
             raise ValueError(f"accum_dtype must be a floating dtype, got {self.accum_dtype!r}")
@@ -136,9 +138,21 @@ class QDotConfig:
 
 # ---------------------------------------------------------------------------------------------- dimensions
 def normalize_dims(dimension_numbers, lhs_ndim: int, rhs_ndim: int):
-    """((lc, rc), (lb, rb)) as tuples of non-negative ints."""
+    """((lc, rc), (lb, rb)) as tuples of non-negative ints; negative dims count from the end; TypeError (as
+    lax.dot_general raises) for a dim outside [-ndim, ndim) instead of wrapping it."""
     (lc, rc), (lb, rb) = dimension_numbers
-    norm = lambda ds, n: tuple(int(d) % n for d in ds)
+
+    def norm(ds, n: int) -> tuple[int, ...]:
+        out = []
+        for d in ds:
+            if isinstance(d, bool) or not isinstance(d, int | np.integer) or not -n <= d < n:
+                raise TypeError(
+                    f"dot_general dimension {d!r} is out of range for an operand of rank {n} "
+                    f"(dimension numbers {dimension_numbers!r})"
+                )
+            out.append(int(d) % n)
+        return tuple(out)
+
     return (norm(lc, lhs_ndim), norm(rc, rhs_ndim)), (norm(lb, lhs_ndim), norm(rb, rhs_ndim))
 
 
@@ -358,7 +372,15 @@ def qdot_general(
     sharding constraint on the output (Flax NNX hooks pass it).
     """
     config = QDotConfig() if config is None else config
+    if not isinstance(config, QDotConfig):
+        raise TypeError(
+            f"qdot_general's config must be a QDotConfig (e.g. QDotConfig.train({config!r}) or "
+            f"QDotConfig.direct_cast(...)), got {type(config).__name__}"
+        )
     lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
+    for name, a in (("lhs", lhs), ("rhs", rhs)):
+        if not jnp.issubdtype(a.dtype, jnp.floating):
+            raise TypeError(f"qdot_general quantizes real floating-point operands; {name} has dtype {a.dtype}")
     dims = normalize_dims(dimension_numbers, lhs.ndim, rhs.ndim)
     avals = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (lhs, rhs)]  # no sharding: dtype and shape only
     out = jax.eval_shape(

@@ -1,0 +1,62 @@
+"""Contract hardening: arguments that used to be silently reinterpreted or failed with unrelated messages now raise
+clear errors (each case was a silent wrong result or an unclear crash before)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lowbit_jax as lb
+
+S = jnp.arange(64, dtype=jnp.float32).reshape(8, 8) / 7.0
+
+
+def test_out_of_range_dimension_numbers_raise_instead_of_wrapping():
+    """Contracting dim 2 of a rank-2 operand used to wrap to dim 0 and return s.T @ t; lax.dot_general refuses."""
+    with pytest.raises(TypeError, match="out of range"):
+        lb.qdot_general(S, S, (((2,), (0,)), ((), ())))
+    with pytest.raises(TypeError, match="out of range"):
+        lb.qdot_general(S, S, (((1,), (-3,)), ((), ())))
+    ok = lb.qdot_general(S, S, (((-1,), (0,)), ((), ())))  # negative dims count from the end
+    np.testing.assert_allclose(np.asarray(ok), np.asarray(S @ S), rtol=1e-6)
+
+
+def test_qdot_general_argument_errors():
+    dims = (((1,), (0,)), ((), ()))
+    with pytest.raises(TypeError, match="must be a QDotConfig"):
+        lb.qdot_general(S, S, dims, "mxfp4")
+    with pytest.raises(TypeError, match="real floating-point operands"):
+        lb.qdot_general(jnp.ones((4, 4), jnp.int32), S[:4, :4], dims)
+    with pytest.raises(TypeError, match="stochastic_grads must be True or False"):
+        lb.QDotConfig(stochastic_grads="yes")
+
+
+def test_hadamard_rotate_refuses_ints_scalars_and_bad_axes():
+    key = jax.random.key(0)
+    with pytest.raises(TypeError, match="floating-point"):
+        lb.hadamard.rotate(jnp.arange(8), 8, key)
+    with pytest.raises(ValueError, match="scalar"):
+        lb.hadamard.rotate(jnp.float32(1.0), 1, key)
+    with pytest.raises(ValueError, match="out of range"):  # used to rotate axis 0
+        lb.hadamard.rotate(S, 8, key, axis=2)
+    np.testing.assert_array_equal(
+        np.asarray(lb.hadamard.rotate(S, 8, key, axis=np.int64(0))), np.asarray(lb.hadamard.rotate(S, 8, key, axis=0))
+    )
+
+
+def test_axis_types():
+    """numpy integer axes are accepted; bools and strings are refused with a message naming the type."""
+    x = np.ones((4, 32), np.float32)
+    np.testing.assert_array_equal(np.asarray(lb.fake_quant(x, "mxfp4", axis=np.int64(1))), lb.fake_quant(x, "mxfp4"))
+    for bad in (True, "0", 1.0):
+        with pytest.raises(ValueError, match="axis must be a Python int"):
+            lb.fake_quant(x, "mxfp4", axis=bad)
+
+
+def test_format_with_a_name_instead_of_an_element_raises_at_construction():
+    with pytest.raises(TypeError, match="elem must be an element grid"):
+        lb.Format("x", "int8")
+    with pytest.raises(TypeError, match="a Format or a spec string"):
+        lb.get_format(["mxfp4"])
