@@ -215,6 +215,41 @@ def scales_of(q: QArray, lay: blocks.Layout) -> Scales:
     return sc._replace(zero=lay.scales_to_stat(fmt.elem.decode(q.zero_points)))
 
 
+def check_qarray(q: QArray) -> None:
+    """ValueError unless the QArray's fields have the shapes and dtypes its format and metadata imply (catches
+    swapped fields, a QArray built under vmap and used outside it, and a missing or stray zero point or
+    selector)."""
+    fmt = q.fmt
+    if fmt.is_identity:
+        return
+    lay = qarray_layout(q)
+    what = f"QArray({fmt.label}, shape={q.shape})"
+    want = {
+        "codes": (q.codes, lay.padded_shape, fmt.elem.storage_dtype),
+        "scales": (q.scales, lay.scales_shape, fmt.scale_rule.storage_dtype),
+    }
+    zero = getattr(fmt.elem, "zero_point", False)
+    if zero:
+        want["zero_points"] = (q.zero_points, lay.scales_shape, fmt.elem.storage_dtype)
+    separate = fmt.is_adaptive and fmt.selector == "separate"
+    if separate:
+        want["selectors"] = (q.selectors, lay.scales_shape, jnp.uint8)
+    for name, (arr, shape, dtype) in want.items():
+        if arr is None:
+            raise ValueError(f"{what}: {name} is missing")
+        if tuple(arr.shape) != tuple(shape) or jnp.dtype(arr.dtype) != jnp.dtype(dtype):
+            raise ValueError(
+                f"{what}: {name} has shape {tuple(arr.shape)} and dtype {jnp.dtype(arr.dtype).name}, expected "
+                f"{tuple(shape)} and {jnp.dtype(dtype).name} (fields swapped, or a QArray built under vmap used "
+                "outside it?)"
+            )
+    for name, arr, allowed in (("zero_points", q.zero_points, zero), ("selectors", q.selectors, separate)):
+        if arr is not None and not allowed:
+            raise ValueError(f"{what}: {fmt.label} has no {name}, but the QArray carries some")
+    if fmt.scale_rule.has_tensor_scale and (q.tensor_scale is None or jnp.shape(q.tensor_scale) != ()):
+        raise ValueError(f"{what}: {fmt.label} needs a scalar float32 tensor_scale")
+
+
 def dequantize_array(q: QArray, dtype) -> jax.Array:
     """Values of a QArray in `dtype`, cropped to the original shape."""
     if q.fmt.is_identity:

@@ -29,6 +29,7 @@ def dequantize(q: QArray, dtype=None) -> jax.Array:
     """Values of a QArray in `dtype` (default: the original input dtype), cropped to the original shape."""
     if not isinstance(q, QArray):
         raise TypeError(f"dequantize takes a QArray, got {type(q).__name__}")
+    codec.check_qarray(q)
     return codec.dequantize_jit(q, jnp.dtype(q.dtype if dtype is None else dtype))
 
 

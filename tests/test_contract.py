@@ -60,3 +60,21 @@ def test_format_with_a_name_instead_of_an_element_raises_at_construction():
         lb.Format("x", "int8")
     with pytest.raises(TypeError, match="a Format or a spec string"):
         lb.get_format(["mxfp4"])
+
+
+def test_dequantize_validates_the_qarray():
+    x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    q = lb.quantize(x, "nvfp4")
+    np.testing.assert_array_equal(np.asarray(lb.dequantize(q)), np.asarray(lb.fake_quant(x, "nvfp4")))
+    swapped = lb.QArray(q.scales, q.codes, q.tensor_scale, q.fmt, q.axis, q.shape, q.dtype)
+    with pytest.raises(ValueError, match="fields swapped"):
+        lb.dequantize(swapped)
+    with pytest.raises(ValueError, match="tensor_scale"):
+        lb.dequantize(lb.QArray(q.codes, q.scales, None, q.fmt, q.axis, q.shape, q.dtype))
+    batched = jax.vmap(lambda r: lb.quantize(r, "mxfp4"))(jnp.asarray(x))
+    with pytest.raises(ValueError, match="under vmap"):
+        lb.dequantize(batched)
+    np.testing.assert_array_equal(np.asarray(jax.vmap(lb.dequantize)(batched)), np.asarray(lb.fake_quant(x, "mxfp4")))
+    m = lb.quantize(x, "mxif4")
+    with pytest.raises(ValueError, match="selectors is missing"):
+        lb.dequantize(lb.QArray(m.codes, m.scales, None, m.fmt, m.axis, m.shape, m.dtype))
