@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lowbit_jax.formats import Format
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class QArray:
     """A block-quantized array.
 
@@ -64,6 +66,22 @@ class QArray:
             total += self.selectors.size * self.fmt.selector_bits / 8
         return total
 
+    def equals(self, other) -> bool:
+        """Whether `other` is a QArray with the same metadata and bit-identical fields (`==` is identity: array
+        fields have no single truth value)."""
+        if not isinstance(other, QArray):
+            return False
+        meta = ("fmt", "axis", "shape", "dtype")
+        if any(getattr(self, m) != getattr(other, m) for m in meta):
+            return False
+        for name in ("codes", "scales", "tensor_scale", "zero_points", "selectors"):
+            a, b = getattr(self, name), getattr(other, name)
+            if (a is None) != (b is None):
+                return False
+            if a is not None and not _same_bits(a, b):
+                return False
+        return True
+
     def __repr__(self) -> str:
         return (
             f"QArray({self.fmt.label}, shape={self.shape}, dtype={jnp.dtype(self.dtype).name}, axis={self.axis}, "
@@ -71,6 +89,31 @@ class QArray:
             + ("" if self.scales is None else f", scales={jnp.dtype(self.scales.dtype).name}{tuple(self.scales.shape)}")
             + ")"
         )
+
+
+def _same_bits(a, b) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+_FIELDS = ("codes", "scales", "tensor_scale", "zero_points", "selectors")
+
+
+def _to_state(q: QArray) -> dict:
+    return {name: getattr(q, name) for name in _FIELDS if getattr(q, name) is not None}
+
+
+def _from_state(target: QArray, state: dict) -> QArray:
+    """A QArray with `target`'s metadata and the arrays of `state` (flax.serialization's restore)."""
+    arrays = {name: (jnp.asarray(state[name]) if name in state else None) for name in _FIELDS}
+    for name, arr in arrays.items():
+        ref = getattr(target, name)
+        if arr is not None and ref is not None:  # msgpack holds numpy arrays of the stored dtype
+            arrays[name] = arr.astype(ref.dtype)
+    return dataclasses.replace(target, **arrays)
+
+
+flax.serialization.register_serialization_state(QArray, _to_state, _from_state)
 
 
 jax.tree_util.register_dataclass(

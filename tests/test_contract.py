@@ -78,3 +78,16 @@ def test_dequantize_validates_the_qarray():
     m = lb.quantize(x, "mxif4")
     with pytest.raises(ValueError, match="selectors is missing"):
         lb.dequantize(lb.QArray(m.codes, m.scales, None, m.fmt, m.axis, m.shape, m.dtype))
+
+
+@pytest.mark.parametrize("name", ["nvfp4", "mxif4", "mxint4:int_range=zero_point"])
+def test_qarray_equality_and_flax_serialization(name):
+    import flax.serialization
+
+    x = np.random.default_rng(1).standard_normal((4, 64)).astype(np.float32)
+    q = lb.quantize(x, name)
+    assert q.equals(lb.quantize(x, name)) and not q.equals(lb.quantize(x * 2, name)) and not q.equals(x)
+    assert (q == q) and not (q == lb.quantize(x, name))  # identity, not an ambiguous array truth value
+    restored = flax.serialization.from_bytes({"w": q}, flax.serialization.to_bytes({"w": q}))["w"]
+    assert restored.equals(q)
+    np.testing.assert_array_equal(np.asarray(lb.dequantize(restored)), np.asarray(lb.dequantize(q)))
