@@ -110,6 +110,8 @@ NAMES = {
     "mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp4", "mxint8", "mxint6", "mxint4",
     "nvfp4", "nvint4", "fp8_channel", "int8_channel", "bf16", "fp32",
     "nvfp4_2d", "mxfp8_2d", "nf4", "sf4",
+    "nvfp6", "if4_int", "if6_int", "nvfp4_to6", "nvfp4_to4",  # adaptive candidates
+    "if4", "if6", "mxif4", "mxif6", "mxif8", "nvfp4_4over6",  # adaptive formats
 }  # fmt: skip
 
 

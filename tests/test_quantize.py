@@ -338,6 +338,17 @@ STORAGE = {
     "int8_channel": (jnp.int8, jnp.float32),
     "bf16": (jnp.bfloat16, None),
     "fp32": (jnp.float32, None),
+    "nvfp6": (jnp.uint8, jnp.float8_e4m3fn),
+    "if4_int": (jnp.int4, jnp.float8_e4m3fn),  # the integers k of the stretched grid
+    "if6_int": (jnp.int8, jnp.float8_e4m3fn),
+    "nvfp4_to6": (jnp.float4_e2m1fn, jnp.float8_e4m3fn),
+    "nvfp4_to4": (jnp.float4_e2m1fn, jnp.float8_e4m3fn),
+    "if4": (jnp.uint4, jnp.float8_e4m3fn),  # FP or INT bit patterns; the choice in the scale's sign bit
+    "if6": (jnp.uint8, jnp.float8_e4m3fn),
+    "mxif4": (jnp.uint4, jnp.float8_e8m0fnu),
+    "mxif6": (jnp.uint8, jnp.float8_e8m0fnu),
+    "mxif8": (jnp.uint8, jnp.float8_e8m0fnu),
+    "nvfp4_4over6": (jnp.float4_e2m1fn, jnp.float8_e4m3fn),
 }
 
 
@@ -351,7 +362,7 @@ def test_storage_dtypes_and_shapes(name):
     codes_dt, scales_dt = STORAGE[name]
     assert q.codes.dtype == codes_dt
     assert (q.scales is None) if scales_dt is None else q.scales.dtype == scales_dt
-    assert (q.tensor_scale is not None) == name.startswith("nv")
+    assert (q.tensor_scale is not None) == name.startswith(("nv", "if"))  # the NV-layout formats
     fmt = lb.get_format(name)
     if isinstance(fmt.block_size, int):
         nb = -(-40 // fmt.block_size)

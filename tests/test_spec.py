@@ -180,7 +180,7 @@ def test_unknown_key_lists_the_allowed_keys():
     [
         ("mxin8", "mxint8"),
         ("MXIN8", "mxint8"),
-        ("nvfp5:block_size=16", "nvfp4"),
+        ("nvfq4:block_size=16", "nvfp4"),
         ("mxfp8-e4m3", "mxfp8_e4m3"),
         ("nf5", "nf4"),
     ],
