@@ -270,6 +270,11 @@ def check_input(x, fmt: Format | str, axis=None) -> tuple[jax.Array, Format, tup
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"lowbit_jax quantizes real floating-point arrays; got dtype {x.dtype}")
+    if x.dtype == jnp.float64:  # only reachable with jax_enable_x64
+        raise TypeError(
+            "lowbit_jax quantizes float32, bfloat16 and float16 arrays; a float64 input would be rounded to float32 "
+            "first (a double rounding that can move values across a rounding midpoint): cast it explicitly"
+        )
     if x.ndim == 0 and not (fmt.is_identity or fmt.block_size == blocks.PER_TENSOR):
         raise ValueError(f"{fmt.name} quantizes blocks along an axis; got a scalar")
     axis = fmt.default_axis if axis is None else axis

@@ -16,10 +16,33 @@ from lowbit_jax.impls import resolve_impl
 from lowbit_jax.qarray import QArray
 
 
+def _check_key(fmt: Format, key) -> None:
+    if key is not None and fmt.is_identity:
+        raise ValueError(
+            f"{fmt.name} is an identity format: it rounds to nearest, so a stochastic-rounding key has no effect"
+        )
+
+
+@jax.custom_jvp
+def _no_gradient(x):
+    return x
+
+
+@_no_gradient.defjvp
+def _no_gradient_jvp(primals, tangents):
+    raise TypeError(
+        "lb.quantize is not differentiable (its codes are integers or low-bit floats); differentiate lb.fake_quant, "
+        "whose gradient passes straight through"
+    )
+
+
 def quantize(x, fmt: Format | str, axis=None, *, key=None, impl: str = "xla") -> QArray:
     """Quantize `x` in blocks along `axis` (default: -1, or (-2, -1) for 2-D tiles); `key` switches element
-    rounding from RNE to stochastic. impl: "xla", "pallas" (interpreted on CPU) or "auto" (Pallas on GPU)."""
+    rounding from RNE to stochastic. impl: "xla", "pallas" (interpreted on CPU) or "auto" (Pallas on GPU).
+    Differentiating through quantize raises (use fake_quant for a straight-through gradient)."""
     x, fmt, axes = check_input(x, fmt, axis)
+    _check_key(fmt, key)
+    x = _no_gradient(x)
     if resolve_impl(impl) == "pallas":
         return kernels.quantize(x, fmt, axes, key=key, impl="pallas")
     return codec.quantize_jit(x, fmt, axes, key)
@@ -48,6 +71,7 @@ def fake_quant(x, fmt: Format | str, axis=None, *, key=None, impl: str = "xla") 
     axis: default -1, or (-2, -1) for 2-D tiles. impl: "xla", "pallas" (interpreted on CPU) or "auto".
     """
     x, fmt, axes = check_input(x, fmt, axis)
+    _check_key(fmt, key)
     if resolve_impl(impl) == "pallas":
         return kernels.fake_quant(x, fmt, axes, key=key, impl="pallas")
     return codec.fake_quant_jit(x, fmt, axes, key)

@@ -91,3 +91,24 @@ def test_qarray_equality_and_flax_serialization(name):
     restored = flax.serialization.from_bytes({"w": q}, flax.serialization.to_bytes({"w": q}))["w"]
     assert restored.equals(q)
     np.testing.assert_array_equal(np.asarray(lb.dequantize(restored)), np.asarray(lb.dequantize(q)))
+
+
+def test_quantize_is_not_differentiable_and_says_so():
+    """grad through dequantize(quantize(x)) used to be silently all zero; fake_quant is the differentiable path."""
+    x = jnp.asarray(np.linspace(-1, 1, 64, dtype=np.float32).reshape(2, 32))
+    with pytest.raises(TypeError, match="not differentiable"):
+        jax.grad(lambda v: jnp.sum(lb.dequantize(lb.quantize(v, "mxfp4"))))(x)
+    g = jax.grad(lambda v: jnp.sum(lb.fake_quant(v, "mxfp4")))(x)
+    assert (np.asarray(g) == 1.0).all()
+    q = jax.jit(lambda v: lb.quantize(v, "mxfp4"))(x)  # jit and vmap are unaffected
+    assert q.equals(lb.quantize(x, "mxfp4"))
+
+
+def test_identity_formats_refuse_a_key_and_float64_is_refused():
+    x = jnp.ones((2, 8), jnp.float32)
+    for fn in (lb.fake_quant, lb.quantize):
+        with pytest.raises(ValueError, match="no effect"):
+            fn(x, "bf16", key=jax.random.key(0))
+    with jax.enable_x64(True):
+        with pytest.raises(TypeError, match="float64"):
+            lb.fake_quant(jnp.ones((2, 32), jnp.float64), "mxfp4")
