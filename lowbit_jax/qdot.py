@@ -71,7 +71,8 @@ class QDotConfig:
 
     rotation: Hadamard size h applied along the contracting axis of both operands of the forward GEMM (and of
     the two backward GEMMs if rotate_grads) before quantization; signs from the key, or from
-    jax.random.key(rotation_seed) when no key is given. stochastic_grads needs a key once differentiated.
+    jax.random.key(rotation_seed) when no key is given. stochastic_grads needs a key once differentiated; it
+    rounds block-format dY operands stochastically (identity formats such as bf16 round to nearest).
     """
 
     x_fwd: Format | str | None = None
@@ -212,6 +213,8 @@ def _quant(x_f32, fmt: Format | None, key, impl: str = "xla", n_batch: int = 0, 
     (r, c) over (F, K), or over (K, F) when `flip`."""
     if fmt is None:
         return x_f32
+    if fmt.is_identity:  # a pass-through dtype rounds to nearest: stochastic_grads applies to block formats
+        key = None
     if not is_tiled(fmt):
         return fake_quant(x_f32, fmt, axis=-1, key=key, impl=impl)
     lead, free = x_f32.shape[:n_batch], x_f32.shape[n_batch:-1]
