@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import matplotlib
 
@@ -12,7 +12,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-INT_COLOR, FP_COLOR = "tab:blue", "tab:orange"
+INT_COLOR, FP_COLOR, ADAPTIVE_COLOR, REFERENCE_COLOR = "tab:blue", "tab:orange", "tab:green", "0.45"
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """An adaptive format's theory curve per variant: the upper envelope of its candidates' curves."""
+
+    label: str
+    curves_db: dict[str, np.ndarray]  # variant -> curve on the panel's kappa grid
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,8 @@ class PairPanel:
     mc_kappa: np.ndarray | None = None
     mc_int_db: np.ndarray | None = None
     mc_fp_db: np.ndarray | None = None
+    envelopes: tuple[Envelope, ...] = ()  # adaptive formats over these two curves, drawn as wide bands
+    reference_db: dict[str, np.ndarray] = field(default_factory=dict)  # label -> thin grey reference curve
 
 
 _LINESTYLES = {"reference": "-", "paper": "--", "script": ":"}
@@ -38,6 +48,13 @@ def crossover_figure(panels: Sequence[PairPanel], ncols: int = 2):
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(6.2 * ncols, 4.3 * nrows), squeeze=False)
     for ax, p in zip(axes.ravel(), panels, strict=False):
+        for env in p.envelopes:
+            for variant, curve in env.curves_db.items():
+                ls = _LINESTYLES.get(variant, "-")
+                label = f"{env.label} theory = upper envelope ({variant})"
+                ax.plot(p.kappa, curve, ls, color=ADAPTIVE_COLOR, lw=5.0, alpha=0.35, label=label)
+        for label, curve in p.reference_db.items():
+            ax.plot(p.kappa, curve, "-.", color=REFERENCE_COLOR, lw=1.0, label=label)
         for variant, (int_db, fp_db) in p.theory_db.items():
             ls = _LINESTYLES.get(variant, "-")
             ax.plot(p.kappa, int_db, ls, color=INT_COLOR, lw=1.6, label=f"{p.int_label} theory ({variant})")

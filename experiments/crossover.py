@@ -7,13 +7,22 @@
     python -m experiments.crossover --preset tiny           # seconds; what the test suite runs
 
 For each INT/FP pair it computes the theoretical crossover crest factor kappa* (analysis.theory, variants "paper"
-and "reference", NOTES.md section 6.5) by root finding, and measures QSNR against block crest factor on synthetic
-tensors (uniform, Gaussian, Laplace, Student-t, Gaussian with outliers; every block's scale dithered by 2^U so the
-UE8M0 rounding factor is spread as the theory assumes), binned by crest factor; the empirical kappa* is where the
-binned INT-minus-FP QSNR first turns negative. A block's own crest factor never exceeds sqrt(block size), so a pair
-whose kappa* is out of reach at its own block size is measured on larger blocks (reported; UE8M0 theory does not
-depend on the block size). It also measures the Gaussian QSNR of every format, the Gaussian mean block crest
-factor (blocks 32 and 16) and the paper's Algorithm 1 probe (x / (x / 127) landing on 128).
+and "reference": the paper's Eq. 13/40/43 as printed, and the authors' script model) by root finding, and
+measures QSNR against block crest factor on synthetic tensors (uniform, Gaussian, Laplace, Student-t, Gaussian
+with outliers; every block's scale dithered by 2^U so the UE8M0 rounding factor is spread as the theory
+assumes), binned by crest factor; the empirical kappa* is where the binned INT-minus-FP QSNR first turns
+negative. A block's own crest factor never exceeds sqrt(block size), so a pair whose kappa* is out of reach at
+its own block size is measured on larger blocks (reported; UE8M0 theory does not depend on the block size). It
+also measures the Gaussian QSNR of every format, the Gaussian mean block crest factor (blocks 32 and 16) and the
+paper's Algorithm 1 probe (x / (x / 127) landing on 128).
+
+For each per-block adaptive format (--adaptive: IF4 and IF6 of arXiv 2603.28765, MXIF4/6/8, NVFP4 Four Over Six of
+arXiv 2512.02010) it draws the theory of a block that takes the candidate with the higher theoretical QSNR: the
+upper envelope of the candidates' curves, and the threshold kappa* below which candidate 1 (the INT grid; the
+amax -> 4 mapping for Four Over Six) wins. The envelope goes into the panel of a pair whose two curves are the
+candidates' (IF4 over NVINT4/NVFP4: the stretched INT4 grid has NVINT4's step and scale; MXIF4/6/8 over their MX
+pairs), else into a panel of its own (IF6; Four Over Six, beside NVFP4's Eq. 43 curve). Theory only: the
+selector, which compares each block's real errors, does at least as well as the envelope.
 
 Output (--out, default results/crossover/):
   crossover.json  stable keys:
@@ -22,10 +31,17 @@ Output (--out, default results/crossover/):
     gaussian_qsnr_db     {format_name: float}   canonical names as in lowbit_jax.list_formats()
     gaussian_block_crest {"32": float, "16": float}
     bf16_probe           {"bfloat16": float, "float16": float, "float32": float}   fractions, not percent
+    adaptive             {variant: {format_name: {"kappa": float, "qsnr_db": float, "below": str, "above": str}}}
+                         theory threshold; candidate "below" wins for kappa < kappa*, "above" beyond
+                         (kappa null: the candidates' curves do not meet in 1..kappa_max)
     config, machine
-  curves.csv      pair, variant, kappa, int_db, fp_db           (theory, kappa grid)
+  curves.csv      pair, variant, kappa, int_db, fp_db, adaptive_db, choice   (theory, kappa grid)
+                  pair rows: adaptive_db and choice empty. Adaptive rows: pair is the format name upper-cased
+                  (e.g. "IF4"), int_db / fp_db are candidates 1 / 0 (for NVFP4_4OVER6: amax -> 4 / amax -> 6),
+                  adaptive_db their upper envelope, choice the predicted candidate index.
   montecarlo.csv  pair, block_size, kappa, blocks, int_db, fp_db (binned measurement)
-  crossover.png   one panel per pair: theory lines, measured points, kappa* marked
+  crossover.png   one panel per pair: theory lines, measured points, kappa* marked; adaptive envelopes as wide
+                  green bands, in their pair's panel or one of their own
 Pair names are upper-case "INT/FP" as given, e.g. "MXINT8/MXFP8". Pairs and --formats take format specs
 (docs/formats.md; comma lists split outside parentheses), e.g. --pairs "int(6):block_size=16/fp(3,2):block_size=16".
 """
@@ -51,6 +67,7 @@ PAPER_PAIRS = ("mxint8/mxfp8", "mxint6/mxfp6", "mxint4/mxfp4", "nvint4/nvfp4")
 PAPER_FORMATS = ("mxint8", "mxfp8", "mxint6", "mxfp6", "mxint4", "mxfp4", "nvint4", "nvfp4")
 PAPER_FIG3 = {"MXINT8/MXFP8": 7.55, "MXINT6/MXFP6": 1.96, "MXINT4/MXFP4": 2.04, "NVINT4/NVFP4": 2.39}  # printed
 VARIANTS = ("paper", "reference")
+ADAPTIVE = ("if4", "if6", "mxif4", "mxif6", "mxif8", "nvfp4_4over6")
 
 
 def parse_pair(text: str, block_size: int = 0, scale: str = "") -> tuple[str, lb.Format, lb.Format]:
@@ -74,6 +91,7 @@ def parse_pair(text: str, block_size: int = 0, scale: str = "") -> tuple[str, lb
 class Config:
     pairs: tuple[str, ...] = PAPER_PAIRS
     formats: tuple[str, ...] = PAPER_FORMATS
+    adaptive: tuple[str, ...] = ADAPTIVE  # two-candidate adaptive formats whose theory is drawn
     block_size: int = 0  # 0: each format's own block size
     scale: str = ""  # "": each format's own scale type; else ue8m0, e4m3 or fp32 for every pair
     mc_block_size: int = 0  # 0: the pair's block, enlarged until sqrt(g) >= 1.5 kappa* (UE8M0 only)
@@ -91,6 +109,10 @@ class Config:
             parse_pair(p, self.block_size, self.scale)
         for f in self.formats:
             lb.get_format(f)
+        for a in self.adaptive:
+            fmt = lb.get_format(a)
+            if not fmt.is_adaptive or len(fmt.candidates) != 2:
+                raise ValueError(f"--adaptive takes adaptive formats of two candidates (e.g. if4), got {a!r}")
         for d in self.distributions:
             if d not in synthetic.DISTRIBUTIONS:
                 raise ValueError(f"unknown distribution {d!r}; choose from {list(synthetic.DISTRIBUTIONS)}")
@@ -137,6 +159,37 @@ def theory_for_pair(int_fmt, fp_fmt, kappa: np.ndarray, kappa_max: float) -> tup
     return points, curves
 
 
+def theory_for_adaptive(name: str, kappa: np.ndarray, kappa_max: float) -> dict:
+    """Theory of one adaptive format: per variant its threshold, candidate curves, envelope and predicted choice."""
+    fmt = lb.get_format(name)
+    labels = theory.candidate_labels(fmt)
+    points, curves, envelope, choice = {}, {}, {}, {}
+    for v in VARIANTS:
+        try:
+            c = theory.adaptive_threshold(fmt, v, kappa_range=(1.0, kappa_max))
+            below, above = (labels[1], labels[0]) if c.int_wins_below else (labels[0], labels[1])
+            points[v] = {"kappa": c.kappa, "qsnr_db": c.qsnr_db, "below": below, "above": above}
+        except ValueError:
+            points[v] = {"kappa": float("nan"), "qsnr_db": float("nan"), "below": None, "above": None}
+        cand = theory.candidate_curves(fmt, kappa, v)
+        curves[v] = (cand[labels[1]], cand[labels[0]])
+        envelope[v] = theory.adaptive_qsnr_curve(fmt, kappa, v)
+        choice[v] = theory.predict_choice(fmt, kappa, v)
+    return {"fmt": fmt, "labels": labels, "theory": points, "curves": curves, "envelope": envelope, "choice": choice}
+
+
+def host_pair(adaptive: dict, results: list[dict]) -> dict | None:
+    """The first pair whose (INT, FP) theory curves equal the adaptive format's candidates 1 and 0 in every variant."""
+    for r in results:
+        if all(
+            np.array_equal(a, b, equal_nan=True)
+            for v in VARIANTS
+            for a, b in zip(adaptive["curves"][v], r["curves"][v], strict=True)
+        ):
+            return r
+    return None
+
+
 def mc_tensor(cfg: Config, key: jax.Array, block: int) -> jax.Array:
     """Synthetic rows from every distribution, block scales dithered; more rows for blocks above 64, whose
     high-crest bins are sparse."""
@@ -180,11 +233,16 @@ def gaussian_measurements(cfg: Config, key: jax.Array) -> tuple[dict, dict]:
     return qsnr, crest
 
 
-def _panel(r: dict, kappa: np.ndarray) -> plotting.PairPanel:
+def _envelope(a: dict) -> plotting.Envelope:
+    return plotting.Envelope(label=a["fmt"].label.upper(), curves_db={"reference": a["envelope"]["reference"]})
+
+
+def _panel(r: dict, kappa: np.ndarray, hosted: list[dict]) -> plotting.PairPanel:
     b, used = r["binned"], r["used"]
     stars = {v: r["theory"][v]["kappa"] for v in VARIANTS} | {"empirical": r["empirical"]}
+    extra = f" = {', '.join(a['fmt'].label.upper() for a in hosted)} candidates" if hosted else ""
     return plotting.PairPanel(
-        title=f"{r['name']}  (measured at block {r['block']})",
+        title=f"{r['name']}{extra}  (measured at block {r['block']})",
         int_label=r["int"].name,
         fp_label=r["fp"].name,
         kappa=kappa,
@@ -193,16 +251,65 @@ def _panel(r: dict, kappa: np.ndarray) -> plotting.PairPanel:
         mc_kappa=b.centers[used],
         mc_int_db=b.qsnr_db["int"][used],
         mc_fp_db=b.qsnr_db["fp"][used],
+        envelopes=tuple(_envelope(a) for a in hosted),
     )
 
 
-def _rows(results: list[dict], kappa: np.ndarray) -> tuple[list[dict], list[dict]]:
+def _adaptive_panel(a: dict, kappa: np.ndarray) -> plotting.PairPanel:
+    """A panel of its own for an adaptive format no pair hosts: its candidates, envelope and threshold (theory)."""
+    fmt, (l0, l1) = a["fmt"], a["labels"]
+    reference = {}
+    if theory.uses_top_binade(fmt):  # show what Eq. 43 alone says for candidate 0 (NVFP4's curve)
+        curve = theory.qsnr_curve(fmt.candidates[0], kappa, "reference")
+        reference[f"{l0} Eq. 43 without the top-binade term (reference)"] = curve
+    return plotting.PairPanel(
+        title=f"{fmt.label.upper()}: per block {l1} or {l0} (theory)",
+        int_label=l1,
+        fp_label=l0,
+        kappa=kappa,
+        theory_db=a["curves"],
+        kappa_star={v: a["theory"][v]["kappa"] for v in VARIANTS},
+        envelopes=(_envelope(a),),
+        reference_db=reference,
+    )
+
+
+def _panels(results: list[dict], adaptive: list[dict], kappa: np.ndarray) -> list[plotting.PairPanel]:
+    """The pair panels (each with the envelopes of the adaptive formats it hosts), then one per unhosted format."""
+    hosts = [host_pair(a, results) for a in adaptive]
+    panels = [_panel(r, kappa, [a for a, h in zip(adaptive, hosts) if h is r]) for r in results]
+    return panels + [_adaptive_panel(a, kappa) for a, h in zip(adaptive, hosts) if h is None]
+
+
+def _rows(results: list[dict], adaptive: list[dict], kappa: np.ndarray) -> tuple[list[dict], list[dict]]:
     curve_rows, mc_rows = [], []
     for r in results:
         for v, (i_db, f_db) in r["curves"].items():
             curve_rows += [
-                {"pair": r["name"], "variant": v, "kappa": float(k), "int_db": float(a), "fp_db": float(b)}
+                {
+                    "pair": r["name"],
+                    "variant": v,
+                    "kappa": float(k),
+                    "int_db": float(a),
+                    "fp_db": float(b),
+                    "adaptive_db": "",
+                    "choice": "",
+                }
                 for k, a, b in zip(kappa, i_db, f_db)
+            ]
+    for a in adaptive:
+        for v, (c1_db, c0_db) in a["curves"].items():
+            curve_rows += [
+                {
+                    "pair": a["fmt"].label.upper(),
+                    "variant": v,
+                    "kappa": float(k),
+                    "int_db": float(q1),
+                    "fp_db": float(q0),
+                    "adaptive_db": float(e),
+                    "choice": int(c),
+                }
+                for k, q1, q0, e, c in zip(kappa, c1_db, c0_db, a["envelope"][v], a["choice"][v])
             ]
         b = r["binned"]
         mc_rows += [
@@ -242,6 +349,21 @@ def print_summary(result: dict, results: list[dict], cfg: Config) -> None:
             ["pair", "paper Fig.3", "theory paper", "theory ref", "QSNR@k* dB", "measured", "block"], rows, ".4f"
         )
     )
+    if result["adaptive"]["reference"]:
+        arows = [
+            (
+                name,
+                f"{t['below'] or '-'} / {t['above'] or '-'}",
+                result["adaptive"]["paper"][name]["kappa"],
+                t["kappa"],
+                t["qsnr_db"],
+            )
+            for name, t in result["adaptive"]["reference"].items()
+        ]
+        print("\nPer-block adaptive formats (theory): the first candidate wins below kappa*, the second above:")
+        print(
+            common.format_table(["format", "below / above", "theory paper", "theory ref", "QSNR@k* dB"], arows, ".4f")
+        )
     print("\nGaussian N(0,1) QSNR (dB):")
     print(common.format_table(["format", "QSNR"], list(result["gaussian_qsnr_db"].items()), ".2f"))
     crest = result["gaussian_block_crest"]
@@ -260,9 +382,11 @@ def main(argv=None) -> dict:
         run_pair(cfg, p, jax.random.fold_in(k_mc, i), kappa)
         for i, p in enumerate(common.progress(cfg.pairs, desc="pairs", unit="pair"))
     ]
+    adaptive = [theory_for_adaptive(a, kappa, cfg.kappa_max) for a in cfg.adaptive]
     qsnr, crest = gaussian_measurements(cfg, k_gauss)
     result = {
         "theory": {v: {r["name"]: r["theory"][v] for r in results} for v in VARIANTS},
+        "adaptive": {v: {a["fmt"].label: a["theory"][v] for a in adaptive} for v in VARIANTS},
         "empirical": {r["name"]: {"kappa": r["empirical"], "block_size": r["block"]} for r in results},
         "gaussian_qsnr_db": qsnr,
         "gaussian_block_crest": crest,
@@ -272,10 +396,10 @@ def main(argv=None) -> dict:
     }
     folder = common.output_dir("crossover", out)
     common.write_json(folder / "crossover.json", result)
-    curve_rows, mc_rows = _rows(results, kappa)
+    curve_rows, mc_rows = _rows(results, adaptive, kappa)
     common.write_csv(folder / "curves.csv", curve_rows)
     common.write_csv(folder / "montecarlo.csv", mc_rows)
-    plotting.save(plotting.crossover_figure([_panel(r, kappa) for r in results]), folder / "crossover.png")
+    plotting.save(plotting.crossover_figure(_panels(results, adaptive, kappa)), folder / "crossover.png")
     print_summary(result, results, cfg)
     print(
         f"\nwrote {folder}/crossover.json, curves.csv, montecarlo.csv, crossover.png ({time.perf_counter() - t0:.0f} s)"
