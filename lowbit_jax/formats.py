@@ -135,13 +135,17 @@ class Format:
         return blocks.default_axis(self.block_size)
 
     @property
+    def side_bits(self) -> int:
+        """Stored bits per block beside the elements: the block scale (and zero point, or selector)."""
+        return self.scale_rule.bits + (self.elem.bits if getattr(self.elem, "zero_point", False) else 0)
+
+    @property
     def bits_per_element(self) -> float:
-        """Element bits plus the block scale's bits (and zero point) spread over a block (1-D/2-D blocks)."""
+        """Element bits plus `side_bits` spread over a block (1-D blocks and 2-D tiles)."""
         if self.is_identity:
             return float(8 * (2 if self.passthrough_dtype == "bfloat16" else 4))
-        extra = self.scale_rule.bits + (self.elem.bits if getattr(self.elem, "zero_point", False) else 0)
         n = self.block_size[0] * self.block_size[1] if isinstance(self.block_size, tuple) else self.block_size
-        return self.elem.bits + (extra / n if isinstance(n, int) else 0.0)
+        return self.elem.bits + (self.side_bits / n if isinstance(n, int) else 0.0)
 
     @property
     def label(self) -> str:
@@ -229,11 +233,9 @@ class AdaptiveFormat(Format):
         return selector_bits(self.selector, len(self.candidates))
 
     @property
-    def bits_per_element(self) -> float:
-        """Element bits plus the block scale's and the selector's bits spread over a block."""
-        n = self.block_size[0] * self.block_size[1] if isinstance(self.block_size, tuple) else self.block_size
-        extra = self.scale_rule.bits + self.selector_bits
-        return self.elem.bits + (extra / n if isinstance(n, int) else 0.0)
+    def side_bits(self) -> int:
+        """The block scale's and the selector's bits per block."""
+        return self.scale_rule.bits + self.selector_bits
 
     @property
     def label(self) -> str:
