@@ -1,4 +1,5 @@
-"""Gate-level cost model of block-scaled MAC units (paper §6, App. C, Tables 5-7, Eq. 44-48; NOTES.md §12).
+"""Gate-level cost model of block-scaled MAC units (arXiv 2510.25602 §6, App. C, Tables 5-7, Eq. 44-48), extended to
+per-block adaptive formats (IF4/IF6, arXiv 2603.28765; MXIF; NVFP4 Four Over Six, arXiv 2512.02010).
 
 A k-lane MAC array (one lane per block element; k = the block size: 32 for MX, 16 for NV) feeds one shared
 dequantizer and one shared FP32 accumulator per block. Only combinational cells are counted (no registers,
@@ -47,6 +48,49 @@ Default factors (relative to NAND2 = 1; `CellLibrary` takes any others):
     MUX2   2.33  3.0            static-CMOS cell / 4 (NAND2 4T, AND/OR 6T, XOR2 and MUX2 12T, HA = XOR2 + AND2 18T,
     HA     3.33  4.5            FA 28T mirror adder); layout area shrinks complex cells by diffusion sharing, energy
     FA     5.33  7.0            does so less. Toggle rate tau = 0.5 for every cell (one tau, as the paper; cancels).
+
+Adaptive formats (`format_unit` of an lb.AdaptiveFormat; `HardwareParams.adaptive_model` picks the datapath). Each
+operand block carries its own choice, so a lane meets every ordered pair of candidates (FP x FP, INT x INT and
+the mixed INT x FP). The quantizer, and with it the per-block selection (every candidate quantized, errors
+compared), is not modelled, as for every other format: only the MAC array is. Candidates sharing one element
+type (Four Over Six: E2M1 mapped to 6 or to 4, the choice stored as the scale itself) leave the MAC unchanged,
+so `nvfp4_4over6` costs exactly what NVFP4 does under either model. Otherwise, per slot:
+
+  "mux"      one complete Table 6 lane per candidate pair side by side: FP x FP and INT x INT as above, and a
+             mixed lane (b-bit INT times the (y+1)-bit significand: b x (y+1) array, no exponent adder, FP-add
+             rows of width n = min(2^x + y + b, psum_bits), Eq. 44's count with the INT operand's b bits in place
+             of one FP operand's 2^x + y) that also runs FP x INT through an operand swap (2b MUX2 per lane).
+             Each pair reduces its block in its own adder; a mux selects the block sum of the pair in use
+             (block-sum bits x (pairs - 1) MUX2, once per block) in front of the dequantizer and accumulator.
+  "unified"  one lane (as the IF4 MAC RTL of the Four Over Six repository does): each operand is decoded into a
+             common sign-magnitude fixed point of w bits (FP: the significand shifted left by max(e - 1, 0),
+             w x ceil(log2(2^x - 1)) MUX2; INT: the magnitude of the two's complement code, (b-1) XOR + (b-1) HA;
+             the block's selector picks one of them, w x (candidates - 1) MUX2), a w x w array, and an integer
+             lane adder of 2w + 1 bits; no aligner; the product's sign is uncounted, as in the FP lanes.
+             w = max(bits(max / min_subnormal) of the FP grids, b - 1): 4 for E2M1/INT4 (the RTL's Q4.1 spends
+             one more), 6 for E2M3/INT6. Where 2w exceeds
+             psum_bits (E4M3: 18-bit magnitudes) a fixed point is not exact, and the common code keeps the FP
+             exponent instead: an FP lane whose significand multiplier is widened to s = max(y + 1, b - 1) bits,
+             INT codes entering with a constant exponent (x AND gates), Eq. 44 with y = s - 1 (MXIF8: 7 x 7,
+             n = 24); the INT decode and the s-bit select are as above.
+
+Mode constants (both models). A product's value is P * u_a * u_b * s_a * s_b, u the value of one unit of the
+decoded operand: FP 2^-f in the fixed point (f = -log2 min_subnormal; 1 in an FP lane), INT c * 2^-(shift + t)
+with c = top / qmax for stretched grids (IF4: 6/7) and 1 otherwise, shift the OCP UE8M0 offset (MXINT: b - 2),
+t the largest shift <= f that keeps (2^(b-1) - 1) * 2^t within w bits (the RTL's INT placement). Relative to the
+first pair, each ordered pair needs R = u_a u_b / u_0^2 = C * 2^E (E = round(log2 R)). Per block:
+  - distinct E: an exponent adder (8 bits UE8M0, 5 bits E4M3) adding the selected offset, and a mux of the
+    offsets (exponent bits x (distinct E - 1) MUX2);
+  - C != 1 (stretched INT grids: IF4 6/7 and 36/49 when both operands are INT; IF6 30/31 and 900/961): the
+    scale significand (E4M3: the 8-bit s_a s_b product) times the selected constant, a q x 8 array
+    (q = `const_bits`, default the accumulator's 24-bit significand: the constants are not dyadic, and a
+    narrower one would change the dequantized values) with the constants muxed onto it (q x (distinct C - 1)
+    MUX2), and the block-sum multiplication of the dequantizer widened from 8 to q bits. A single format with
+    such a grid (if4_int alone) folds its one constant into the FP32 tensor scale and pays nothing;
+  - selector decode: one AND tree per ordered candidate pair, n^2 (2 ceil(log2 n) - 1) AND.
+The selector itself is wiring: the E4M3 sign bit (IF4/IF6) or a stored bit beside the scale (MXIF). Energy counts
+every cell toggling at the library's rate, as for the other units, so the mux model's energy is an upper bound
+(a design that isolates the idle pairs' operands switches one pair per block).
 """
 
 from __future__ import annotations
@@ -54,11 +98,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 
 import lowbit_jax as lb
-from lowbit_jax.formats import ElemType, FPElem, IntElem
+from lowbit_jax.formats import ElemType, FPElem, IntElem, ScaledIntElem
 
 Cells = dict[str, float]  # cell type -> count
 CELLS = ("AND", "OR", "XOR", "MUX2", "HA", "FA")
@@ -68,6 +113,7 @@ DEFAULT_TOGGLE = dict.fromkeys(CELLS, 0.5)
 NAMES = ("MXFP8", "MXINT8", "NVFP4", "NVINT4", "MXFP8+NVFP4", "MXINT8+NVINT4")
 INT_SCHEMES, FP_SCHEMES = ("none", "reuse1", "reuse2"), ("none", "reuse")
 SINGLE_THROUGHPUTS = ("mac", "slot")
+ADAPTIVE_MODELS = ("mux", "unified")
 
 
 @dataclass(frozen=True)
@@ -99,14 +145,27 @@ class HardwareParams:
     fp_scheme: str = "reuse"  # Table 7: "none", "reuse" (adopted)
     acc_exp_bits: int = 8  # FP32 accumulator
     acc_man_bits: int = 23
+    adaptive_model: str = "unified"  # adaptive formats: "mux" (a lane per candidate pair) or "unified" (one lane)
+    const_bits: int | None = (
+        None  # significand bits of a scale times a non-dyadic mode constant; None: acc_man_bits + 1
+    )
 
     def __post_init__(self):
         if self.int_scheme not in INT_SCHEMES or self.fp_scheme not in FP_SCHEMES:
             raise ValueError(f"int_scheme must be one of {INT_SCHEMES} and fp_scheme one of {FP_SCHEMES}")
         if self.single_throughput not in SINGLE_THROUGHPUTS:
             raise ValueError(f"single_throughput must be one of {SINGLE_THROUGHPUTS}, got {self.single_throughput!r}")
+        if self.adaptive_model not in ADAPTIVE_MODELS:
+            raise ValueError(f"adaptive_model must be one of {ADAPTIVE_MODELS}, got {self.adaptive_model!r}")
         if self.psum_bits < 2 or self.throughput_ratio < 1 or self.acc_exp_bits < 1 or self.acc_man_bits < 0:
             raise ValueError("psum_bits >= 2, throughput_ratio >= 1 and a valid accumulator FP(e, m) are required")
+        if self.const_bits is not None and self.const_bits < 1:
+            raise ValueError(f"const_bits must be a positive number of bits (or None), got {self.const_bits!r}")
+
+    @property
+    def constant_bits(self) -> int:
+        """q: the significand bits of a scale product times a non-dyadic mode constant."""
+        return self.acc_man_bits + 1 if self.const_bits is None else self.const_bits
 
 
 # --- circuits (Table 6 rows) -----------------------------------------------------------------------------------
@@ -169,7 +228,8 @@ def fp_adder(exp_bits: int, man_bits: int, psum_bits: int = 24) -> dict[str, Cel
 
 
 def _check_lane(a: ElemType, b: ElemType) -> None:
-    if not isinstance(a, FPElem | IntElem) or not isinstance(b, FPElem | IntElem):
+    lane_types = FPElem | IntElem | ScaledIntElem  # a stretched INT grid multiplies its integer codes
+    if not isinstance(a, lane_types) or not isinstance(b, lane_types):
         raise ValueError(f"a MAC lane needs FPElem or IntElem operands; got {a!r} x {b!r}")
     if a.kind != b.kind or (a.kind == "fp" and (a.exp_bits, a.man_bits) != (b.exp_bits, b.man_bits)):
         raise ValueError(f"a lane multiplies two INT elements or two equal FP elements; got {a.name} x {b.name}")
@@ -213,19 +273,237 @@ def block_sum_bits(a: ElemType, b: ElemType, k: int, psum_bits: int = 24) -> int
     return product + stages(k)
 
 
-def dequantizer_cells(scale: str, sum_bits: int) -> Cells:
+def dequantizer_cells(scale: str, sum_bits: int, scale_bits: int | None = None) -> Cells:
     """Per block: UE8M0 two 8-bit exponent adds; E4M3 the scale product s_a s_b (Table 6 FP multiplier, 4x4) and
-    the `sum_bits`-wide block sum times it (sum_bits x 8 array, 5-bit exponent adder)."""
+    the `sum_bits`-wide block sum times it (sum_bits x 8 array, 5-bit exponent adder). `scale_bits`: the width
+    of a scale significand widened by a mode constant (adaptive formats), which the block sum is then multiplied
+    by (a sum_bits x scale_bits array, also under UE8M0)."""
     if scale == "ue8m0":
-        return _sum(ripple_adder(8), ripple_adder(8))
+        widened = array_multiplier(sum_bits, scale_bits) if scale_bits else {}
+        return _sum(ripple_adder(8), ripple_adder(8), widened)
     if scale == "e4m3":
-        return _sum(array_multiplier(4, 4), ripple_adder(4), array_multiplier(sum_bits, 8), ripple_adder(5))
+        width = scale_bits or 8
+        return _sum(array_multiplier(4, 4), ripple_adder(4), array_multiplier(sum_bits, width), ripple_adder(5))
     raise ValueError(f"the cost model knows UE8M0 (MX) and E4M3 (NV) block scales, not {scale!r}")
 
 
 def accumulator_cells(p: HardwareParams) -> Cells:
     """Per block: one FP adder of the accumulator type (FP32 by default)."""
     return _sum(*fp_adder(p.acc_exp_bits, p.acc_man_bits, p.psum_bits).values())
+
+
+# --- adaptive lanes (module docstring: "mux" and "unified") ------------------------------------------------------
+
+
+def shifter(width: int, positions: int) -> Cells:
+    """A left shifter of a `width`-bit result by 0..positions-1 places: width x ceil(log2 positions) MUX2."""
+    return _sum({"MUX2": width * stages(positions)})
+
+
+def int_magnitude(bits: int) -> Cells:
+    """|k| of a b-bit two's complement code: the b-1 low bits XOR the sign, plus the sign (b-1 HA incrementer)."""
+    return {"XOR": bits - 1, "HA": bits - 1} if bits > 1 else {}
+
+
+def mixed_aligner_width(exp_bits: int, man_bits: int, int_bits: int, psum_bits: int = 24) -> int:
+    """Eq. 44 for an INT(b) x FP(x, y) product: one FP operand's 2^x + y bits plus the INT operand's b."""
+    return min(2**exp_bits + man_bits + int_bits, psum_bits)
+
+
+def _key(e: ElemType) -> tuple:
+    """What a lane sees of an element: FP (x, y), or INT width (a stretched grid multiplies integer codes)."""
+    return ("fp", e.exp_bits, e.man_bits) if e.kind == "fp" else ("int", e.bits)
+
+
+def _lane_elems(elems: tuple[ElemType, ...]) -> tuple[ElemType, ...]:
+    """The candidates' elements, one per lane key, in candidate order."""
+    seen: dict[tuple, ElemType] = {}
+    for e in elems:
+        _check_lane(e, e)
+        seen.setdefault(_key(e), e)
+    return tuple(seen.values())
+
+
+def _pairs(elems: tuple[ElemType, ...]) -> list[tuple[ElemType, ElemType]]:
+    """The unordered lane pairs (a, b), INT first in a mixed pair; two different FP elements are not modelled."""
+    out = []
+    for i, a in enumerate(elems):
+        for b in elems[i:]:
+            if a.kind == b.kind == "fp" and a is not b:
+                raise ValueError(f"no lane multiplies two different FP elements ({a.name} x {b.name})")
+            out.append((b, a) if (a.kind, b.kind) == ("fp", "int") else (a, b))
+    return out
+
+
+def mixed_mac_cells(i: ElemType, f: ElemType, k: int = 1, psum_bits: int = 24) -> dict[str, Cells]:
+    """Cells of k INT(b) x FP(x, y) lanes: b x (y+1) array; one exponent, so no exponent adder; the FP-add rows at
+    the mixed Eq. 44 width (normalizer once for all k)."""
+    if i.kind != "int" or f.kind != "fp":
+        raise ValueError(f"a mixed lane multiplies an INT by an FP element; got {i.name} x {f.name}")
+    n = mixed_aligner_width(f.exp_bits, f.man_bits, i.bits, psum_bits)
+    rows = {
+        "multiplier": array_multiplier(i.bits, f.man_bits + 1),
+        "mantissa adder": ripple_adder(n),
+        "exponent subtractor": subtractor(f.exp_bits),
+        "comparator": comparator(f.exp_bits),
+        "aligner": barrel_shifter(n),
+        "normalizer": normalizer(n),
+    }
+    return {s: _sum(c, scale=1 if s == "normalizer" else k) for s, c in rows.items()}
+
+
+def _pair_name(a: ElemType, b: ElemType) -> str:
+    return f"{a.name} x {b.name}"
+
+
+def _pair_sum_bits(a: ElemType, b: ElemType, k: int, psum_bits: int) -> int:
+    if a.kind == b.kind:
+        return block_sum_bits(a, b, k, psum_bits)
+    return mixed_aligner_width(b.exp_bits, b.man_bits, a.bits, psum_bits) + stages(k)
+
+
+def fixed_point_bits(e: ElemType) -> int:
+    """w of one element in a sign-magnitude fixed point: FP bits(max / min_subnormal), INT b - 1."""
+    if e.kind == "int":
+        return e.bits - 1
+    return int(Fraction(e.max) / Fraction(e.min_subnormal)).bit_length()
+
+
+def _fraction_bits(e: ElemType) -> int:
+    """f = -log2 of an FP grid's min_subnormal (the fixed point's fraction bits); 0 for INT."""
+    return 0 if e.kind == "int" else Fraction(e.min_subnormal).denominator.bit_length() - 1
+
+
+def unified_layout(elems: tuple[ElemType, ...], psum_bits: int = 24) -> tuple[str, int]:
+    """("fixed", w) where the common sign-magnitude fixed point holds every product within psum_bits, else
+    ("float", s): an FP lane with an s-bit significand (s = max(y + 1, b - 1))."""
+    elems = _lane_elems(elems)
+    w = max(fixed_point_bits(e) for e in elems)
+    if 2 * w <= psum_bits:
+        return "fixed", w
+    return "float", max(e.man_bits + 1 if e.kind == "fp" else e.bits - 1 for e in elems)
+
+
+def _int_shift(e: ElemType, elems: tuple[ElemType, ...], w: int) -> int:
+    """t: the largest shift <= the fixed point's fraction bits that keeps an INT grid's qmax * 2^t in w bits."""
+    f = max(_fraction_bits(x) for x in elems)
+    qmax = 2 ** (e.bits - 1) - 1
+    return max(t for t in range(f + 1) if qmax << t < 2**w)
+
+
+def unified_mac_cells(elems: tuple[ElemType, ...], k: int = 1, psum_bits: int = 24) -> dict[str, Cells]:
+    """Cells of k "unified" lanes for the candidates' elements (module docstring): per operand each candidate's
+    decoder and a select, then an integer (fixed point) or FP (float layout) multiply-add."""
+    elems = _lane_elems(elems)
+    layout, w = unified_layout(elems, psum_bits)
+    select = {"MUX2": w * (len(elems) - 1)}
+    ints = [e for e in elems if e.kind == "int"]
+    fps = [e for e in elems if e.kind == "fp"]
+    if layout == "fixed":
+        decode = _sum(*(int_magnitude(e.bits) for e in ints), *(shifter(w, 2**e.exp_bits - 1) for e in fps))
+        rows = {
+            "decode": _sum(decode, scale=2),
+            "operand select": _sum(select, scale=2),
+            "multiplier": array_multiplier(w, w),
+            "int adder": ripple_adder(2 * w + 1),
+        }
+    else:
+        if len(fps) != 1:
+            raise ValueError(f"a unified FP lane needs exactly one FP candidate; got {[e.name for e in elems]}")
+        (f,) = fps
+        decode = _sum(*(int_magnitude(e.bits) for e in ints), {"AND": f.exp_bits} if ints else {})
+        rows = {
+            "decode": _sum(decode, scale=2),
+            "operand select": _sum(select, scale=2),
+            "multiplier": array_multiplier(w, w),
+            "exponent adder": ripple_adder(f.exp_bits),
+        }
+        rows |= fp_adder(f.exp_bits, w - 1, psum_bits)
+    return {s: _sum(c, scale=1 if s == "normalizer" else k) for s, c in rows.items()}
+
+
+def unified_sum_bits(elems: tuple[ElemType, ...], k: int, psum_bits: int = 24) -> int:
+    """Block-sum width of the unified lane: 2w + 1 + log2 k (fixed point) or Eq. 44 with y = s - 1, + log2 k."""
+    layout, w = unified_layout(elems, psum_bits)
+    if layout == "fixed":
+        return 2 * w + 1 + stages(k)
+    (f,) = [e for e in _lane_elems(elems) if e.kind == "fp"]
+    return aligner_width(f.exp_bits, w - 1, psum_bits) + stages(k)
+
+
+def operand_unit(e: ElemType, elems: tuple[ElemType, ...], model: str, scale: str, psum_bits: int = 24) -> Fraction:
+    """u: the value (relative to the stored block scale) of one unit of e's decoded operand in the lane that
+    multiplies it (module docstring, "Mode constants")."""
+    fixed = model == "unified" and unified_layout(elems, psum_bits)[0] == "fixed"
+    if e.kind == "fp":
+        return Fraction(1, 2 ** max(_fraction_bits(x) for x in elems if x.kind == "fp")) if fixed else Fraction(1)
+    c = Fraction(e.top) / (2 ** (e.bits - 1) - 1) if isinstance(e, ScaledIntElem) else Fraction(1)
+    shift = e.scale_shift if scale == "ue8m0" else 0
+    t = _int_shift(e, _lane_elems(elems), unified_layout(elems, psum_bits)[1]) if fixed else 0
+    return c / 2 ** (shift + t)
+
+
+def mode_constants(
+    elems: tuple[ElemType, ...], model: str, scale: str, psum_bits: int = 24
+) -> dict[tuple[int, int], tuple[Fraction, int]]:
+    """{(i, j): (C, E)} for every ordered candidate pair: R = u_i u_j / u_0^2 = C * 2^E with E = round(log2 R)."""
+    u = [operand_unit(e, elems, model, scale, psum_bits) for e in elems]
+    out = {}
+    for i in range(len(elems)):
+        for j in range(len(elems)):
+            r = u[i] * u[j] / (u[0] * u[0])
+            e = math.floor(math.log2(r) + 0.5)
+            out[(i, j)] = (r / Fraction(2) ** e, e)
+    return out
+
+
+def constant_cells(constants, scale: str, q: int) -> tuple[Cells, int | None]:
+    """(cells per block, widened scale significand bits or None) for the mode constants: an exponent adder and an
+    offset mux for distinct E, a q x sig array with the constants muxed on it for C != 1 (sig: 8 for E4M3's
+    scale product, 1 for UE8M0, whose significand is the constant itself)."""
+    cs = {c for c, _ in constants.values()}
+    es = {e for _, e in constants.values()}
+    exp_width = 8 if scale == "ue8m0" else 5
+    cells: Cells = {}
+    if len(es) > 1:
+        cells = _sum(ripple_adder(exp_width), {"MUX2": exp_width * (len(es) - 1)})
+    if cs == {Fraction(1)}:
+        return cells, None
+    sig = 8 if scale == "e4m3" else 1
+    cells = _sum(cells, {"MUX2": q * (len(cs) - 1)}, array_multiplier(q, sig) if sig > 1 else {})
+    return cells, q
+
+
+def selector_decode(n: int) -> Cells:
+    """One AND tree per ordered candidate pair over both operands' ceil(log2 n) selector bits."""
+    s = stages(n)
+    return {"AND": n * n * (2 * s - 1)} if s else {}
+
+
+@dataclass(frozen=True)
+class AdaptiveLane:
+    """One MAC position of an adaptive format with distinct candidate elements, built per `model`."""
+
+    elems: tuple[ElemType, ...]
+    k: int
+    model: str
+
+
+def lane_cells(lane: Lane | AdaptiveLane, p: HardwareParams = HardwareParams()) -> dict[str, Cells]:
+    """Cells of one lane by sub-block, its shared normalizers divided by the lanes that share them (lane.k)."""
+    if isinstance(lane, Lane):
+        rows = mac_cells(lane.a, lane.b, 1, p.psum_bits)
+    elif lane.model == "unified":
+        rows = unified_mac_cells(lane.elems, 1, p.psum_bits)
+    else:
+        rows = {}
+        for a, b in _pairs(_lane_elems(lane.elems)):
+            same = a.kind == b.kind
+            cells = mac_cells(a, b, 1, p.psum_bits) if same else mixed_mac_cells(a, b, 1, p.psum_bits)
+            if not same:
+                cells["operand swap"] = {"MUX2": 2 * a.bits}
+            rows |= {f"{_pair_name(a, b)}: {s}": c for s, c in cells.items()}
+    return {s: _sum(c, scale=1 / lane.k if s.endswith("normalizer") else 1) for s, c in rows.items()}
 
 
 # --- units of Table 7 (per slot) -------------------------------------------------------------------------------
@@ -243,39 +521,64 @@ class Lane:
 @dataclass(frozen=True)
 class Unit:
     """A slot of a MAC array: lanes, (scale, blocks per slot per cycle, block-sum bits) per mode, INT scheme-2
-    combine adder."""
+    combine adder, and an adaptive format's per-block logic: (sub-block, blocks per slot per cycle, cells per
+    block) rows and the widened scale significand of its dequantizer (None: the scale's own)."""
 
     name: str
-    lanes: tuple[Lane, ...]
+    lanes: tuple[Lane | AdaptiveLane, ...]
     modes: tuple[tuple[str, float, int], ...]
     combine: tuple[int, float] = (0, 0.0)  # (adder width, per-slot rate)
+    block_logic: tuple[tuple[str, float, Cells], ...] = ()
+    scale_bits: int | None = None
 
 
 def _block_format(fmt: lb.Format | str) -> lb.Format:
     fmt = lb.get_format(fmt)
     if fmt.is_identity:
         raise ValueError(f"{fmt.name} is an identity format: there is no block-scaled MAC to cost")
-    if fmt.scale not in ("ue8m0", "e4m3") or not isinstance(fmt.block_size, int):
+    if fmt.scale_rule.name not in ("ue8m0", "e4m3") or not isinstance(fmt.block_size, int):
         raise ValueError(
             f"{fmt.label}: the cost model covers block-scaled MX (UE8M0) and NV (E4M3) formats with an integer "
-            f"block size; got scale {fmt.scale!r}, block {fmt.block_size!r}"
+            f"block size; got scale {fmt.scale_rule.name!r}, block {fmt.block_size!r}"
         )
     return fmt
 
 
 def format_unit(fmt: lb.Format | str, p: HardwareParams = HardwareParams()) -> Unit:
     """A single-format unit, blocks of fmt.block_size: one lane, or throughput_ratio lanes for <= 4-bit elements
-    when p.single_throughput is "slot"."""
+    when p.single_throughput is "slot". Adaptive formats get p.adaptive_model's lane (module docstring)."""
     fmt = _block_format(fmt)
     wide = fmt.elem.bits <= 4 and p.single_throughput == "slot"
-    n, k = p.throughput_ratio if wide else 1, fmt.block_size
-    mode = (fmt.scale, n / k, block_sum_bits(fmt.elem, fmt.elem, k, p.psum_bits))
-    return Unit(fmt.label.upper(), (Lane(fmt.elem, fmt.elem, k),) * n, (mode,))
+    n, k, scale = p.throughput_ratio if wide else 1, fmt.block_size, fmt.scale_rule.name
+    elems = _lane_elems(fmt.elem.elems) if fmt.is_adaptive else (fmt.elem,)
+    if len(elems) == 1:  # a plain format, or candidates of one element type (Four Over Six): the plain MAC
+        (e,) = elems
+        mode = (scale, n / k, block_sum_bits(e, e, k, p.psum_bits))
+        return Unit(fmt.label.upper(), (Lane(e, e, k),) * n, (mode,))
+    cands = fmt.elem.elems
+    lane = AdaptiveLane(cands, k, p.adaptive_model)
+    if p.adaptive_model == "unified":
+        sum_bits, merge = unified_sum_bits(cands, k, p.psum_bits), {}
+    else:
+        pairs = _pairs(_lane_elems(cands))
+        sum_bits = max(_pair_sum_bits(a, b, k, p.psum_bits) for a, b in pairs)
+        merge = {"MUX2": sum_bits * (len(pairs) - 1)}
+    constants, scale_bits = constant_cells(
+        mode_constants(cands, p.adaptive_model, scale, p.psum_bits), scale, p.constant_bits
+    )
+    rate = n / k
+    logic = [("selector decode", rate, selector_decode(len(cands))), ("mode constants", rate, constants)]
+    logic += [("pair merge", rate, merge)] if merge else []
+    name = f"{fmt.label} ({p.adaptive_model})".upper()
+    blocks = tuple((s, r, c) for s, r, c in logic if c)
+    return Unit(name, (lane,) * n, ((scale, rate, sum_bits),), block_logic=blocks, scale_bits=scale_bits)
 
 
 def mixed_unit(fmt8: lb.Format | str, fmt4: lb.Format | str, p: HardwareParams = HardwareParams()) -> Unit:
     """An 8-bit MX + 4-bit NV unit built with the Table 7 scheme of its kind (p.int_scheme or p.fp_scheme)."""
     f8, f4 = _block_format(fmt8), _block_format(fmt4)
+    if f8.is_adaptive or f4.is_adaptive:
+        raise ValueError(f"mixed units pair plain formats (Table 7); got {f8.label}+{f4.label}")
     e8, e4, r = f8.elem, f4.elem, p.throughput_ratio
     if e8.kind != e4.kind or e8.bits <= 4 or e4.bits > 4:
         raise ValueError(f"a mixed unit pairs a wider and a <= 4-bit format of one kind; got {f8.label}+{f4.label}")
@@ -305,12 +608,14 @@ def unit_cells(unit: Unit, p: HardwareParams = HardwareParams()) -> dict[str, Ce
     """Cells per slot by sub-block: lanes, plus shared blocks times blocks finished per slot per cycle (Eq. 45-48)."""
     rows: dict[str, list[Cells]] = {}
     for lane in unit.lanes:
-        for s, c in mac_cells(lane.a, lane.b, 1, p.psum_bits).items():
-            rows.setdefault(s, []).append(_sum(c, scale=1 / lane.k if s == "normalizer" else 1))
+        for s, c in lane_cells(lane, p).items():
+            rows.setdefault(s, []).append(c)
     width, rate = unit.combine
     if width:
         rows["combine adder"] = [_sum(ripple_adder(width), scale=rate)]
-    rows["dequantizer"] = [_sum(dequantizer_cells(s, w), scale=r) for s, r, w in unit.modes]
+    for s, r, c in unit.block_logic:
+        rows.setdefault(s, []).append(_sum(c, scale=r))
+    rows["dequantizer"] = [_sum(dequantizer_cells(s, w, unit.scale_bits), scale=r) for s, r, w in unit.modes]
     rows["accumulator"] = [_sum(accumulator_cells(p), scale=max(r for _, r, _ in unit.modes))]
     return {s: _sum(*parts) for s, parts in rows.items()}
 
@@ -332,7 +637,8 @@ def unit_cost(
 def cost_per_mac(
     fmt: lb.Format | str, lib: CellLibrary = CellLibrary(), p: HardwareParams = HardwareParams()
 ) -> tuple[float, float]:
-    """(area, energy) per MAC of a single-format unit of `fmt` (any MX/NV element type and integer block size)."""
+    """(area, energy) per MAC of a single-format unit of `fmt` (any MX/NV element type and integer block size;
+    adaptive formats under p.adaptive_model)."""
     unit = format_unit(fmt, p)
     area, energy = unit_cost(unit, lib, p)
     return area / len(unit.lanes), energy / len(unit.lanes)

@@ -8,7 +8,7 @@
 
 Scales: "bf16" is int8_channel with scale_dtype=bfloat16 (s = amax / 127 and x / s evaluated in bf16, the paper's
 "BF16 scale"); "ue8m0" is mxint8 (power-of-two ceil scale) with scale_dtype=--ue8m0-scale-dtype, bfloat16 by
-default as in the authors' code (log2 of the scale in bf16 can undo the ceil, NOTES.md section 11); with float32
+default as in the authors' code (log2 of the scale in bf16 can undo the ceil; docs/formats.md); with float32
 the ceil guarantees |x| / s <= 127, so -128 never occurs and asymmetric == symmetric bit for bit. All six GEMM
 operands are quantized (experiments.train); every configuration trains the same seeds (initialisations, vmapped
 together) on the same batches, so asym - sym is a paired difference.

