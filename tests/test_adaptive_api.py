@@ -144,7 +144,7 @@ def test_four_over_six_maps_the_block_amax_to_four():
 
 
 # --------------------------------------------------------------------------------------------- everywhere
-@pytest.mark.parametrize("name", ADAPTIVE)
+@pytest.mark.parametrize("name", ["if6", "mxif8", "nvfp4_4over6"])  # every format: test_adaptive_oracle.py
 def test_round_trip_and_storage_dtypes(name):
     x = heavy((5, 70), seed=1)  # a partial last block
     x[0] = np.where(np.arange(70) % 16 == 0, 10.0, 0.02 * x[0])  # spiky blocks: MXFP8 beats MXINT8 there
