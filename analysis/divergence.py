@@ -1,4 +1,4 @@
-"""Output-distribution distances for direct-cast inference (paper section 5.2, NOTES.md section 9.1)."""
+"""Output-distribution distances for direct-cast inference (arXiv 2510.25602 section 5.2)."""
 
 from __future__ import annotations
 

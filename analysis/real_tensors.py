@@ -3,7 +3,7 @@
 A captured linear layer gives the paper's six tensors, each the (rows, K) matrix quantized in blocks along K:
   x_fwd (1) X along in-features, w_fwd (2) W along in-features, dy_dx (3) dY along out-features,
   w_dx (4) W along out-features, x_dw (5) X along tokens, dy_dw (6) dY along tokens.
-Per tensor: the mean block crest factor (max|x| / RMS per block, averaged over blocks; NOTES.md §7) at each
+Per tensor: the mean block crest factor (max|x| / RMS per block, averaged over blocks; paper Eq. 11 and Table 2) at each
 block size, the tensor-wise QSNR of each format, and the QSNR the theory predicts from the tensor's own block
 crest factors (analysis.advise: per-block error ratios weighted by block energy); all of it again after a
 block-diagonal random Hadamard rotation of size h along K (skipped, NaN, when h does not divide K).

@@ -7,7 +7,7 @@
 Each row times `jit(fake_quant)` (median over --repeats batches of --batch back-to-back calls, after a warm-up;
 the GPU preset queues 10 calls per batch so that dispatch overlaps the device work) and reports GB/s as
 (bytes read + bytes written) / time, and the ratio quant_time / copy_time against `jit(jnp.copy)` on the same
-array in the same run. Targets on the 2-core CPU (issue 2): ratio <= 1.6 for MX formats, <= 2.0 for NV
+array in the same run. Targets on the 2-core CPU: ratio <= 1.6 for MX formats, <= 2.0 for NV
 formats (they read the tensor twice: tensor amax, then blocks). --impls: xla (the core), pallas (the kernel on
 its default GPU backend, Triton); off a GPU the Pallas kernels only run interpreted
 (slow: use a small --size). Issue 5's GPU goal: Pallas >= 80 % of copy GB/s and faster than XLA, per format.

@@ -1,4 +1,4 @@
-"""Block-diagonal randomized Hadamard rotation (QuaRot / QuIP# style; paper NOTES.md section 13).
+"""Block-diagonal randomized Hadamard rotation (QuaRot / QuIP# style, as in the paper's rotation study).
 
 R = D H / sqrt(h): D a diagonal of random +-1 signs drawn from `key`, H the h x h Sylvester Hadamard matrix.
 R is orthogonal (R R^T = I), so rotating both GEMM operands along the contracting axis with the same R leaves
