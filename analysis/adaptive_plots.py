@@ -58,22 +58,27 @@ def _legend(fig, axes, n: int, ncol: int) -> None:
     fig.tight_layout(rect=(0, 0.1 if axes.shape[0] == 1 else 0.06, 1, 1))
 
 
+def _source_lines(ax, curves) -> None:
+    """One line per data source ({label: (x, share)}): real tensors solid, synthetic dashed."""
+    for i, (label, (x, frac)) in enumerate(curves.items()):
+        real = label.startswith("real")
+        ax.plot(
+            x,
+            frac,
+            "-" if real else "--",
+            marker=_MARKERS[i % len(_MARKERS)],
+            ms=2.5,
+            lw=1.6 if real else 1.0,
+            label=label,
+        )
+
+
 def choice_figure(panels: Sequence[ChoicePanel], ncols: int = 3):
     """One panel per format: measured share of blocks choosing candidate 1 per crest-factor bin (a line per
     source), the theory's step (1 below kappa*, 0 above) and kappa* marked."""
     fig, axes = _grid(len(panels), ncols, (4.4, 3.3))
     for ax, p in zip(axes.ravel(), panels, strict=False):
-        for i, (label, (k, frac)) in enumerate(p.curves.items()):
-            real = label.startswith("real")
-            ax.plot(
-                k,
-                frac,
-                "-" if real else "--",
-                marker=_MARKERS[i % len(_MARKERS)],
-                ms=2.5,
-                lw=1.6 if real else 1.0,
-                label=label,
-            )
+        _source_lines(ax, p.curves)
         hi = p.kappa_cap * 1.05
         if np.isfinite(p.kappa_star):
             ax.axvline(p.kappa_star, color="k", lw=1.2, ls=":")
@@ -108,17 +113,7 @@ def rho_figure(panels: Sequence[RhoPanel], ncols: int = 3):
     rho (candidate 0's scale over the exact amax / Qmax), a line per source, the theory's (average) rho marked."""
     fig, axes = _grid(len(panels), ncols, (4.4, 3.3))
     for ax, p in zip(axes.ravel(), panels, strict=False):
-        for i, (label, (r, frac)) in enumerate(p.curves.items()):
-            real = label.startswith("real")
-            ax.plot(
-                r,
-                frac,
-                "-" if real else "--",
-                marker=_MARKERS[i % len(_MARKERS)],
-                ms=2.5,
-                lw=1.6 if real else 1.0,
-                label=label,
-            )
+        _source_lines(ax, p.curves)
         ax.axvline(p.rho_theory, color="k", lw=1.2, ls=":")
         ax.annotate(
             f"theory ρ={p.rho_theory:.2f}", (p.rho_theory, 0.9), xytext=(4, 0), textcoords="offset points", fontsize=7

@@ -25,6 +25,7 @@ from analysis.crest import block_stats, crest_factor
 from analysis.qsnr import qsnr_db
 from lowbit_jax import hadamard
 from lowbit_jax.formats import PER_CHANNEL, Format, get_format
+from lowbit_jax.interceptor import capture
 from lowbit_jax.quantize import fake_quant
 
 OPERANDS = ("x_fwd", "w_fwd", "dy_dx", "w_dx", "x_dw", "dy_dw")  # the paper's tensors (1)-(6)
@@ -127,3 +128,17 @@ def pair_verdict(int_db, fp_db, pred_int_db, pred_fp_db, crest, kstar: float) ->
         "kappa_star": kstar,
         "kappa_rule_agree": float(np.mean((k < kstar) == int_wins)) if math.isfinite(kstar) else float("nan"),
     }
+
+
+def capture_batches(model, params, batches, rules: str = ".*"):
+    """Yield (batch index, captured records of the Dense layers matching `rules`) of one forward + backward pass
+    of MiniLM's MNRL loss per (anchor, positive) batch."""
+    from lowbit_jax.models import minilm  # only the real-tensor runs need the model code
+
+    with capture(rules) as cap:
+        grad = jax.jit(jax.grad(functools.partial(minilm.pair_loss, model)))  # traced inside the capture
+        for b, (anchor, positive) in enumerate(batches):
+            jax.block_until_ready(grad(params, anchor, positive))
+            jax.effects_barrier()
+            records, cap.records[:] = list(cap.records), []
+            yield b, records

@@ -203,18 +203,6 @@ def synthetic_groups(cfg: Config, key: jax.Array) -> dict[str, dict[str, Group]]
     return out
 
 
-def capture_batches(model, params, batches, rules: str = ".*"):
-    """Yield (batch index, captured records of the Dense layers matching `rules`) of one forward + backward pass
-    of the MNRL loss per batch."""
-    with lb.capture(rules) as cap:
-        grad = jax.jit(jax.grad(functools.partial(minilm.pair_loss, model)))  # traced inside the capture
-        for b, (anchor, positive) in enumerate(batches):
-            jax.block_until_ready(grad(params, anchor, positive))
-            jax.effects_barrier()
-            records, cap.records[:] = list(cap.records), []
-            yield b, records
-
-
 @functools.partial(jax.jit, static_argnames=("h",))
 def _rotate(m, key, h: int):
     return lb.hadamard.rotate(m, h, key)
@@ -243,7 +231,7 @@ def real_groups(cfg: Config, key: jax.Array) -> tuple[dict, list[dict]]:
     }
     rows = []
     for b, records in common.progress(
-        capture_batches(model, params, batches, cfg.capture), total=len(batches), desc="batches"
+        real_tensors.capture_batches(model, params, batches, cfg.capture), total=len(batches), desc="batches"
     ):
         mats = [t for t in real_tensors.operand_matrices(records) if b == 0 or not t[1].startswith("w")]
         for path, operand, mat in common.progress(mats, desc=f"batch {b} tensors", leave=False):

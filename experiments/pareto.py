@@ -95,7 +95,7 @@ def minilm_matrices(cfg: Config) -> list[np.ndarray]:
     model, params, tokenizer = minilm.load(ts.layers)
     train, _ = text.load_split(tokenizer, ts.seq_len)
     batches = text.pair_batches(train, ts.pairs_per_batch, ts.batches, ts.seed)
-    ((_, records),) = list(tensor_stats.capture_batches(ts, model, params, batches))
+    ((_, records),) = list(real_tensors.capture_batches(model, params, batches))
     return [m for _, _, m in real_tensors.operand_matrices(records)]
 
 

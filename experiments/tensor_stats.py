@@ -32,7 +32,6 @@ Output (--out, default results/tensor_stats/):
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 import zlib
 
@@ -96,17 +95,6 @@ PRESETS = {
     # 6 pairs x 2 windows x 32 tokens = 384 tokens = the hidden size: 3 distinct matrix shapes to compile, not 7
     "tiny": Config(layers=2, batches=1, pairs_per_batch=6, seq_len=32, pairs=("mxint8/mxfp8", "nvint4/nvfp4")),
 }
-
-
-def capture_batches(cfg: Config, model, params, batches):
-    """Yield (batch index, captured records) of one forward + backward pass of the MNRL loss per batch."""
-    with lb.capture(".*") as cap:
-        grad = jax.jit(jax.grad(functools.partial(minilm.pair_loss, model)))  # traced inside the capture
-        for b, (anchor, positive) in enumerate(batches):
-            jax.block_until_ready(grad(params, anchor, positive))
-            jax.effects_barrier()
-            records, cap.records[:] = list(cap.records), []
-            yield b, records
 
 
 def tensor_rows(cfg: Config, b: int, records, key, cache: dict) -> list[dict]:
@@ -238,7 +226,7 @@ def main(argv=None) -> dict:
     train, _ = text.load_split(tokenizer, cfg.seq_len)
     batches = text.pair_batches(train, cfg.pairs_per_batch, cfg.batches, cfg.seed)
     key, cache, rows = jax.random.key(cfg.seed), {}, []
-    bar = common.progress(capture_batches(cfg, model, params, batches), total=len(batches), desc="batches")
+    bar = common.progress(real_tensors.capture_batches(model, params, batches), total=len(batches), desc="batches")
     for b, records in bar:
         rows += tensor_rows(cfg, b, records, key, cache)
     result = {
