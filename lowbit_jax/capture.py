@@ -96,14 +96,15 @@ def _grad_tap_bwd(sink, _, dy):
 grad_tap.defvjp(_grad_tap_fwd, _grad_tap_bwd)
 
 
-def tap_dot_general(sink):
-    """A lax.dot_general-compatible callable that reports (name, axes, value) of X, W and dY to `sink`."""
+def tap_dot_general(sink, inner=lax.dot_general):
+    """A lax.dot_general-compatible callable that reports (name, axes, value) of X, W and dY to `sink` and
+    computes the product with `inner` (a dot_general-compatible callable, e.g. a quantized one)."""
 
     def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, out_sharding=None):
         axes = operand_axes(dimension_numbers, lhs.ndim, rhs.ndim)
         jax.debug.callback(functools.partial(sink, "x", axes["x"]), lhs)
         jax.debug.callback(functools.partial(sink, "w", axes["w"]), rhs)
-        y = lax.dot_general(
+        y = inner(
             lhs,
             rhs,
             dimension_numbers,

@@ -1,8 +1,9 @@
 """Route an unmodified Flax model's GEMMs through qdot_general (or capture their operands) by module-path rules.
 
-Rules: a list of (regex, value), matched with re.fullmatch against '/'-joined module paths ('encoder/layer_0/
-attn/query'; NNX list indices appear as numbers, 'layers/0/linear'); the first match wins; unmatched layers
-are left alone. value: a QDotConfig; None or "skip"; a preset "train:<spec>" / "direct_cast:<spec>", or the
+Rules: a dict {regex: value} or a list of (regex, value) pairs, matched with re.fullmatch against '/'-joined module
+paths ('encoder/layer_0/attn/query'; NNX list indices appear as numbers, 'layers/0/linear'); the first match wins;
+unmatched layers are left alone. A bare regex (or a list of them) has no value: TypeError for `quantized`, a
+capture rule for `capture`. value: a QDotConfig; None or "skip"; a preset "train:<spec>" / "direct_cast:<spec>", or the
 tuple ("train", spec) / ("direct_cast", spec). The preset is the text before the first ':' (case-insensitive) and
 <spec> everything after it, a full format spec (lowbit_jax.formats grammar, e.g. "direct_cast:mxint8:block_size=64",
 "train:fp(3,2):block_size=16:scale=e4m3"); the tuple's spec may also be a Format. Bad regexes, presets and specs
@@ -12,6 +13,13 @@ Convolutions: linen nn.Conv and nnx.Conv get their `conv_general_dilated` hook s
 `qconv.qconv_general_dilated` (the convolution as patches . W through qdot_general, grouped ones included).
 Transposed and unshared (ConvLocal) convolutions are not quantized; a rule that matches one lists it in
 `Report.unsupported` rather than passing over it silently.
+
+Tied heads: nn.Embed.attend / nnx.Embed.attend (query . table^T, the tied LM head) is a GEMM under the Embed's
+path; the embedding lookup itself is not a GEMM and is never quantized.
+
+Nesting: contexts compose. At each layer the innermost `quantized` context with a rule for its path (a skip rule
+included) decides its config, and every `capture` context whose rule matches records the layer's operands (the
+high-precision X, W and dY that the quantizers see). Every active context's Report records what ran.
 
 Linen: `with quantized(rules): model.apply(...)` uses flax.linen.intercept_methods. nn.Dense/DenseGeneral
 run their own __call__ with their `dot_general` hook swapped for the duration of the call; nn.Einsum (no hook)
@@ -40,6 +48,7 @@ import dataclasses
 import functools
 import re
 import threading
+import weakref
 import zlib
 from dataclasses import dataclass, field
 
@@ -47,6 +56,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
 from lowbit_jax import capture as capture_lib
 from lowbit_jax.formats import Format, get_format
@@ -60,6 +70,7 @@ _NNX_HOOKS = {
     nnx.LinearGeneral: "dot_general",
     nnx.Einsum: "einsum_op",
     nnx.Conv: "conv_general_dilated",
+    nnx.Embed: "attend",
 }
 _LINEN_LAYERS = (nn.Dense, nn.DenseGeneral, nn.Einsum, nn.Conv)
 _LINEN_UNSUPPORTED = (nn.ConvTranspose, nn.ConvLocal)
@@ -107,13 +118,31 @@ def parse_value(value, where: str = "rule") -> QDotConfig | str | None:
 
 
 def parse_rules(rules, default=None) -> tuple[Rule, ...]:
-    """Compile rules: a regex string, or a list of regex strings (value `default`) or (regex, value) pairs."""
-    rules = [rules] if isinstance(rules, str) else list(rules)
+    """Compile rules: a dict {regex: value}, a list of (regex, value) pairs, or (capture only, `default` given) a
+    regex string or a list of regex strings. TypeError for anything else, so that no rule silently matches nothing.
+    """
+    if isinstance(rules, dict):
+        rules = list(rules.items())
+    elif isinstance(rules, str):
+        rules = [rules]
+    elif isinstance(rules, list | tuple):
+        rules = list(rules)
+    else:
+        raise TypeError(
+            f"rules must be a dict {{regex: config}} or a list of (regex, config) pairs, got {type(rules).__name__}"
+        )
     out = []
     for i, rule in enumerate(rules):
-        pattern, value = (rule, default) if isinstance(rule, str) else (rule if len(rule) == 2 else (None, None))
-        if not isinstance(pattern, str):
-            raise ValueError(f"rule {i}: expected (regex, config) or a regex string, got {rule!r}")
+        if isinstance(rule, str):
+            if default is None:
+                raise TypeError(
+                    f"rule {i} ({rule!r}) is a bare pattern without a config; write (regex, config) pairs or a dict "
+                    f"{{regex: config}}, e.g. [('.*', 'direct_cast:mxfp4')]"
+                )
+            rule = (rule, default)
+        if not isinstance(rule, tuple | list) or len(rule) != 2 or not isinstance(rule[0], str):
+            raise TypeError(f"rule {i}: expected a (regex, config) pair, got {rule!r}")
+        pattern, value = rule
         try:
             compiled = re.compile(pattern)
         except re.error as err:
@@ -131,41 +160,35 @@ def _only(rules: tuple[Rule, ...], kind: type, where: str) -> tuple[Rule, ...]:
     return rules
 
 
+def find(rules: tuple[Rule, ...], path: str) -> Rule | None:
+    """The first rule whose regex fullmatches `path`, or None."""
+    return next((rule for rule in rules if rule.pattern.fullmatch(path)), None)
+
+
 def match(rules: tuple[Rule, ...], path: str) -> QDotConfig | str | None:
     """The config of the first rule whose regex fullmatches `path` (None if none does or it says skip)."""
-    for rule in rules:
-        if rule.pattern.fullmatch(path):
-            return rule.config
-    return None
+    rule = find(rules, path)
+    return None if rule is None else rule.config
 
 
 @dataclass
 class Report:
-    """Which GEMM layers were quantized (path -> config label), which were left alone by a rule, and which
-    matched a rule but cannot be quantized (convolutions: path -> module type), so that they are not missed."""
+    """What ran at each GEMM layer a context saw: quantized (path -> config label; 'capture' for a capture
+    context), skipped (left alone), and unsupported (a rule matched a layer that cannot be quantized: path ->
+    module type), so that no layer is missed. Under nested contexts every report records what actually ran."""
 
     quantized: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     unsupported: dict[str, str] = field(default_factory=dict)
 
-    def passes_over(self, path: str, module, config) -> bool:
-        """Whether the layer cannot be quantized (a transposed or local convolution; a convolution under capture,
-        whose operands are not a GEMM's); if so and a rule matched it, it is listed in `unsupported`."""
-        if isinstance(module, _LINEN_UNSUPPORTED + _NNX_UNSUPPORTED):
-            reason = type(module).__name__
-        elif config == CAPTURE and isinstance(module, nn.Conv | nnx.Conv):
-            reason = "Conv (capture)"
-        else:
-            return False
-        if config is not None:
-            self.unsupported[path] = reason
-        return True
-
     def record(self, path: str, config) -> None:
         if config is None:
+            self.quantized.pop(path, None)
             if path not in self.skipped:
                 self.skipped.append(path)
         else:
+            if path in self.skipped:
+                self.skipped.remove(path)
             self.quantized[path] = CAPTURE if config == CAPTURE else config.label
 
 
@@ -176,7 +199,7 @@ def layer_key(key, path: str, call: int = 0):
 
 @dataclass(eq=False)
 class Session:
-    """One active `quantized` / `capture` context."""
+    """One active `quantized` / `capture` context (a capture context has `capture` set)."""
 
     rules: tuple[Rule, ...]
     key: object = None
@@ -184,13 +207,10 @@ class Session:
     capture: capture_lib.Capture | None = None
     calls: dict[str, int] = field(default_factory=dict)
 
-    def op(self, path: str, config, conv: bool = False):
-        """The dot_general-compatible (conv: conv_general_dilated-compatible) callable for one call at `path`."""
+    def next_call(self, path: str) -> int:
         call = self.calls.get(path, 0)
         self.calls[path] = call + 1
-        if config == CAPTURE:
-            return capture_lib.tap_dot_general(functools.partial(self.capture.record, path, call))
-        return _quant_op(path, config, self.key, call, conv)
+        return call
 
 
 def _quant_op(path: str, config: QDotConfig, key, call: int = 0, conv: bool = False):
@@ -210,6 +230,96 @@ def _sessions() -> list[Session]:
     if not hasattr(_STACK, "sessions"):
         _STACK.sessions = []
     return _STACK.sessions
+
+
+# ---------------------------------------------------------------------------------------------- dispatch
+@dataclass(frozen=True)
+class Cover:
+    """One context's view of a layer: the session (None: permanent NNX surgery), the layer's path in that context
+    and the first rule matching it (None: no rule matched)."""
+
+    session: Session | None
+    path: str
+    rule: Rule | None
+
+    @property
+    def config(self):
+        return None if self.rule is None else self.rule.config
+
+
+def _unsupported_reason(module, cover: Cover) -> str | None:
+    """Why `cover`'s context cannot act on `module` (None: it can)."""
+    if isinstance(module, _LINEN_UNSUPPORTED + _NNX_UNSUPPORTED):
+        return type(module).__name__
+    if cover.config == CAPTURE and isinstance(module, nn.Conv | nnx.Conv):
+        return "Conv (capture)"
+    return None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What runs at one layer call: the quantizing cover (innermost context with a matching rule, skip rules
+    included) or None, and the capture covers that record its operands."""
+
+    quant: Cover | None
+    captures: tuple[Cover, ...]
+
+    @property
+    def config(self) -> QDotConfig | None:
+        return None if self.quant is None else self.quant.config
+
+
+def plan(covers: list[Cover], module) -> Plan:
+    """Compose the active contexts at a layer (outermost first): the innermost quantizing context that has a rule
+    for the layer decides its config; every capture context whose rule matches records the GEMM's operands (the
+    high-precision X, W and dY that the quantizers see)."""
+    quant = next((c for c in reversed(covers) if c.rule is not None and c.config != CAPTURE), None)
+    if quant is not None and _unsupported_reason(module, quant):
+        quant = None
+    captures = tuple(c for c in covers if c.config == CAPTURE and not _unsupported_reason(module, c))
+    return Plan(quant, captures)
+
+
+def record(covers: list[Cover], module, chosen: Plan) -> None:
+    """Update every context's report with what runs at the layer."""
+    for c in covers:
+        if c.session is None:
+            continue
+        report = c.session.report
+        reason = _unsupported_reason(module, c)
+        if reason is not None:
+            if c.config is not None:
+                report.unsupported[c.path] = reason
+        elif c.session.capture is not None:
+            report.record(c.path, CAPTURE if c in chosen.captures else None)
+        else:
+            report.record(c.path, chosen.config)
+
+
+def layer_op(covers: list[Cover], module, conv: bool = False):
+    """The dot_general-compatible (conv: conv_general_dilated-compatible) callable for one call of the layer, or
+    None when no context acts on it (the layer runs its own GEMM). Records the call in every report."""
+    chosen = plan(covers, module)
+    record(covers, module, chosen)
+    if chosen.config is None and not chosen.captures:
+        return None
+    op = lax.conv_general_dilated if conv else lax.dot_general
+    if chosen.config is not None:
+        q = chosen.quant
+        if q.session is None:  # permanent surgery: the key of the innermost active context that has one
+            key = next((s.key for s in reversed(_sessions()) if s.key is not None), None)
+            op = _quant_op(q.path, q.config, key, conv=conv)
+        else:
+            op = _quant_op(q.path, q.config, q.session.key, q.session.next_call(q.path), conv)
+    for c in reversed(chosen.captures):
+        sink = functools.partial(c.session.capture.record, c.path, c.session.next_call(c.path))
+        op = capture_lib.tap_dot_general(sink, op)
+    return op
+
+
+def _embed_attend(op, query, embedding):
+    """Embed.attend's query @ embedding.T (contract query's features with the embedding's) computed by `op`."""
+    return op(query, embedding, (((query.ndim - 1,), (1,)), ((), ())))
 
 
 # ---------------------------------------------------------------------------------------------- linen
@@ -232,6 +342,12 @@ def _linen_einsum(mod: nn.Einsum, op, inputs, einsum_str=None):
     return y if bias is None else y + jnp.reshape(bias, bias_shape)
 
 
+def _linen_attend(mod: nn.Embed, op, query):
+    """flax.linen.Embed.attend (flax 0.12.8) with the GEMM computed by `op`."""
+    query, embedding = mod.promote_dtype(query, mod.embedding, dtype=mod.dtype)
+    return _embed_attend(op, query, embedding)
+
+
 def _linen_with_hook(mod, op, next_fun, args, kwargs, hook: str = "dot_general"):
     """Run a Dense/DenseGeneral's (Conv's: hook='conv_general_dilated') own __call__ with its hook set to `op`."""
     saved = getattr(mod, hook), getattr(mod, f"{hook}_cls")
@@ -244,52 +360,59 @@ def _linen_with_hook(mod, op, next_fun, args, kwargs, hook: str = "dot_general")
         object.__setattr__(mod, f"{hook}_cls", saved[1])
 
 
-def _linen_interceptor(session: Session):
-    def interceptor(next_fun, args, kwargs, context):
-        mod = context.module
-        if context.method_name != "__call__" or not isinstance(mod, _LINEN_LAYERS + _LINEN_UNSUPPORTED):
-            return next_fun(*args, **kwargs)
-        path = _linen_path(mod)
-        config = match(session.rules, path)
-        if session.report.passes_over(path, mod, config):
-            return next_fun(*args, **kwargs)
-        session.report.record(path, config)
-        if config is None:
-            return next_fun(*args, **kwargs)
-        if isinstance(mod, nn.Conv):
-            op = session.op(path, config, conv=True)
-            return _linen_with_hook(mod, op, next_fun, args, kwargs, hook="conv_general_dilated")
-        op = session.op(path, config)
-        if isinstance(mod, nn.Einsum):
-            return _linen_einsum(mod, op, *args, **kwargs)
-        return _linen_with_hook(mod, op, next_fun, args, kwargs)
-
-    return interceptor
+def _linen_interceptor(next_fun, args, kwargs, context):
+    """The one linen interceptor: installed by the outermost context, it composes every active context."""
+    mod = context.module
+    if context.method_name == "attend" and isinstance(mod, nn.Embed):
+        gemm = "attend"
+    elif context.method_name == "__call__" and isinstance(mod, _LINEN_LAYERS + _LINEN_UNSUPPORTED):
+        gemm = "conv" if isinstance(mod, nn.Conv) else "call"
+    else:
+        return next_fun(*args, **kwargs)
+    path = _linen_path(mod)
+    covers = [Cover(s, path, find(s.rules, path)) for s in _sessions()]
+    op = layer_op(covers, mod, conv=gemm == "conv")
+    if op is None:
+        return next_fun(*args, **kwargs)
+    if gemm == "attend":
+        return _linen_attend(mod, op, *args, **kwargs)
+    if gemm == "conv":
+        return _linen_with_hook(mod, op, next_fun, args, kwargs, hook="conv_general_dilated")
+    if isinstance(mod, nn.Einsum):
+        return _linen_einsum(mod, op, *args, **kwargs)
+    return _linen_with_hook(mod, op, next_fun, args, kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- NNX
 @dataclass(frozen=True)
 class NNXHook:
-    """A dot_general / einsum_op / conv_general_dilated hook installed on an NNX layer; builds the layer's op at
-    call time."""
+    """A dot_general / einsum_op / conv_general_dilated / attend hook installed on an NNX layer: composes the
+    contexts that cover the layer (outermost first) at call time; `original` is the attribute it replaced."""
 
-    path: str
-    config: QDotConfig | str
+    covers: tuple[Cover, ...]
     attr: str = "dot_general"
-    session: Session | None = None  # None (permanent surgery): key from the innermost active session
+    original: object = None
+    module: weakref.ref | None = None  # the layer (a weak reference: no cycle in the module graph)
 
     def __call__(self, *args, **kwargs):
-        session, conv = self.session, self.attr == "conv_general_dilated"
-        if session is None:
-            key = next((s.key for s in reversed(_sessions()) if s.key is not None), None)
-            op = _quant_op(self.path, self.config, key, conv=conv)
-        else:
-            op = session.op(self.path, self.config, conv=conv)
+        mod = self.module()
+        op = layer_op(list(self.covers), mod, conv=self.attr == "conv_general_dilated")
+        if self.attr == "attend":
+            return type(mod).attend(mod, *args, **kwargs) if op is None else _nnx_attend(mod, op, *args, **kwargs)
+        if op is None:
+            op = self.original
         return einsum_via(op, *args, **kwargs) if self.attr == "einsum_op" else op(*args, **kwargs)
 
 
+def _nnx_attend(mod: nnx.Embed, op, query, out_sharding=None):
+    """flax.nnx.Embed.attend (flax 0.12.8) with the GEMM computed by `op`."""
+    query, embedding = mod.promote_dtype((query, mod.embedding[...]), dtype=mod.dtype)
+    y = _embed_attend(op, query, embedding)
+    return y if out_sharding is None else jax.lax.with_sharding_constraint(y, out_sharding)
+
+
 def nnx_layers(model, also: tuple = ()) -> list[tuple[str, nnx.Module]]:
-    """(path, module) of every nnx.Linear / LinearGeneral / Einsum / Conv (and instance of `also`) in `model`."""
+    """(path, module) of every nnx.Linear / LinearGeneral / Einsum / Conv / Embed (and instance of `also`)."""
     if not isinstance(model, nnx.Module):
         raise TypeError(f"model= takes Flax NNX modules (linen models need no model=), got {type(model).__name__}")
     return [
@@ -299,30 +422,62 @@ def nnx_layers(model, also: tuple = ()) -> list[tuple[str, nnx.Module]]:
     ]
 
 
-def _install(model, rules, report: Report, session: Session | None) -> list[tuple[nnx.Module, str, object]]:
-    """Install hooks on the matched layers of `model`; returns (module, attribute, old value) to restore."""
+def _current_covers(m, attr: str) -> tuple[Cover, ...]:
+    hook = m.__dict__.get(attr)
+    return hook.covers if isinstance(hook, NNXHook) else ()
+
+
+def _install(model, rules, session: Session | None) -> list[tuple[nnx.Module, str, object]]:
+    """Add `session`'s cover to every layer of `model` it sees; returns (module, attribute, old value) to restore.
+    The reports of every context covering a layer are updated with what now runs there."""
     saved = []
     for path, m in nnx_layers(model, _NNX_UNSUPPORTED):
-        config = match(rules, path)
-        if report.passes_over(path, m, config):
-            continue
-        report.record(path, config)
-        if config is None:
+        rule = find(rules, path)
+        if session is None and (rule is None or rule.config is None):
+            continue  # permanent surgery hooks only the layers it quantizes
+        if isinstance(m, _NNX_UNSUPPORTED):
+            record([Cover(session, path, rule)], m, Plan(None, ()))
             continue
         attr = _NNX_HOOKS[type(m)]
-        saved.append((m, attr, getattr(m, attr)))
+        covers = _current_covers(m, attr)
+        if session is None:  # permanent surgery replaces earlier surgery, and cannot outlive a context's hooks
+            if any(c.session is not None for c in covers):
+                raise ValueError(f"quantize_nnx on {path!r} inside an active quantized/capture context on it")
+            covers = ()
+        covers += (Cover(session, path, rule),)
+        record(list(covers), m, plan(list(covers), m))
+        old = m.__dict__.get(attr, getattr(m, attr))
+        saved.append((m, attr, old, attr in m.__dict__))
         if getattr(m, "dot_general_cls", None) is not None:  # LinearGeneral prefers dot_general_cls
-            saved.append((m, "dot_general_cls", m.dot_general_cls))
+            saved.append((m, "dot_general_cls", m.dot_general_cls, True))
             object.__setattr__(m, "dot_general_cls", None)
-        object.__setattr__(m, attr, NNXHook(path, config, attr, session))
+        # attend is a method: the hook calls type(m).attend when nothing acts
+        original = None if attr == "attend" else old.original if isinstance(old, NNXHook) else old
+        object.__setattr__(m, attr, NNXHook(covers, attr, original, weakref.ref(m)))
     return saved
 
 
+def _restore(saved) -> None:
+    for m, attr, old, own in reversed(saved):
+        if own:
+            object.__setattr__(m, attr, old)
+        else:
+            object.__delattr__(m, attr)
+
+
 def quantize_nnx(model, rules) -> Report:
-    """Quantize an NNX model in place (module surgery on its Linear / LinearGeneral / Einsum / Conv hooks)."""
+    """Quantize an NNX model in place (module surgery on its Linear / LinearGeneral / Einsum / Conv / Embed.attend
+    hooks); returns the report of what the surgery installed."""
     rules = _only(parse_rules(rules), QDotConfig, "quantize_nnx")
     report = Report()
-    _install(model, rules, report, None)
+    for path, m in nnx_layers(model, _NNX_UNSUPPORTED):
+        cover = Cover(None, path, find(rules, path))
+        reason = _unsupported_reason(m, cover)
+        if reason is not None and cover.config is not None:
+            report.unsupported[path] = reason
+        elif reason is None:
+            report.record(path, cover.config)
+    _install(model, rules, None)
     return report
 
 
@@ -330,22 +485,23 @@ def quantize_nnx(model, rules) -> Report:
 def _activate(session: Session, models):
     models = [] if models is None else models if isinstance(models, list | tuple) else [models]
     saved = []
+    outermost = not _sessions()
     _sessions().append(session)
     try:
         for m in models:
-            saved += _install(m, session.rules, session.report, session)
-        with nn.intercept_methods(_linen_interceptor(session)):
+            saved += _install(m, session.rules, session)
+        with nn.intercept_methods(_linen_interceptor) if outermost else contextlib.nullcontext():
             yield session
     finally:
-        for m, attr, old in reversed(saved):
-            object.__setattr__(m, attr, old)
+        _restore(saved)
         _sessions().remove(session)
 
 
 @contextlib.contextmanager
 def quantized(rules=(), *, key=None, model=None):
-    """Quantize matched Dense/DenseGeneral/Einsum/Conv layers of linen models (and of the NNX `model`); yields a
-    Report."""
+    """Quantize matched Dense/DenseGeneral/Einsum/Conv layers and tied heads (Embed.attend) of linen models (and
+    of the NNX `model`); yields a Report. Nested contexts compose: the innermost one with a rule for a layer
+    decides, every report records what ran."""
     session = Session(_only(parse_rules(rules), QDotConfig, "quantized"), key)
     with _activate(session, model):
         yield session.report
@@ -353,7 +509,8 @@ def quantized(rules=(), *, key=None, model=None):
 
 @contextlib.contextmanager
 def capture(rules=".*", *, model=None):
-    """Record the X, W and dY operands of matched GEMMs (unquantized) during forward and backward passes."""
+    """Record the X, W and dY operands of matched GEMMs during forward and backward passes: the high-precision
+    operands, which under an enclosing or nested `quantized` context are those its quantizers see."""
     store = capture_lib.Capture(report=Report())
     session = Session(_only(parse_rules(rules, default=CAPTURE), str, "capture"), None, store.report, store)
     try:

@@ -3,10 +3,12 @@ clear errors (each case was a silent wrong result or an unclear crash before).""
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import lowbit_jax as lb
 
@@ -112,3 +114,147 @@ def test_identity_formats_refuse_a_key_and_float64_is_refused():
     with jax.enable_x64(True):
         with pytest.raises(TypeError, match="float64"):
             lb.fake_quant(jnp.ones((2, 32), jnp.float64), "mxfp4")
+
+
+# ------------------------------------------------------------------------------------------------ interception
+class _MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(64, name="fc1")(x))
+        return nn.Dense(32, name="fc2")(x)
+
+
+class _TiedLM(nn.Module):
+    @nn.compact
+    def __call__(self, tokens):
+        embed = nn.Embed(64, 32, name="embed")
+        return embed.attend(nn.Dense(32, name="fc")(embed(tokens)))
+
+
+class _NNXTiedLM(nnx.Module):
+    def __init__(self, rngs):
+        self.embed = nnx.Embed(64, 32, rngs=rngs)
+        self.fc = nnx.Linear(32, 32, rngs=rngs)
+
+    def __call__(self, tokens):
+        return self.embed.attend(self.fc(self.embed(tokens)))
+
+
+X32 = jnp.asarray(np.random.default_rng(0).standard_normal((4, 32)), jnp.float32)
+MLP_PARAMS = _MLP().init(jax.random.key(0), X32)
+DC4 = lb.QDotConfig.direct_cast("mxfp4")
+
+
+def _mlp(rules):
+    with lb.quantized(rules) as report:
+        y = _MLP().apply(MLP_PARAMS, X32)
+    return y, report
+
+
+def test_rules_as_a_dict_quantize_and_bare_patterns_raise():
+    y_list, rep_list = _mlp([(".*", "direct_cast:mxfp4")])
+    y_dict, rep_dict = _mlp({".*": "direct_cast:mxfp4"})
+    assert rep_dict.quantized == rep_list.quantized == {"fc1": "direct_cast(mxfp4)", "fc2": "direct_cast(mxfp4)"}
+    np.testing.assert_array_equal(y_dict, y_list)
+    assert not np.array_equal(y_dict, _MLP().apply(MLP_PARAMS, X32))
+    for bad in (".*", [".*", "fc1"], None, DC4, [(".*", DC4, 1)]):
+        with pytest.raises(TypeError, match="rule"):
+            with lb.quantized(bad):
+                pass
+
+
+def test_nested_quantized_innermost_rule_wins_and_every_report_says_what_ran():
+    with lb.quantized({".*": "direct_cast:mxfp4"}) as outer:
+        with lb.quantized({"fc2": "direct_cast:mxint8"}) as inner:
+            y = _MLP().apply(MLP_PARAMS, X32)
+    y_ref, _ = _mlp({"fc1": "direct_cast:mxfp4", "fc2": "direct_cast:mxint8"})
+    np.testing.assert_array_equal(y, y_ref)
+    assert outer.quantized == inner.quantized == {"fc1": "direct_cast(mxfp4)", "fc2": "direct_cast(mxint8)"}
+    with lb.quantized({".*": "direct_cast:mxfp4"}) as outer:  # an inner skip rule keeps the layer unquantized
+        with lb.quantized([("fc1", None)]):
+            y = _MLP().apply(MLP_PARAMS, X32)
+    np.testing.assert_array_equal(y, _mlp([("fc2", DC4)])[0])
+    assert outer.quantized == {"fc2": "direct_cast(mxfp4)"} and outer.skipped == ["fc1"]
+
+
+def _loss(params, x):
+    return jnp.sum(_MLP().apply(params, x) ** 2)
+
+
+@pytest.mark.parametrize("capture_inside", [True, False])
+def test_capture_and_quantized_compose(capture_inside):
+    """Both contexts act: the GEMMs are quantized (same output and gradient as quantized alone) and the capture
+    records the operands the quantizers see (fc1's X and W exactly; fc2's X is quantized fc1's activation)."""
+    rules = {".*": "train:mxfp4"}  # forward operands in MXFP4 as DC4; gradients too
+    with lb.quantized(rules):
+        y_q, g_q = jax.value_and_grad(_loss)(MLP_PARAMS, X32)
+    with lb.capture() as cap_plain:
+        jax.grad(_loss)(MLP_PARAMS, X32)
+    if capture_inside:
+        with lb.quantized(rules) as report, lb.capture() as cap:
+            y, g = jax.value_and_grad(_loss)(MLP_PARAMS, X32)
+    else:
+        with lb.capture() as cap, lb.quantized(rules) as report:
+            y, g = jax.value_and_grad(_loss)(MLP_PARAMS, X32)
+    np.testing.assert_array_equal(y, y_q)
+    jax.tree.map(np.testing.assert_array_equal, g, g_q)
+    assert report.quantized == {"fc1": "train(mxfp4)", "fc2": "train(mxfp4)"}
+    assert cap.report.quantized == {"fc1": "capture", "fc2": "capture"}
+    np.testing.assert_array_equal(cap["fc1"]["x"].value, X32)
+    np.testing.assert_array_equal(cap["fc1"]["w"].value, MLP_PARAMS["params"]["fc1"]["kernel"])
+    h1 = jax.nn.relu(
+        lb.qdot_general(X32, MLP_PARAMS["params"]["fc1"]["kernel"], (((1,), (0,)), ((), ())), DC4)
+        + MLP_PARAMS["params"]["fc1"]["bias"][None]
+    )
+    np.testing.assert_array_equal(cap["fc2"]["x"].value, h1)
+    with lb.quantized(rules):
+        out = _MLP().apply(MLP_PARAMS, X32)
+    np.testing.assert_array_equal(cap["fc2"]["dy"].value, 2 * out)  # d sum(y^2) / dy
+    assert not np.array_equal(cap["fc2"]["x"].value, cap_plain["fc2"]["x"].value)
+
+
+def test_tied_lm_head_is_quantized_linen_and_nnx():
+    tokens = jnp.asarray([[1, 5, 9, 63]], jnp.int32)
+    params = _TiedLM().init(jax.random.key(1), tokens)
+    with lb.quantized({".*": DC4}) as report:
+        logits = _TiedLM().apply(params, tokens)
+    assert report.quantized == {"fc": "direct_cast(mxfp4)", "embed": "direct_cast(mxfp4)"}
+    table = params["params"]["embed"]["embedding"]
+    h = lb.qdot_general(table[tokens], params["params"]["fc"]["kernel"], (((2,), (0,)), ((), ())), DC4)
+    h = h + params["params"]["fc"]["bias"][None, None]
+    np.testing.assert_array_equal(logits, lb.qdot_general(h, table, (((2,), (1,)), ((), ())), DC4))
+
+    model = _NNXTiedLM(nnx.Rngs(2))
+    with lb.quantized({".*": DC4}, model=model) as report:
+        logits = model(tokens)
+    assert report.quantized == {"embed": "direct_cast(mxfp4)", "fc": "direct_cast(mxfp4)"}
+    table = model.embed.embedding[...]
+    h = (
+        lb.qdot_general(table[tokens], model.fc.kernel[...], (((2,), (0,)), ((), ())), DC4)
+        + model.fc.bias[...][None, None]
+    )
+    np.testing.assert_array_equal(logits, lb.qdot_general(h, table, (((2,), (1,)), ((), ())), DC4))
+    assert "attend" not in vars(model.embed)  # the hook is removed on exit
+    np.testing.assert_array_equal(model(tokens), jnp.dot(model.fc(table[tokens]), table.T))
+
+
+def test_nnx_contexts_compose_like_linen():
+    model = _NNXTiedLM(nnx.Rngs(3))
+    tokens = jnp.asarray([[2, 4, 8]], jnp.int32)
+    with lb.quantized({".*": DC4}, model=model):
+        y_q = model(tokens)
+    with lb.quantized({".*": DC4}, model=model):
+        with lb.quantized({"embed": None}, model=model) as inner, lb.capture(model=model) as cap:
+            y_nested = model(tokens)
+        y_outer_again = model(tokens)  # the inner contexts' hooks are gone: the outer config runs again
+    table = model.embed.embedding[...]
+    h = (
+        lb.qdot_general(table[tokens], model.fc.kernel[...], (((2,), (0,)), ((), ())), DC4)
+        + model.fc.bias[...][None, None]
+    )
+    np.testing.assert_array_equal(y_nested, jnp.dot(h, table.T))
+    np.testing.assert_array_equal(y_outer_again, y_q)
+    assert inner.quantized == {"fc": "direct_cast(mxfp4)"} and inner.skipped == ["embed"]
+    np.testing.assert_array_equal(cap["embed"]["x"].value, h)
+    with lb.quantized({".*": DC4}, model=model), pytest.raises(ValueError, match="inside an active"):
+        lb.quantize_nnx(model, {".*": DC4})

@@ -275,7 +275,6 @@ def test_layer_keys_are_deterministic_and_distinct():
         ([(".*", "fast:mxint8")], "unknown preset"),
         ([(".*", "mxint8")], "rule value must be"),
         ([(".*", 3)], "rule value must be"),
-        ([(".*", TRAIN8, 1)], "expected"),
         ([(".*", "capture")], "must give a QDotConfig"),
     ],
 )
