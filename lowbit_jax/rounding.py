@@ -127,7 +127,7 @@ def div_exact(num: jnp.ndarray, den: jnp.ndarray) -> jnp.ndarray:
     float32 division is IEEE; elsewhere (NVIDIA GPUs: div.full.f32) the backend's quotient is corrected on
     integers (`_round_quotient`).
     """
-    den = jnp.maximum(den, jnp.abs(num) * 0.0)
+    den = jnp.maximum(den, jnp.where(jnp.isinf(num), 0.0, jnp.abs(num) * 0.0))  # inf * 0 would be NaN
     if _KERNEL_DIVISION.get() or jnp.result_type(num, den) != jnp.float32:
         return num / den
     return lax.platform_dependent(num, den, cpu=jnp.divide, default=_div_corrected)
@@ -142,6 +142,14 @@ def round_bf16(x_f32: jnp.ndarray) -> jnp.ndarray:
     result (24 >= 2 * 8 + 2 bits, so the double rounding is innocuous).
     """
     return lax.reduce_precision(x_f32.astype(jnp.float32), exponent_bits=8, mantissa_bits=7)
+
+
+def round_bf16_satfinite(x_f32: jnp.ndarray) -> jnp.ndarray:
+    """round_bf16, but a finite value beyond bfloat16's range saturates to its largest finite value (+-3.3895e38)
+    instead of becoming Inf: emulated bf16 scale arithmetic keeps finite inputs finite."""
+    y = round_bf16(x_f32)
+    bf16_max = jnp.float32(float(jnp.finfo(jnp.bfloat16).max))
+    return jnp.where(jnp.isinf(y) & jnp.isfinite(x_f32), jnp.copysign(bf16_max, x_f32), y)
 
 
 def round_to_dtype(x_f32: jnp.ndarray, dtype) -> jnp.ndarray:

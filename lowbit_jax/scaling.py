@@ -33,6 +33,7 @@ from lowbit_jax.rounding import (
     mul_pow2,
     pow2,
     round_bf16,
+    round_bf16_satfinite,
     round_fp,
 )
 
@@ -132,7 +133,7 @@ def ue8m0_exponent_bf16(amax: jnp.ndarray, elem, rule: str) -> jnp.ndarray:
     ops = {"ceil": jnp.ceil, "floor": jnp.floor, "round": jnp.round}
     if rule not in ops:
         raise ValueError(f"scale_dtype='bfloat16' supports scale_rounding {list(ops)}, got {rule!r}")
-    s = round_bf16(div_exact(round_bf16(amax), round_bf16(jnp.float32(elem.max))))
+    s = round_bf16(div_exact(round_bf16_satfinite(amax), round_bf16(jnp.float32(elem.max))))
     log2_s = round_bf16(jnp.log2(s))
     e = jnp.where(s > 0, ops[rule](log2_s).astype(jnp.float32), E8M0_MIN_EXP)
     return jnp.clip(e, E8M0_MIN_EXP - elem.scale_shift, E8M0_MAX_EXP - elem.scale_shift).astype(jnp.int32)
@@ -237,7 +238,7 @@ def fp32_scale(amax: jnp.ndarray, elem, scale_dtype: str = "float32", qmax: floa
     the element's max)."""
     q = jnp.float32(elem.max if qmax is None else qmax)
     if scale_dtype == "bfloat16":
-        s = round_bf16(div_exact(round_bf16(amax), round_bf16(q)))
+        s = round_bf16(div_exact(round_bf16_satfinite(amax), round_bf16(q)))
     else:
         s = div_exact(amax, q)
     return jnp.where(amax > 0, jnp.maximum(s, F32_MIN_NORMAL), s)
@@ -374,7 +375,7 @@ def divide(x: jnp.ndarray, sc: Scales, dtype: str = "float32") -> jnp.ndarray:
     """x / scale in float32 (exact for powers of two, correctly rounded otherwise; 0 where the scale is 0), or
     in bf16 if asked."""
     if dtype == "bfloat16":
-        x = round_bf16(x)
+        x = round_bf16_satfinite(x)
     if sc.exp is not None:
         return mul_pow2(x, -sc.exp)
     divisor = sc.value if sc.tensor is None else sc.value * sc.tensor

@@ -258,3 +258,29 @@ def test_nnx_contexts_compose_like_linen():
     np.testing.assert_array_equal(cap["embed"]["x"].value, h)
     with lb.quantized({".*": DC4}, model=model), pytest.raises(ValueError, match="inside an active"):
         lb.quantize_nnx(model, {".*": DC4})
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "int8_channel:scale_dtype=bfloat16",
+        "fp(4,3):scale=fp32:scale_dtype=bfloat16:block_size=4",
+        "mxint8:scale_dtype=bfloat16:block_size=4",
+        "mxfp4:scale_dtype=bfloat16:block_size=4",
+    ],
+)
+def test_bf16_scale_arithmetic_keeps_near_max_float32_blocks_finite(spec):
+    """A finite amax beyond bf16's range (>= 0x7F7F8000 rounds to bf16 Inf) saturates at bf16's max instead of
+    turning the block NaN or its scale to the minimum; the big element stays within 1 % (bf16 steps near 2^128
+    are 2^120 ~ 0.4 %), the small ones, far below the block's step, go to zero."""
+    x = np.array([[3.4e38, 1.0, -2.0, 0.5]], np.float32)
+    y = np.asarray(lb.fake_quant(x, spec))
+    assert np.all(np.isfinite(y)) and abs(y[0, 0] / 3.4e38 - 1) < 0.01
+    np.testing.assert_array_equal(np.abs(y[0, 1:]), 0.0)
+
+
+def test_exact_division_of_infinity_is_infinite():
+    from lowbit_jax.rounding import div_exact
+
+    q = div_exact(jnp.asarray([np.inf, -np.inf, 3.0, np.nan], jnp.float32), jnp.float32(127.0))
+    np.testing.assert_array_equal(q, np.asarray([np.inf, -np.inf, np.float32(3.0) / np.float32(127.0), np.nan]))
