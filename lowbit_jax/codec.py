@@ -162,15 +162,16 @@ def fake_quant_array(x: jax.Array, fmt: Format, axes, key=None, rbits=None) -> j
     return to_output(lay.from_blocks(dequant_values(values, sc)), x.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def fake_quant_ste(x: jax.Array, fmt: Format, axes: tuple[int, ...], key) -> jax.Array:
-    """fake_quant_array with a straight-through (identity) gradient."""
+    """fake_quant_array with a straight-through (identity) derivative, in forward and reverse mode."""
     return fake_quant_array(x, fmt, axes, key)
 
 
-fake_quant_ste.defvjp(
-    lambda x, fmt, axes, key: (fake_quant_array(x, fmt, axes, key), None), lambda fmt, axes, _, g: (g, None)
-)
+@fake_quant_ste.defjvp
+def _fake_quant_ste_jvp(fmt, axes, primals, tangents):
+    x, key = primals
+    return fake_quant_ste(x, fmt, axes, key), tangents[0]  # the rule itself again: straight-through at every order
 
 
 def _axis_field(axes: tuple[int, ...]):

@@ -335,6 +335,14 @@ def _grad_rhs(spec: _Spec, lhs, dy, key, w_spec=None):
     return jnp.transpose(dw_t, np.argsort(order))
 
 
+FORWARD_MODE_MESSAGE = (
+    "qdot_general (and every GEMM lb.quantized routes through it) has no forward-mode derivative: its backward GEMMs "
+    "quantize dY, W and X per QDotConfig in a custom VJP, which is not the transpose of any tangent rule. Use "
+    "reverse mode (jax.grad, jax.vjp, jax.jacrev); for forward-mode sensitivities of a quantized forward pass, use "
+    "lb.fake_quant on the operands (straight-through in both modes) with lax.dot_general"
+)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _qdot(spec: _Spec, lhs, rhs, key):
     return _forward(spec, lhs, rhs, key)
@@ -397,7 +405,13 @@ def qdot_general(
         out_spec = _entries(
             out_sharding.spec if isinstance(out_sharding, NamedSharding) else out_sharding, len(out.shape)
         )
-    y = _qdot_jit(_Spec(dims, config, precision, jnp.dtype(out.dtype).name, out_spec), lhs, rhs, key)
+    spec = _Spec(dims, config, precision, jnp.dtype(out.dtype).name, out_spec)
+    try:
+        y = _qdot_jit(spec, lhs, rhs, key)
+    except TypeError as err:
+        if "forward-mode" not in str(err):
+            raise
+        raise TypeError(FORWARD_MODE_MESSAGE) from err
     if out_sharding is None or explicit:
         return y
     return jax.lax.with_sharding_constraint(y, out_sharding)

@@ -284,3 +284,35 @@ def test_exact_division_of_infinity_is_infinite():
 
     q = div_exact(jnp.asarray([np.inf, -np.inf, 3.0, np.nan], jnp.float32), jnp.float32(127.0))
     np.testing.assert_array_equal(q, np.asarray([np.inf, -np.inf, np.float32(3.0) / np.float32(127.0), np.nan]))
+
+
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+def test_fake_quant_forward_mode_is_straight_through(impl):
+    """jvp / jacfwd / hessian work and agree with reverse mode: the derivative of fake_quant is the identity."""
+    x = jnp.asarray(np.random.default_rng(3).standard_normal(32), jnp.float32)
+    t = jnp.asarray(np.random.default_rng(4).standard_normal(32), jnp.float32)
+
+    def fq(v):
+        return lb.fake_quant(v, "mxfp4", impl=impl)
+
+    y, y_dot = jax.jvp(fq, (x,), (t,))
+    np.testing.assert_array_equal(y, fq(x))
+    np.testing.assert_array_equal(y_dot, t)
+    np.testing.assert_array_equal(jax.jacfwd(fq)(x), np.eye(32, dtype=np.float32))
+    np.testing.assert_array_equal(jax.jacfwd(fq)(x), jax.jacrev(fq)(x))
+    hess = jax.hessian(lambda v: jnp.sum(fq(v) ** 2))(x)  # d/dv 2 fq(v) = 2 I under the straight-through rule
+    np.testing.assert_array_equal(hess, 2 * np.eye(32, dtype=np.float32))
+
+
+def test_qdot_forward_mode_raises_a_lowbit_message_and_reverse_mode_works():
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((4, 32)), jnp.float32)
+    w = jnp.asarray(np.random.default_rng(6).standard_normal((32, 8)), jnp.float32)
+
+    def f(v):
+        return lb.qdot_general(v, w, (((1,), (0,)), ((), ())), lb.QDotConfig.train("mxfp4"))
+
+    for forward in (lambda: jax.jvp(f, (x,), (x,)), lambda: jax.jacfwd(f)(x)):
+        with pytest.raises(TypeError, match="no forward-mode derivative.*jax.grad"):
+            forward()
+    assert jax.jacrev(f)(x).shape == (4, 8, 4, 32)
+    assert jax.hessian(lambda v: jnp.sum(f(v)))(x).shape == (4, 32, 4, 32)  # reverse over the custom VJP

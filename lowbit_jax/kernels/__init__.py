@@ -130,8 +130,21 @@ def _fake_quant_2d(x, rbits, signs, st: _Static):
     return codec.to_output(_from_2d(y2, x.shape, st), x.dtype)
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _fake_quant_ste_plain(x, rbits, st: _Static):
+    """The unrotated kernel with a straight-through derivative (forward and reverse mode)."""
+    return _fake_quant_2d(x, rbits, None, st)
+
+
+@_fake_quant_ste_plain.defjvp
+def _ste_plain_jvp(st, primals, tangents):
+    x, rbits = primals
+    return _fake_quant_ste_plain(x, rbits, st), tangents[0]  # the rule itself again: straight-through at every order
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _fake_quant_ste(x, rbits, signs, st: _Static):
+def _fake_quant_ste_rotated(x, rbits, signs, st: _Static):
+    """The rotated kernel (output in the rotated domain x R) whose gradient is g R^T (reverse mode only)."""
     return _fake_quant_2d(x, rbits, signs, st)
 
 
@@ -140,12 +153,16 @@ def _ste_fwd(x, rbits, signs, st):
 
 
 def _ste_bwd(st, signs, g):
-    if signs is not None:
-        g = _from_2d(_unrotate_2d(_as_2d(g, st), signs), g.shape, st).astype(g.dtype)
-    return g, None, None
+    return _from_2d(_unrotate_2d(_as_2d(g, st), signs), g.shape, st).astype(g.dtype), None, None
 
 
-_fake_quant_ste.defvjp(_ste_fwd, _ste_bwd)
+_fake_quant_ste_rotated.defvjp(_ste_fwd, _ste_bwd)
+
+
+def _fake_quant_ste(x, rbits, signs, st: _Static):
+    if signs is None:
+        return _fake_quant_ste_plain(x, rbits, st)
+    return _fake_quant_ste_rotated(x, rbits, signs, st)
 
 
 def _core_only(x: jax.Array, fmt: Format) -> bool:
