@@ -19,6 +19,7 @@ from lowbit_jax import blocks, rounding, scaling, selection
 from lowbit_jax.formats import Format, get_format
 from lowbit_jax.qarray import QArray
 from lowbit_jax.scaling import Scales
+from lowbit_jax.sharding import gather_partial_blocks, reshard_like
 
 
 def block_stat(x_blocks: jax.Array, fmt: Format, axes) -> jax.Array | tuple[jax.Array, jax.Array]:
@@ -142,10 +143,18 @@ def uniform_like(key, shape) -> jax.Array | None:
     return None if key is None else rounding.uniform_from_bits(jax.random.bits(key, shape, jnp.uint32))
 
 
+def _block_extent(lay: blocks.Layout, ndim: int) -> dict[int, int]:
+    """Axis -> how many consecutive elements one block needs on one device (per tensor: every whole axis)."""
+    if lay.per_tensor:
+        return {a: lay.shape[a] for a in range(ndim)}
+    return dict(zip(lay.axes, lay.block))
+
+
 def quantize_blocks(x: jax.Array, fmt: Format, axes, key=None, rbits=None) -> tuple[jax.Array, Scales, blocks.Layout]:
     """Grid values (blocked view), Scales and layout of x quantized along `axes` (normalised); stochastic
     rounding from `key`, or from explicit uint32 `rbits` in x's padded shape (kernels.sr_bits)."""
     lay = blocks.layout(x.shape, fmt.block_size, axes)
+    x = gather_partial_blocks(x, _block_extent(lay, x.ndim))
     if rbits is not None:
         uniform = rounding.uniform_from_bits(rbits.reshape(lay.blocked_shape))
     else:
@@ -159,7 +168,7 @@ def fake_quant_array(x: jax.Array, fmt: Format, axes, key=None, rbits=None) -> j
     if fmt.is_identity:  # rounded, not only cast: XLA:GPU drops a cast pair
         return rounding.round_to_dtype(x, fmt.passthrough_dtype).astype(x.dtype)
     values, sc, lay = quantize_blocks(x, fmt, axes, key, rbits)
-    return to_output(lay.from_blocks(dequant_values(values, sc)), x.dtype)
+    return reshard_like(to_output(lay.from_blocks(dequant_values(values, sc)), x.dtype), x)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))

@@ -27,7 +27,11 @@ AxisType.Auto meshes) sharded and single-device results agree and no block depen
 keep local shard lengths of a contracting dim multiples of the block size (for tiles, of free dims too) to
 avoid communication inside a block. Explicit sharding-in-types meshes (AxisType.Explicit): the forward takes
 `out_sharding` as lax.dot_general does (needed, as there, when both operands shard a contracting dim), and the
-backward gives dX and dW the shardings of X and W, as JAX's own transpose rule does.
+backward gives dX and dW the shardings of X and W, as JAX's own transpose rule does; a quantized axis whose
+local shards do not hold whole blocks is gathered for the quantizer (same values as one device). Inside
+jax.shard_map the arithmetic is per device (each device quantizes its local operands, as data-parallel hardware
+would); operands are cast to vary along the same mesh axes first, so the gradient of a replicated W is summed over
+devices as lax.dot_general's is.
 """
 
 from __future__ import annotations
@@ -41,12 +45,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import AxisType, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 from lowbit_jax import blocks, hadamard
 from lowbit_jax.formats import Format, get_format
 from lowbit_jax.impls import check_impl
 from lowbit_jax.quantize import fake_quant
+from lowbit_jax.sharding import entries as _entries
+from lowbit_jax.sharding import explicit_spec, same_varying_axes
 
 OPERANDS = ("x_fwd", "w_fwd", "dy_dx", "w_dx", "x_dw", "dy_dw")
 _KEY_SLOTS = {"rot_fwd": 0, "rot_dx": 1, "rot_dw": 2, "sr_dx": 3, "sr_dw": 4}
@@ -227,20 +233,6 @@ def _at_least_f32(x):
     return x.astype(jnp.float32) if jnp.finfo(x.dtype).bits < 32 else x
 
 
-def _entries(spec, ndim: int) -> tuple:
-    """A PartitionSpec's entries padded with None to one per dim."""
-    return tuple(spec) + (None,) * (ndim - len(spec))
-
-
-def explicit_spec(x) -> tuple | None:
-    """x's PartitionSpec entries, one per dim, when x is sharded on an Explicit mesh axis (else None)."""
-    sharding = jax.typeof(x).sharding
-    mesh = getattr(sharding, "mesh", None)
-    if mesh is None or AxisType.Explicit not in tuple(getattr(mesh, "axis_types", ())):
-        return None
-    return _entries(sharding.spec, x.ndim)
-
-
 def gemm(spec: _Gemm, a, b, *, rot_key=None, key_a=None, key_b=None, out_spec: tuple | None = None):
     """a [B.., Fa.., K] . b [B.., Fb.., K] -> [B.., Fa.., Fb..] in accum_dtype, operands rotated then quantized;
     out_spec: the output's PartitionSpec entries on an Explicit mesh (None: lax.dot_general's own rule)."""
@@ -406,6 +398,7 @@ def qdot_general(
             out_sharding.spec if isinstance(out_sharding, NamedSharding) else out_sharding, len(out.shape)
         )
     spec = _Spec(dims, config, precision, jnp.dtype(out.dtype).name, out_spec)
+    lhs, rhs = same_varying_axes(lhs, rhs)
     try:
         y = _qdot_jit(spec, lhs, rhs, key)
     except TypeError as err:

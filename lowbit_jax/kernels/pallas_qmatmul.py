@@ -104,7 +104,9 @@ def qmatmul_pallas(a: QArray, b: QArray, *, tiles: MatTiles = MatTiles(), backen
     specs += [row(tn, nk * tk, "b"), row(tn, nk * tk // fb.block_size, "b"), one]
     y = pl.pallas_call(
         functools.partial(_kernel, fa, fb, tk, nk),
-        out_shape=jax.ShapeDtypeStruct((grid[0] * tm, grid[1] * tn), jnp.float32),
+        out_shape=pallas_quantize.varying_like(
+            jax.ShapeDtypeStruct((grid[0] * tm, grid[1] * tn), jnp.float32), [*ops_a, *ops_b], backend
+        ),
         grid=grid,
         in_specs=specs,
         out_specs=pl.BlockSpec((tm, tn), lambda i, j: (i, j)),

@@ -137,6 +137,22 @@ def _rules(backend: str):
     return {"triton": substitute.TRITON_RULES, "interpret_portable": substitute.PORTABLE_RULES}.get(backend)
 
 
+def varying_like(struct: jax.ShapeDtypeStruct, arrays, backend: str) -> jax.ShapeDtypeStruct:
+    """`struct` typed to vary along the shard_map axes its inputs vary along (unchanged outside shard_map), as
+    pallas_call needs inside a shard_map that checks them."""
+    types = [getattr(jax.typeof(a), "manual_axis_type", None) for a in arrays]
+    types = [t for t in types if t is not None and getattr(t, "varying", None)]
+    if not types:
+        return struct
+    if backend.startswith("interpret"):  # JAX's Pallas interpreter fails its own varying-axes check (jax 0.10)
+        raise NotImplementedError(
+            "impl='pallas' in interpret mode (CPU) inside jax.shard_map fails JAX's varying-axes check: pass "
+            "check_vma=False to jax.shard_map, or use impl='xla' there"
+        )
+    widest = max(types, key=lambda t: len(t.varying))
+    return jax.ShapeDtypeStruct(struct.shape, struct.dtype, manual_axis_type=widest)
+
+
 def _launch(spec: dict, inputs: dict, outs: list, grid, backend: str, tiles: Tiles):
     """pallas_call over `grid`; inputs and outs as name -> (array, BlockSpec) and [(ShapeDtypeStruct, BlockSpec)]."""
     names = tuple(inputs)
@@ -144,9 +160,10 @@ def _launch(spec: dict, inputs: dict, outs: list, grid, backend: str, tiles: Til
     kernel = functools.partial(
         _kernel, substitute.substituted(body, _rules(backend), plain_division=backend == "triton"), len(names)
     )
+    arrays = [inputs[n][0] for n in names]
     return pl.pallas_call(
         kernel,
-        out_shape=[o[0] for o in outs],
+        out_shape=[varying_like(o[0], arrays, backend) for o in outs],
         grid=grid,
         in_specs=[inputs[n][1] for n in names],
         out_specs=[o[1] for o in outs],
