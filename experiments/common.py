@@ -102,6 +102,31 @@ def parse_config(cls, argv: Sequence[str] | None, description: str, presets: dic
     return cfg, args.out
 
 
+def _is_repo(path: Path) -> bool:
+    return (path / "docs" / "data").is_dir() and (path / "notebooks").is_dir()
+
+
+def repo_root() -> Path:
+    """The lowbit_jax checkout in use, from any working directory (notebooks run from notebooks/): the checkout
+    holding this package if it is one (editable installs), else the nearest parent of the cwd that is one;
+    FileNotFoundError if neither is."""
+    here = Path(__file__).resolve().parent.parent
+    for path in (here, Path.cwd().resolve(), *Path.cwd().resolve().parents):
+        if _is_repo(path):
+            return path
+    raise FileNotFoundError("not inside a lowbit_jax checkout (a folder with docs/data/ and notebooks/)")
+
+
+def saved_results(name: str) -> Path | None:
+    """The folder of a saved run of experiment `name`: the user's results/<name>/ (in the working directory or
+    the checkout) if it holds <name>.json, else the documented run's docs/data/ if that holds it, else None."""
+    root = repo_root()
+    for folder in (RESULTS / name, root / RESULTS / name, root / "docs" / "data"):
+        if (folder / f"{name}.json").exists():
+            return folder
+    return None
+
+
 def output_dir(name: str, out: Path | None) -> Path:
     """The experiment's output folder, created (default results/<name>/)."""
     path = Path(out) if out is not None else RESULTS / name
