@@ -24,7 +24,8 @@ from lowbit_jax.formats import (
 from lowbit_jax.interceptor import Report, capture, quantize_nnx, quantized
 from lowbit_jax.qarray import QArray, pack_fp4, unpack_fp4
 from lowbit_jax.qconv import qconv_general_dilated
-from lowbit_jax.qdot import QDotConfig, qdot_general, qeinsum
+from lowbit_jax.qdot import QDotConfig, qdot_general
+from lowbit_jax.qeinsum import qeinsum
 from lowbit_jax.quantize import block_choices, dequantize, fake_quant, quantize
 
 __all__ = [

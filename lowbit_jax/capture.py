@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from jax import lax
 
-from lowbit_jax.qdot import merged_matrix, operand_axes
+from lowbit_jax.gemm_dims import merged_matrix, operand_axes
 
 ROLES = {"x": ("fwd", "dw"), "w": ("fwd", "dx"), "dy": ("dx", "dw")}
 

@@ -61,7 +61,8 @@ from jax import lax
 from lowbit_jax import capture as capture_lib
 from lowbit_jax.formats import Format, get_format
 from lowbit_jax.qconv import with_conv_config
-from lowbit_jax.qdot import QDotConfig, einsum_via, with_config
+from lowbit_jax.qdot import QDotConfig, with_config
+from lowbit_jax.qeinsum import einsum_via
 
 PRESETS = {"train": QDotConfig.train, "direct_cast": QDotConfig.direct_cast}
 CAPTURE = "capture"

@@ -10,7 +10,8 @@ from jax import lax
 
 import lowbit_jax as lb
 from lowbit_jax.interceptor import layer_key, parse_rules
-from lowbit_jax.qdot import QDotConfig, qdot_general, qeinsum
+from lowbit_jax.qdot import QDotConfig, qdot_general
+from lowbit_jax.qeinsum import qeinsum
 
 D, HEADS, T, B = 32, 2, 4, 2
 HD = D // HEADS

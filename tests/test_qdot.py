@@ -9,7 +9,9 @@ import pytest
 from jax import lax
 
 import lowbit_jax as lb
-from lowbit_jax.qdot import QDotConfig, einsum_dims, operand_axes, qdot_general, qeinsum
+from lowbit_jax.gemm_dims import operand_axes
+from lowbit_jax.qdot import QDotConfig, qdot_general
+from lowbit_jax.qeinsum import einsum_dims, qeinsum
 
 HI = lax.Precision.HIGHEST
 SIX = dict(x_fwd="mxfp4", w_fwd="mxint8", dy_dx="nvfp4", w_dx="mxfp8", x_dw="mxint4", dy_dw="mxfp6")
