@@ -20,7 +20,7 @@ import numpy as np
 
 from analysis import theory
 from analysis.crest import block_stats
-from analysis.montecarlo import first_crossing
+from analysis.crossing import first_crossing
 from analysis.qsnr import qsnr_from_sums
 from lowbit_jax.formats import Format, get_format
 from lowbit_jax.quantize import block_choices, fake_quant, quantize

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from analysis import theory
-from analysis.crest import block_stats
-from analysis.qsnr import qsnr_db
+from analysis.crest import block_stats, crest_from_stats
+from analysis.qsnr import qsnr_db, qsnr_from_sums
 from lowbit_jax.formats import Format, get_format
 from lowbit_jax.quantize import fake_quant
 
@@ -49,9 +49,9 @@ def predicted_from_block_stats(amax, energy, count, fmt: Format, variant: str = 
     """predicted_qsnr_db from the blocks' (amax, sum of squares, count), as analysis.crest.block_stats gives them."""
     amax, energy, count = (np.asarray(a, np.float64).ravel() for a in (amax, energy, count))
     ok = energy > 0
-    kappa = amax[ok] / np.sqrt(energy[ok] / count[ok])
-    ratio = 10.0 ** (-theory.qsnr_curve(fmt, kappa, variant) / 10.0)
-    return float(kappa.mean()), float(-10.0 * np.log10(np.sum(ratio * energy[ok]) / np.sum(energy[ok])))
+    kappa = crest_from_stats(amax, energy, count)[ok]
+    ratio = 10.0 ** (-theory.qsnr_curve(fmt, kappa, variant) / 10.0)  # each block's predicted error / energy
+    return float(kappa.mean()), float(qsnr_from_sums(np.sum(ratio * energy[ok]), np.sum(energy[ok])))
 
 
 def advise(

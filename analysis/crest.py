@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lowbit_jax.blocks import layout
 
@@ -36,7 +37,13 @@ def block_stats(x: jax.Array, block_size, axis: int = -1) -> tuple[jax.Array, ja
 
 def crest_factor(x: jax.Array, block_size=32, axis: int = -1) -> CrestFactor:
     """Crest factor of every block of `block_size` (int, "channel"/-1 or "tensor") along `axis`, and the mean."""
-    amax, sum_sq, count = block_stats(x, block_size, axis)
-    rms = jnp.sqrt(sum_sq / count)
-    kappa = jnp.where(rms > 0, amax / jnp.where(rms > 0, rms, 1.0), jnp.nan)
+    kappa = crest_from_stats(*block_stats(x, block_size, axis))
     return CrestFactor(kappa, jnp.nanmean(kappa))
+
+
+def crest_from_stats(amax, sum_sq, count):
+    """Each block's crest factor max|x| / RMS from its block_stats (NaN for all-zero blocks); numpy arrays give
+    numpy (float64 stays float64), others jax arrays."""
+    xp = np if isinstance(amax, np.ndarray) else jnp
+    rms = xp.sqrt(sum_sq / count)
+    return xp.where(rms > 0, amax / xp.where(rms > 0, rms, 1.0), xp.nan)

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from analysis.crest import block_stats
+from analysis.crest import block_stats, crest_from_stats
+from analysis.crossing import first_crossing
 from analysis.qsnr import qsnr_from_sums
 from lowbit_jax.formats import Format
 from lowbit_jax.quantize import fake_quant
@@ -37,8 +37,7 @@ def _block_error_and_energy(x: jax.Array, fmt: Format, block_size) -> tuple[jax.
     """(crest factor, squared error, energy) of every block of x (blocks along the last axis)."""
     amax, energy, count = block_stats(x, block_size, -1)
     _, err, _ = block_stats(x - fake_quant(x, fmt, -1), block_size, -1)
-    rms = jnp.sqrt(energy / count)
-    return jnp.where(rms > 0, amax / jnp.where(rms > 0, rms, 1.0), jnp.nan), err, energy
+    return crest_from_stats(amax, energy, count), err, energy
 
 
 def binned_qsnr(x: jax.Array, formats: dict[str, Format], edges: np.ndarray) -> BinnedQSNR:
@@ -64,17 +63,10 @@ def binned_qsnr(x: jax.Array, formats: dict[str, Format], edges: np.ndarray) -> 
     return BinnedQSNR(np.asarray(edges), counts, out)
 
 
-def first_crossing(kappa: np.ndarray, diff: np.ndarray) -> float:
-    """First kappa where `diff` (INT minus FP) goes from >= 0 to < 0, by linear interpolation; nan if none."""
-    ok = np.isfinite(diff)
-    k, d = np.asarray(kappa)[ok], np.asarray(diff)[ok]
-    for i in range(len(d) - 1):
-        if d[i] >= 0 > d[i + 1]:
-            return float(k[i] + (k[i + 1] - k[i]) * d[i] / (d[i] - d[i + 1]))
-    return float("nan")
-
-
 def empirical_crossover(binned: BinnedQSNR, int_label: str, fp_label: str, min_count: int = 200) -> float:
     """Crest factor where INT stops beating FP in the binned measurement (bins with >= min_count blocks)."""
     diff = np.where(binned.counts >= min_count, binned.qsnr_db[int_label] - binned.qsnr_db[fp_label], np.nan)
     return first_crossing(binned.centers, diff)
+
+
+__all__ = ["BinnedQSNR", "binned_qsnr", "empirical_crossover", "first_crossing"]

@@ -26,9 +26,9 @@ from analysis.qsnr import qsnr_db
 from lowbit_jax import hadamard
 from lowbit_jax.formats import PER_CHANNEL, Format, get_format
 from lowbit_jax.interceptor import capture
+from lowbit_jax.qdot_config import OPERANDS  # the paper's tensors (1)-(6)
 from lowbit_jax.quantize import fake_quant
 
-OPERANDS = ("x_fwd", "w_fwd", "dy_dx", "w_dx", "x_dw", "dy_dw")  # the paper's tensors (1)-(6)
 ROTATIONS = ("none", "hadamard")
 QUANTILES = ("min", "q1", "median", "q3", "max")
 

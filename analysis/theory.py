@@ -103,6 +103,7 @@ from typing import Literal
 import numpy as np
 from scipy import optimize, special
 
+from analysis.crossing import interpolated_roots, sign_changes
 from lowbit_jax.formats import Format, FPElem, get_format
 
 Variant = Literal["paper", "reference", "script"]
@@ -293,12 +294,6 @@ def _pair(value) -> tuple:
     return tuple(value) if isinstance(value, tuple | list) else (value, value)
 
 
-def _sign_changes(d: np.ndarray) -> np.ndarray:
-    """Indices i where d changes sign between i and i+1 (or d[i] == 0), both finite."""
-    finite = np.isfinite(d[:-1]) & np.isfinite(d[1:])
-    return np.flatnonzero(finite & ((np.sign(d[:-1]) * np.sign(d[1:]) < 0) | (d[:-1] == 0)))
-
-
 def _first_crossing(q_a, q_b, lo: float, hi: float, method: str, num: int | None):
     """(Crossover, None) for the crossings of curves q_a − q_b on [lo, hi] ("root": brentq on a 4001-point scan;
     "grid": the script's 600-point linear interpolation, its QSNR interpolated on q_a), or (None, the scan's
@@ -313,12 +308,11 @@ def _first_crossing(q_a, q_b, lo: float, hi: float, method: str, num: int | None
 
     grid = np.linspace(lo, hi, num or (600 if method == "grid" else 4001))
     d = diff(grid)
-    idx = _sign_changes(d)
+    idx = sign_changes(d)
     if idx.size == 0:
         return None, d
     if method == "grid":
-        t = d[idx] / (d[idx] - d[idx + 1])
-        roots = grid[idx] + t * (grid[idx + 1] - grid[idx])
+        roots, t = interpolated_roots(grid, d, idx)
         qa = q_a(grid)
         q0 = float(qa[idx[0]] + t[0] * (qa[idx[0] + 1] - qa[idx[0]]))
     else:
