@@ -1,12 +1,14 @@
 """Pallas quantize kernels == the pure-jnp reference == the core, bit for bit (NaN-aware).
 
-CPU: every kernel runs in interpret mode on tiny grids (2-4 steps; each interpreted step costs milliseconds).
-GPU (`-m gpu`, scripts/gpu_check.sh): the compiled kernels against the XLA-compiled reference on the GPU.
+One suite over a backend fixture: "interpret" (CPU: interpret mode on tiny grids, 2-4 steps, as each interpreted
+step costs milliseconds) and "triton" (`-m gpu`, scripts/gpu_check.sh: the compiled kernels on a realistic grid
+against the XLA-compiled reference on the GPU). GPU-only checks against the CPU reference close the file.
 This module imports only jax, numpy and pytest, so it runs with `--noconftest` on a bare GPU machine.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -86,7 +88,30 @@ def normal(shape, seed=0, scale=1.0) -> jax.Array:
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape).astype(np.float32) * np.float32(scale))
 
 
-# ------------------------------------------------------------------------------------------------ CPU
+# ------------------------------------------------------------------------------------------------ backends
+GPU_SHAPE = (256, 4128)  # 4128 = 129 blocks of 32: partial tiles and padding on a realistic grid
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """A kernel backend with the grid it is tested on: tiny tiles and shapes when interpreted, real ones on a GPU."""
+
+    name: str
+    tiles: pq.Tiles
+
+    def shape(self, cpu_shape=(6, 100)) -> tuple[int, int]:
+        return cpu_shape if self.name == "interpret" else GPU_SHAPE
+
+    def kw(self, **tile_fields) -> dict:
+        """Keyword arguments for fake_quant_pallas / quantize_pallas: backend and tiles (fields replaced)."""
+        return {"backend": self.name, "tiles": dataclasses.replace(self.tiles, **tile_fields)}
+
+
+@pytest.fixture(
+    params=[Backend("interpret", TINY), pytest.param(Backend("triton", pq.Tiles()), marks=gpu)], ids=lambda b: b.name
+)
+def backend(request) -> Backend:
+    return request.param
 
 
 BF16_FORMATS = ["mxfp8_e4m3", "mxfp6_e3m2", "mxfp4", "mxint8", "nvfp4", "int8_channel"]
@@ -95,15 +120,15 @@ BF16_FORMATS = ["mxfp8_e4m3", "mxfp6_e3m2", "mxfp4", "mxint8", "nvfp4", "int8_ch
 @pytest.mark.parametrize(
     "name,dtype", [(f, jnp.float32) for f in FORMATS] + [(f, jnp.bfloat16) for f in BF16_FORMATS], ids=str
 )
-def test_fake_quant_kernel_matches_reference(name, dtype):
-    x, fmt = hard_input(dtype=dtype), lb.get_format(name)
-    assert_same(pq.fake_quant_pallas(x, fmt, tiles=TINY), ref("fake", x, fmt), name)
+def test_fake_quant_kernel_matches_reference(name, dtype, backend):
+    x, fmt = hard_input(backend.shape(), dtype), lb.get_format(name)
+    assert_same(pq.fake_quant_pallas(x, fmt, **backend.kw()), ref("fake", x, fmt), f"{backend.name} {name}")
 
 
 @pytest.mark.parametrize("name", FORMATS)
-def test_quantize_kernel_matches_reference(name):
-    x, fmt = hard_input(), lb.get_format(name)
-    assert_all_same(pq.quantize_pallas(x, fmt, tiles=TINY), ref("quant", x, fmt), name)
+def test_quantize_kernel_matches_reference(name, backend):
+    x, fmt = hard_input(backend.shape()), lb.get_format(name)
+    assert_all_same(pq.quantize_pallas(x, fmt, **backend.kw()), ref("quant", x, fmt), f"{backend.name} {name}")
 
 
 @pytest.mark.parametrize("name", FORMATS)
@@ -126,34 +151,38 @@ def test_reference_is_the_core(name):
 
 
 @pytest.mark.parametrize("name", ["mxfp4", "mxint8", "mxfp6_e3m2", "nvfp4", "int8_channel"])
-def test_stochastic_rounding_uses_the_given_bits(name):
-    x, fmt = hard_input(dtype=jnp.bfloat16), lb.get_format(name)
+def test_stochastic_rounding_uses_the_given_bits(name, backend):
+    x, fmt = hard_input(backend.shape(), jnp.bfloat16), lb.get_format(name)
     bits = kernels.sr_bits(jax.random.key(11), x.shape, fmt, 1)
-    assert_same(pq.fake_quant_pallas(x, fmt, rbits=bits, tiles=TINY), ref("fake", x, fmt, rbits=bits), "fake")
-    assert_all_same(pq.quantize_pallas(x, fmt, rbits=bits, tiles=TINY), ref("quant", x, fmt, rbits=bits), "quant")
+    kw = backend.kw()
+    assert_same(pq.fake_quant_pallas(x, fmt, rbits=bits, **kw), ref("fake", x, fmt, rbits=bits), "fake")
+    assert_all_same(pq.quantize_pallas(x, fmt, rbits=bits, **kw), ref("quant", x, fmt, rbits=bits), "quant")
 
 
 @pytest.mark.parametrize("name,h", [("mxfp4", 32), ("nvfp4", 16), ("nvint4", 32), ("fp8_channel", 16)])
-def test_rotation_fused_or_not_matches_reference(name, h):
-    x, fmt = hard_input((6, 96), jnp.bfloat16), lb.get_format(name)
+def test_rotation_fused_or_not_matches_reference(name, h, backend):
+    x, fmt = hard_input(backend.shape((6, 96)), jnp.bfloat16), lb.get_format(name)
     signs = kernels.rotation_signs(h, jax.random.key(5))
     bits = kernels.sr_bits(jax.random.key(6), x.shape, fmt, 1)
-    assert_same(pq.fake_quant_pallas(x, fmt, rotation=signs, tiles=TINY), ref("fake", x, fmt, rotation=signs))
-    got = pq.quantize_pallas(x, fmt, rbits=bits, rotation=signs, tiles=TINY)
+    kw = backend.kw()
+    assert_same(pq.fake_quant_pallas(x, fmt, rotation=signs, **kw), ref("fake", x, fmt, rotation=signs))
+    got = pq.quantize_pallas(x, fmt, rbits=bits, rotation=signs, **kw)
     assert_all_same(got, ref("quant", x, fmt, rbits=bits, rotation=signs))
 
 
 @pytest.mark.parametrize("whole_row_max", [0, 128], ids=["tiled-rows", "whole-rows"])
 @pytest.mark.parametrize("name", ["fp8_channel", "int8_channel"])
-def test_per_channel_paths_match_reference(name, whole_row_max):
-    """Both per-channel paths: amax reduced outside + (rows, cols) tiles, and one whole (padded) row per tile."""
-    x, fmt = hard_input((5, 80), jnp.bfloat16), lb.get_format(name)  # 80: rotations of 16 divide it, no tile does
-    tiles = pq.Tiles(rows=4, cols=32, whole_row_max=whole_row_max)
+def test_per_channel_paths_match_reference(name, whole_row_max, backend):
+    """Both per-channel paths: amax reduced outside + (rows, cols) tiles, and one whole (padded) row per tile
+    (on a GPU, rows of 4128 exceed 128: both settings take the tiled path there, with its real tiles)."""
+    x = hard_input(backend.shape((5, 80)), jnp.bfloat16)  # 80: rotations of 16 divide it, no tile does
+    fmt = lb.get_format(name)
+    tiles = backend.kw(whole_row_max=whole_row_max)
     bits = kernels.sr_bits(jax.random.key(6), x.shape, fmt, 1)
     signs = kernels.rotation_signs(16, jax.random.key(5))
     for kw in ({}, {"rbits": bits, "rotation": signs}):
-        assert_same(pq.fake_quant_pallas(x, fmt, tiles=tiles, **kw), ref("fake", x, fmt, **kw), f"fake {kw}")
-        assert_all_same(pq.quantize_pallas(x, fmt, tiles=tiles, **kw), ref("quant", x, fmt, **kw), f"quant {kw}")
+        assert_same(pq.fake_quant_pallas(x, fmt, **tiles, **kw), ref("fake", x, fmt, **kw), f"fake {kw}")
+        assert_all_same(pq.quantize_pallas(x, fmt, **tiles, **kw), ref("quant", x, fmt, **kw), f"quant {kw}")
 
 
 def test_rotation_is_the_hadamard_matrix():
@@ -277,45 +306,7 @@ def test_gradients_pass_straight_through():
     np.testing.assert_allclose(g_rot, want_rot, rtol=0, atol=1e-6)
 
 
-# ------------------------------------------------------------------------------------------------ GPU
-GPU_SHAPE = (256, 4128)  # 4128 = 129 blocks of 32: partial tiles and padding on a realistic grid
-GPU_SMALL = ["mxfp8", "mxfp4", "mxint8", "nvfp4"]
-
-
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
-@pytest.mark.parametrize("name", FORMATS)
-@pytest.mark.parametrize("backend", ["triton"])
-def test_gpu_fake_quant_kernel(backend, name, dtype):
-    x, fmt = hard_input(GPU_SHAPE, dtype), lb.get_format(name)
-    assert_same(pq.fake_quant_pallas(x, fmt, backend=backend), ref("fake", x, fmt), f"{backend} {name}")
-
-
-@pytest.mark.parametrize("name", FORMATS)
-@pytest.mark.parametrize("backend", ["triton"])
-def test_gpu_quantize_kernel(backend, name):
-    x, fmt = hard_input(GPU_SHAPE), lb.get_format(name)
-    assert_all_same(pq.quantize_pallas(x, fmt, backend=backend), ref("quant", x, fmt), f"{backend} {name}")
-
-
-@pytest.mark.parametrize("h", [None, 16, 32])
-@pytest.mark.parametrize("name", GPU_SMALL + ["int8_channel"])
-def test_gpu_sr_and_rotation(name, h):
-    x, fmt = hard_input(GPU_SHAPE, jnp.bfloat16), lb.get_format(name)
-    bits = kernels.sr_bits(jax.random.key(6), x.shape, fmt, 1)
-    signs = None if h is None else kernels.rotation_signs(h, jax.random.key(5))
-    kw = dict(rbits=bits, rotation=signs)
-    assert_same(pq.fake_quant_pallas(x, fmt, backend="triton", **kw), ref("fake", x, fmt, **kw))
-    assert_all_same(pq.quantize_pallas(x, fmt, backend="triton", **kw), ref("quant", x, fmt, **kw))
-
-
-@pytest.mark.parametrize("name", ["fp8_channel", "int8_channel"])
-def test_gpu_per_channel_tiled_rows(name):
-    x, fmt = hard_input(GPU_SHAPE, jnp.bfloat16), lb.get_format(name)
-    tiles = pq.Tiles(whole_row_max=0)  # rows longer than whole_row_max: amax outside, (rows, cols) tiles
-    assert_same(pq.fake_quant_pallas(x, fmt, tiles=tiles, backend="triton"), ref("fake", x, fmt), name)
-    assert_all_same(pq.quantize_pallas(x, fmt, tiles=tiles, backend="triton"), ref("quant", x, fmt), name)
-
-
+# ------------------------------------------------------------------------------------------------ GPU only
 @pytest.mark.parametrize("name", FORMATS)
 def test_gpu_xla_reference_matches_cpu(name):
     x, fmt = hard_input(GPU_SHAPE), lb.get_format(name)
