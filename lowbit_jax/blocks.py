@@ -8,7 +8,9 @@ statistic is one reduction with keepdims and scales broadcast against the elemen
   2-D, tile (r, c) over axes a<a': (..., n, r, ..., n', c, ...)     block_axes (a + 1, a' + 2)
   per-channel (axis a):            (..., 1, L, ...)                 the whole axis is one block
   per-tensor:                      (1, N)                           one block
-Zero padding never changes a block's amax, min or max (zero is inside every block's range anyway).
+Zero padding never changes a block's amax, min or max (zero is inside every block's range anyway). A block (or a
+tile side) longer than its axis is clamped to the axis length: the same elements form the one block, without the
+padding (the layout of block_size = axis length).
 `to_rows` / `from_rows` give the transposed view (blocks, elements per block) that the kernels use.
 """
 
@@ -193,7 +195,8 @@ def normalize_axes(axis, ndim: int, bs: BlockSize) -> tuple[int, ...]:
 
 def layout(shape: tuple[int, ...], block_size: BlockSize, axis) -> Layout:
     """Blocks of `block_size` for an array of `shape` along `axis` (an int, or two axes for a tile; as given,
-    non-negative). A tile (r, c) over axes (a, a') puts r along a and c along a'."""
+    non-negative). A tile (r, c) over axes (a, a') puts r along a and c along a'. A block side longer than its
+    axis is clamped to the axis length (at least 1)."""
     shape = tuple(shape)
     if block_size == PER_TENSOR:
         return Layout(shape, (), (max(1, math.prod(shape)),), True)
@@ -203,6 +206,9 @@ def layout(shape: tuple[int, ...], block_size: BlockSize, axis) -> Layout:
     block = (block_size,) if isinstance(block_size, int) else tuple(block_size)
     if len(axes) == 2 and axes[0] > axes[1]:
         axes, block = axes[::-1], block[::-1]
+    # Cut to the axis, so that codes, scratch and stochastic-rounding bits do not grow with a block longer than the
+    # axis (block_size 2^26 padded 40 elements to 256 MiB of codes per row); the padding it drops held only zeros.
+    block = tuple(min(b, max(1, shape[a])) for a, b in zip(axes, block))
     return Layout(shape, axes, block)
 
 
