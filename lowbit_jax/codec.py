@@ -64,25 +64,30 @@ def round_values(v: jax.Array, sc: Scales, fmt: Format, uniform=None) -> jax.Arr
     return fmt.elem.round(v, uniform, lo=-sc.zero, hi=fmt.elem.max - sc.zero)
 
 
-def tile_values(x: jax.Array, fmt: Format, axes, uniform=None, g=None, stat=None) -> tuple[jax.Array, Scales]:
+def tile_values(
+    x: jax.Array, fmt: Format, axes, uniform=None, g=None, stat=None, valid=None
+) -> tuple[jax.Array, Scales]:
     """Grid values (float32, x's layout) and Scales of float32 blocks that run along `axes` of x (keepdims);
-    `stat`: a precomputed block statistic (else reduced here), `g`: the second-level scale."""
+    `stat`: a precomputed block statistic (else reduced here), `g`: the second-level scale, `valid`: which
+    elements are data rather than padding (adaptive formats leave padding out of the block error)."""
     if fmt.is_adaptive:
-        return adaptive_tile_values(x, fmt, axes, uniform, g, stat)
+        return adaptive_tile_values(x, fmt, axes, uniform, g, stat, valid)
     stat = block_stat(x, fmt, axes) if stat is None else stat
     sc = scales_from_stat(stat, fmt, g)
     v = scaling.divide(x, sc, fmt.scale_rule.dtype)
     return round_values(v, sc, fmt, uniform), sc
 
 
-def adaptive_tile_values(x, fmt: Format, axes, uniform=None, g=None, stat=None) -> tuple[jax.Array, Scales]:
+def adaptive_tile_values(x, fmt: Format, axes, uniform=None, g=None, stat=None, valid=None):
     """tile_values of an adaptive format: every candidate quantizes the blocks (RNE, one shared second-level
-    scale), the lowest `fmt.select` error of the dequantized block wins (ties: the earlier candidate); with
-    `uniform` the chosen candidate is then rounded stochastically (the choice is made on the RNE results)."""
+    scale), the lowest `fmt.select` error of the dequantized block's data (`valid`; default all) wins (ties: the
+    earlier candidate); with `uniform` the chosen candidate is then rounded stochastically (the choice is made on
+    the RNE results). Padding is left out because a grid without an exact zero (a lookup table, a zero-point
+    INT) would charge each candidate for the padded zeros."""
     stat = blocks.amax_along(x, axes) if stat is None else stat
     g = tensor_scale(stat, fmt) if g is None else g
     rne = [tile_values(x, c, axes, None, g, stat) for c in fmt.candidates]
-    errors = [selection.block_error(x, dequant_values(v, sc), axes, fmt.select) for v, sc in rne]
+    errors = [selection.block_error(x, dequant_values(v, sc), axes, fmt.select, valid) for v, sc in rne]
     choice = selection.best_candidate(errors)
     outs = rne if uniform is None else [tile_values(x, c, axes, uniform, g, stat) for c in fmt.candidates]
     values = selection.pick(choice, [v for v, _ in outs])
@@ -159,7 +164,10 @@ def quantize_blocks(x: jax.Array, fmt: Format, axes, key=None, rbits=None) -> tu
         uniform = rounding.uniform_from_bits(rbits.reshape(lay.blocked_shape))
     else:
         uniform = uniform_like(key, lay.blocked_shape)
-    values, sc = tile_values(lay.to_blocks(x), fmt, lay.block_axes, uniform)
+    valid = None
+    if fmt.is_adaptive and lay.padded_shape != lay.shape:
+        valid = lay.to_blocks(jnp.ones(x.shape, jnp.float32)) > 0
+    values, sc = tile_values(lay.to_blocks(x), fmt, lay.block_axes, uniform, valid=valid)
     return values, sc, lay
 
 

@@ -54,12 +54,14 @@ def tree_sum(a: jax.Array) -> jax.Array:
     return a[..., 0]
 
 
-def block_error(x_blocks: jax.Array, y_blocks: jax.Array, axes: tuple[int, ...], select: str) -> jax.Array:
+def block_error(x_blocks: jax.Array, y_blocks: jax.Array, axes: tuple[int, ...], select: str, valid=None) -> jax.Array:
     """The `select` error of every block of y against x (float32, keepdims over `axes`; NaN for blocks that
-    hold NaN or Inf)."""
+    hold NaN or Inf); elements outside `valid` (padding) count as exact."""
     check_choice("select", select, SELECTS)
     keep = jnp.isfinite(y_blocks)  # a select between each product and the sum that uses it (no FMA)
     d = jnp.where(keep, x_blocks - y_blocks, jnp.nan)
+    if valid is not None:
+        d = jnp.where(valid, d, 0.0)
     terms = jnp.where(keep, d * d, jnp.nan) if select == "mse" else jnp.abs(d)
     flat = _moved_to_end(terms, tuple(sorted(axes)))
     err = jnp.max(flat, axis=-1) if select == "absmax" else tree_sum(flat)

@@ -316,3 +316,18 @@ def test_qdot_forward_mode_raises_a_lowbit_message_and_reverse_mode_works():
             forward()
     assert jax.jacrev(f)(x).shape == (4, 8, 4, 32)
     assert jax.hessian(lambda v: jnp.sum(f(v)))(x).shape == (4, 32, 4, 32)  # reverse over the custom VJP
+
+
+def test_adaptive_choice_ignores_the_padding_of_a_partial_block():
+    """A lookup-table candidate without 0 would be charged for the zeros that pad the last block: the last
+    block's choices must equal those of its 5 data elements quantized on their own (block = the 5 elements)."""
+    table = np.linspace(-1, 1, 16)
+    cands = [lb.Format(f"l{i}", lb.lut(table + 0.03 * i), 32, scale="fp32") for i in range(2)]
+    fmt = lb.adaptive(cands, name="two_tables")
+    x = jnp.asarray(np.random.default_rng(7).standard_normal((3, 37)), jnp.float32)
+    tail = lb.adaptive([c.replace(block_size=5) for c in cands], name="tail")
+    np.testing.assert_array_equal(lb.block_choices(x, fmt)[:, 1], lb.block_choices(x[:, 32:], tail)[:, 0])
+    np.testing.assert_array_equal(lb.fake_quant(x, fmt)[:, 32:], lb.fake_quant(x[:, 32:], tail))
+    with pytest.raises(NotImplementedError, match="without 0"):
+        lb.fake_quant(x, fmt, impl="pallas")
+    np.testing.assert_array_equal(lb.fake_quant(x[:, :32], fmt, impl="pallas"), lb.fake_quant(x[:, :32], fmt))

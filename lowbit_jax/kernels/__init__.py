@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from lowbit_jax import blocks, codec
 from lowbit_jax.codec import check_input
+from lowbit_jax.elements import LUTElem
 from lowbit_jax.formats import Format
 from lowbit_jax.impls import IMPLS, resolve_impl
 from lowbit_jax.kernels import reference
@@ -169,6 +170,20 @@ def _core_only(x: jax.Array, fmt: Format) -> bool:
     return fmt.is_identity or x.ndim == 0 or x.size == 0
 
 
+def _zero_is_exact(fmt: Format) -> bool:
+    """Whether every candidate of an adaptive format rounds 0 to 0 (so padding adds nothing to a block error)."""
+    return all(0.0 in c.elem.values for c in fmt.candidates if isinstance(c.elem, LUTElem))
+
+
+def _check_padding(x: jax.Array, fmt: Format, axes) -> None:
+    if fmt.is_adaptive and blocks.layout(x.shape, fmt.block_size, axes).padded_shape != x.shape:
+        if not _zero_is_exact(fmt):
+            raise NotImplementedError(
+                f"{fmt.label}: a lookup-table candidate without 0 makes the kernels' zero padding count in the block "
+                "error of a partial block; use impl='xla' (which leaves padding out) or whole blocks"
+            )
+
+
 def _check_kernel(fmt: Format, axes, rotation) -> None:
     if getattr(fmt.elem, "zero_point", False):
         raise NotImplementedError(
@@ -211,6 +226,7 @@ def fake_quant(x, fmt, axis=None, *, key=None, impl="auto", rotation=None, tiles
     if _core_only(x, fmt) or (impl == "xla" and rotation is None):
         return codec.fake_quant_jit(x, fmt, axes, key)
     _check_kernel(fmt, axes, rotation)
+    _check_padding(x, fmt, axes)
     return _fake_quant_jit(x, key, rotation, _Static(fmt, axes, impl, tiles or Tiles(), backend))
 
 
@@ -221,6 +237,7 @@ def quantize(x, fmt, axis=None, *, key=None, impl="auto", rotation=None, tiles=N
     if _core_only(x, fmt) or (impl == "xla" and rotation is None):
         return codec.quantize_jit(x, fmt, axes, key)
     _check_kernel(fmt, axes, rotation)
+    _check_padding(x, fmt, axes)
     codes, scales, tensor, sel = _quantize_jit(x, key, rotation, _Static(fmt, axes, impl, tiles or Tiles(), backend))
     axis_field = axes[0] if len(axes) == 1 else axes
     return QArray(codes, scales, tensor, fmt, axis_field, x.shape, x.dtype, selectors=sel)

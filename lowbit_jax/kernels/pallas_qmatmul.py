@@ -20,6 +20,7 @@ from jax.experimental import pallas as pl
 
 from lowbit_jax import codec
 from lowbit_jax.elements import FPElem
+from lowbit_jax.formats import Format
 from lowbit_jax.kernels import pallas_quantize
 from lowbit_jax.qarray import QArray
 
@@ -54,9 +55,14 @@ def qmatmul_ref(a: QArray, b: QArray) -> jax.Array:
     return lax.dot_general(a32, b32, _DOT_T, precision=lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
 
 
-def _kernel_operand(q: QArray, rows: int, k: int):
+def _stored_block(fmt: Format, k: int) -> Format:
+    """fmt with the block its QArrays of length k store: a block longer than K is clamped to K (blocks.layout)."""
+    return fmt if fmt.block_size <= k else fmt.replace(block_size=k)
+
+
+def _kernel_operand(q: QArray, fmt: Format, rows: int, k: int):
     """(codes, scales, tensor) padded to (rows, k) / (rows, k / block), as dtypes every backend loads."""
-    codes, scales, fmt = q.codes, q.scales, q.fmt
+    codes, scales = q.codes, q.scales
     if isinstance(fmt.elem, FPElem) and fmt.elem.bits < 8 and codes.dtype != jnp.uint8:
         codes = fmt.elem.code_bytes(fmt.elem.decode(codes))  # float4 -> uint8 bit patterns
     elif not isinstance(fmt.elem, FPElem):
@@ -91,13 +97,13 @@ def qmatmul_pallas(a: QArray, b: QArray, *, tiles: MatTiles = MatTiles(), backen
     """Pallas twin of qmatmul_ref: (M, N) float32."""
     k = check_operands(a, b)
     backend = pallas_quantize.default_backend() if backend is None else backend
-    fa, fb = a.fmt, b.fmt
+    fa, fb = _stored_block(a.fmt, k), _stored_block(b.fmt, k)
     tk = math.lcm(tiles.k, fa.block_size, fb.block_size)
     nk = -(-k // tk)
     tm, tn = pallas_quantize._fit(a.shape[0], tiles.m), pallas_quantize._fit(b.shape[0], tiles.n)
     grid = (-(-a.shape[0] // tm), -(-b.shape[0] // tn))
-    ops_a = _kernel_operand(a, grid[0] * tm, nk * tk)
-    ops_b = _kernel_operand(b, grid[1] * tn, nk * tk)
+    ops_a = _kernel_operand(a, fa, grid[0] * tm, nk * tk)
+    ops_b = _kernel_operand(b, fb, grid[1] * tn, nk * tk)
     row = lambda rows, cols, which: pl.BlockSpec((rows, cols), lambda i, j: (i if which == "a" else j, 0))
     one = pl.BlockSpec((1, 1), lambda i, j: (0, 0))
     specs = [row(tm, nk * tk, "a"), row(tm, nk * tk // fa.block_size, "a"), one]

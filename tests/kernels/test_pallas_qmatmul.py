@@ -48,6 +48,17 @@ def test_reference_is_qdot_forward_and_kernel_matches(fa, fb):
     assert_close_sums(got, want, 100)
 
 
+def test_block_longer_than_k_is_clamped_in_the_kernel_too():
+    """A QArray stores a block longer than K clamped to K; the kernel tiles by that block, not by the format's
+    (block_size 2^26 on K = 40 once padded every row to 2^26 codes)."""
+    x, w = operands(8, 16, 40, 3)
+    fa = lb.get_format("mxfp8", block_size=2**26)
+    qa, qb = lb.quantize(x, fa), lb.quantize(w, "mxint8")
+    assert pm._kernel_operand(qa, pm._stored_block(fa, 40), 8, 640)[0].shape == (8, 640)
+    got = kernels.qmatmul(qa, qb, impl="pallas", tiles=pm.MatTiles(m=8, n=16, k=64))
+    assert_close_sums(got, pm.qmatmul_ref(qa, qb), 40)
+
+
 def test_errors_and_auto():
     x, w = operands(8, 8, 64)
     qa, qw, q32, qx0 = jax.jit(
