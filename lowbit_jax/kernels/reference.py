@@ -10,7 +10,8 @@ rotation: the h random +-1 signs of a block Hadamard rotation R = diag(signs) H 
           power of two dividing the row length), applied to x in float32 before quantization. It is computed
           as a fast Walsh-Hadamard transform (`rotate_rows`): every butterfly is one exact-order add, so any
           implementation that adds the same pairs gets the same bits. It equals `lowbit_jax.hadamard.rotate`
-          with the same signs to within float32 rounding (that one is a matmul, whose summation order differs).
+          with the same signs to within float32 rounding for h < 512 (a matmul there, whose summation order
+          differs) and bit for bit from h = 512 on, where that one runs the same butterflies.
 """
 
 from __future__ import annotations
