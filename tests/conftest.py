@@ -1,7 +1,8 @@
 """Strict JAX configuration for the whole suite, plus the independent oracles the core tests share.
 
 Oracles here never call lowbit_jax: ml_dtypes numpy casts of clipped values (element rounding), gfloat 0.5.2
-(`round_ndarray` on float64 for MX blocks), and a numpy float32 transcription of DESIGN.md section 4's NV rule.
+(`round_ndarray` on float64 for MX blocks), and a numpy float32 transcription of the NV two-level rule (docs/formats.md,
+section "E4M3 with an FP32 tensor scale"). docs/theory.md, section "Test oracles" describes them.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def gfloat_fp(exp_bits: int, man_bits: int, special: str) -> FormatInfo:
 
 
 def gfloat_int(bits: int):
-    """gfloat INT(b) element in the MXINT convention: k/2^(b-2), range [-2, 2 - 2^-(b-2)] (references.md b)."""
+    """gfloat INT(b) element in OCP's MXINT convention: k/2^(b-2), range [-2, 2 - 2^-(b-2)] (gfloat's int8, b bits)."""
     return dataclasses.replace(format_info_ocp_int8, k=bits, precision=bits)
 
 
@@ -102,7 +103,7 @@ def assert_same_bits(actual, expected, what: str = "") -> None:
         raise AssertionError(f"{what}: {int((~same).sum())} of {a.size} differ\n" + "\n".join(rows))
 
 
-# --- MX oracle (references.md section b), float64 -----------------------------------------------------------------
+# --- MX oracle (gfloat 0.5.2 round_ndarray), float64 ---------------------------------------------------------------
 
 
 def mx_scale_exponent(amax: np.ndarray, name: str, rule: str) -> np.ndarray:
@@ -127,7 +128,7 @@ def mx_reference(x, name: str, rule: str = "ceil", block: int = 32, asymmetric: 
     """Fake-quantize float64 `x` in blocks along the last axis (zero-padded, cropped) with gfloat RNE elements.
 
     INT elements: gfloat's two's-complement grid reaches -2.0; the symmetric contract clips to +-max instead.
-    Blocks holding NaN or Inf are all-NaN (DESIGN.md section 4; gfloat itself maps Inf blocks differently).
+    Blocks holding NaN or Inf are all-NaN (docs/formats.md#edge-cases; gfloat itself maps Inf blocks differently).
     """
     fi = GFLOAT_FI[name]
     x = np.asarray(x, np.float64)
@@ -146,7 +147,7 @@ def mx_reference(x, name: str, rule: str = "ceil", block: int = 32, asymmetric: 
     return y.reshape(xp.shape)[..., :n]
 
 
-# --- NV oracle: DESIGN.md section 4 in numpy float32 (IEEE division) -------------------------------------------------
+# --- NV oracle: the two-level rule of docs/formats.md in numpy float32 (IEEE division) ----------------------------
 
 E4M3_MAX = np.float32(448.0)
 

@@ -1,6 +1,6 @@
 """analysis: QSNR, crest factor, Algorithm 1 probe, Monte-Carlo binning and the advisor.
 
-Goldens: closed forms, or NOTES.md (paper Table 11; independent recomputations in sections 7 and 8, labelled).
+Goldens: closed forms, the paper's Table 11, or independent recomputations (docs/theory.md#gaussian-reference-values).
 """
 
 import jax
@@ -37,13 +37,14 @@ def test_crest_along_other_axis():
 
 @pytest.mark.parametrize("block, expected", [(32, 2.366), (16, 2.110)])
 def test_gaussian_mean_block_crest(block, expected):
-    # NOTES.md section 7, independent recomputation (2048 x 4096); standard error here is about 0.001.
+    # Independent recomputation (2048 x 4096; docs/theory.md#gaussian-reference-values); standard error here ~0.001.
     x = jax.random.normal(jax.random.key(2), (512, 4096))
     assert float(crest_factor(x, block).mean) == pytest.approx(expected, abs=0.01)
 
 
 def test_overflow_probe_matches_table_11():
-    # Paper Table 11: BF16 16.82 %, FP32 0; FP16 0.014 % (NOTES.md section 11, independent recomputation).
+    # Paper Table 11: BF16 16.82 %, FP32 0; FP16 0.014 % (independent recomputation of the paper's 0.02 %,
+    # docs/theory.md#gaussian-reference-values).
     # n = 4M: binomial standard errors 0.0002 (bf16) and 0.000006 (fp16); bounds are about 5 sigma.
     frac = overflow_probe(jax.random.key(3), (2048, 2048))
     assert frac["bfloat16"] == pytest.approx(0.1682, abs=0.001)
@@ -51,7 +52,7 @@ def test_overflow_probe_matches_table_11():
     assert frac["float32"] == 0.0
 
 
-GAUSSIAN_QSNR = {  # NOTES.md section 8 (independent recomputation, float64 oracle, +-0.05 dB across implementations)
+GAUSSIAN_QSNR = {  # docs/theory.md#gaussian-reference-values (float64 oracles, +-0.05 dB across implementations)
     "mxint8": 41.61,
     "mxfp8": 31.52,
     "mxint6": 29.42,

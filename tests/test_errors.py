@@ -1,4 +1,4 @@
-"""Bad input raises a clear error, never a silently wrong array (issue 2, item 4)."""
+"""Bad input raises a clear error, never a silently wrong array (docs/formats.md, section "Edge cases")."""
 
 from __future__ import annotations
 

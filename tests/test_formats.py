@@ -18,7 +18,7 @@ from gfloat.formats import (
 import lowbit_jax as lb
 from lowbit_jax.formats import FPElem, IntElem, fp, int_
 
-# Paper Table 1 (paper/NOTES.md section 1): format -> (element, block, max, min, dynamic range, scale-1, scale-2).
+# Paper Table 1 (§2.4): format -> (element, block, max, min, dynamic range, scale-1, scale-2).
 # "Min" is the smallest non-zero magnitude; MXFP8's dynamic range is 1.75 x 2^17 = 229376 = 448 / 2^-9.
 TABLE1 = {
     "mxfp8": ("e4m3", 32, 448.0, 2.0**-9, 1.75 * 2**17, "ue8m0"),
@@ -91,7 +91,7 @@ def test_default_special_conventions():
 
 @pytest.mark.parametrize("bits", range(2, 9))
 def test_int_element_ranges(bits):
-    """Symmetric [-(2^(b-1)-1), 2^(b-1)-1] by default; asymmetric adds -2^(b-1) (NOTES 4 and 11)."""
+    """Symmetric [-(2^(b-1)-1), 2^(b-1)-1] by default (paper §3.2, App. B.2 Eq. 18); asymmetric adds -2^(b-1)."""
     sym, asym = int_(bits), int_(bits, "asymmetric")
     assert (sym.min, sym.max) == (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1)
     assert (asym.min, asym.max) == (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
@@ -116,7 +116,7 @@ NAMES = {
 
 
 def test_list_formats_and_aliases():
-    """DESIGN.md section 5: the named formats; mxfp8 = mxfp8_e4m3, mxfp6 = mxfp6_e2m3."""
+    """The named formats (docs/formats.md, section "The named formats"); mxfp8 = mxfp8_e4m3, mxfp6 = mxfp6_e2m3."""
     assert set(lb.list_formats()) == NAMES
     assert lb.get_format("mxfp8") == lb.get_format("mxfp8_e4m3")
     assert lb.get_format("mxfp6") == lb.get_format("mxfp6_e2m3")

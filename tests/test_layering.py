@@ -1,4 +1,4 @@
-"""Imports flow one way: experiments -> analysis -> lowbit_jax (DESIGN.md section 2)."""
+"""Imports flow one way: experiments -> analysis -> lowbit_jax (README.md, section "Layout")."""
 
 import ast
 from pathlib import Path

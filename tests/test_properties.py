@@ -93,7 +93,8 @@ def test_mx_matches_gfloat_on_random_arrays(name, x):
 @settings(max_examples=30)
 @given(x=arrays())
 def test_nv_matches_numpy_reference_on_random_arrays(name, x):
-    """Bit-exact against DESIGN.md section 4's NV rule in numpy float32 (conftest.nv_reference)."""
+    """Bit-exact against the NV two-level rule in numpy float32 (conftest.nv_reference; docs/formats.md, section
+    "E4M3 with an FP32 tensor scale")."""
     assert_same_bits(fq(x, name), nv_reference(x, "fp" if name == "nvfp4" else "int")[0], name)
 
 

@@ -1,7 +1,8 @@
 """quantize / dequantize / fake_quant end to end, against gfloat (MX), numpy float32 (NV, per-channel) and ml_dtypes.
 
-Oracles live in tests/conftest.py: `mx_reference` (references.md section b, float64 gfloat RNE) and `nv_reference`
-(DESIGN.md section 4's NV rule transcribed to numpy float32, whose division is IEEE).
+Oracles live in tests/conftest.py: `mx_reference` (float64 gfloat RNE) and `nv_reference` (the NV two-level rule of
+docs/formats.md, section "E4M3 with an FP32 tensor scale", transcribed to numpy float32, whose division is IEEE);
+docs/theory.md, section "Test oracles".
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def test_mx_codes_and_scales_match_oracle(name):
 
 
 def test_float32_range_ends():
-    """Bottom and top of float32 (DESIGN.md section 4: XLA flushes float32 subnormals to zero).
+    """Bottom and top of float32 (XLA flushes float32 subnormals to zero: docs/theory.md#xla-arithmetic-facts).
 
     Tiny blocks (amax 2^-125..2^-119) clamp the scale exponent at -127; normal inputs whose oracle result is normal
     are bit-exact; subnormal inputs or results are the oracle's value or a zero of the same sign.
@@ -456,7 +457,8 @@ def test_algorithm1_bf16_fraction_mapped_to_128():
 
 
 def test_bf16_ue8m0_negative_block_maxima_reach_minus_128():
-    """NOTES 11 (independent analysis): with log2 in BF16 the ceil can fail and a block maximum maps to 128.
+    """With log2 in BF16 the ceil can fail and a block maximum maps to 128 (an independent analysis of the paper's
+    Table 10 gap: docs/theory.md#bf16-scale-arithmetic-and-the-asymmetric-int-bias).
 
     mxint8, asymmetric, Gaussian data scaled by 1e-6: some blocks hold -128 with the BF16 arithmetic, none with the
     exact float32 scale. Exact check: codes equal a numpy/ml_dtypes bf16 reference of the whole block quantizer.

@@ -13,7 +13,7 @@ def test_measure_gaussian_matches_known_values():
     x = np.asarray(jax.random.normal(jax.random.key(0), (256, 512)))
     m = real_tensors.measure(x, ["mxint8", "mxfp8", "nvint4", "nvfp4"], [-1, 32, 16], 32, jax.random.key(1))
     assert set(m) == {"none", "hadamard"}
-    # NOTES.md section 7/8 (Gaussian recomputation): mean block crest 2.366 (32), 2.110 (16); QSNR MXINT8 41.61,
+    # docs/theory.md#gaussian-reference-values: mean block crest 2.366 (32), 2.110 (16); QSNR MXINT8 41.61,
     # MXFP8 31.52, NVINT4 21.28, NVFP4 20.44 dB. A 256x512 sample: within sampling error.
     for rot in ("none", "hadamard"):
         assert m[rot]["crest"]["32"] == pytest.approx(2.366, abs=0.02)

@@ -225,10 +225,10 @@ def test_e5m0_ties_go_up_like_ml_dtypes_e8m0():
 
 # --- goldens: ties to even, sign of zero, specials --------------------------------------------------------------------
 
-# references.md section b, "Observed (E2M1, TiesToEven)": gfloat's printed results.
+# gfloat 0.5.2 round_ndarray(TiesToEven, sat=True) on E2M1 {0, 0.5, 1, 1.5, 2, 3, 4, 6}: ties to even, 7 saturates.
 E2M1_GOLDEN = [(0.25, 0.0), (0.75, 1.0), (1.25, 1.0), (1.75, 2.0), (2.5, 2.0), (3.5, 4.0), (5.0, 4.0), (7.0, 6.0)]
 # E4M3 ties (independent: [16, 32) has step 2, so 17 lies between 16 (mantissa 000) and 18 (001)); 464 is the
-# midpoint between 448 and the non-existent 480 and saturates (references.md section c).
+# midpoint between 448 and the non-existent 480 (the NaN code) and saturates (docs/theory.md#xla-arithmetic-facts).
 E4M3_GOLDEN = [(17.0, 16.0), (19.0, 20.0), (0.5 * 2.0**-9, 0.0), (1.5 * 2.0**-9, 2.0**-8), (464.0, 448.0)]
 
 
@@ -277,7 +277,7 @@ def test_int_rounding_half_even_and_clipped(elem):
     v, out = int_sweep(), int_outputs()[elem]
     expected = np.round(np.clip(v, elem.min, elem.max)) + np.float32(0)  # + 0 turns -0 into +0
     assert_same_bits(out, expected, elem.name)
-    # closed form (paper App. B.2 Eq. 18, NOTES 4): [-(2^(b-1)-1), 2^(b-1)-1]; asymmetric adds -2^(b-1)
+    # closed form (paper §3.2, App. B.2 Eq. 18): [-(2^(b-1)-1), 2^(b-1)-1]; asymmetric adds -2^(b-1)
     lo = -(2 ** (elem.bits - 1)) if elem.int_range == "asymmetric" else -(2 ** (elem.bits - 1) - 1)
     assert out[-2:].tolist() == [lo, 2 ** (elem.bits - 1) - 1]
 
@@ -317,7 +317,7 @@ def test_uniform_from_bits_grid():
     assert u.max() < 1.0
 
 
-# --- exact float32 helpers (XLA facts of DESIGN.md section 4) ------------------------------------------------------
+# --- exact float32 helpers (docs/theory.md, section "XLA arithmetic facts") -------------------------------------
 
 
 def test_f32_exponent_and_mantissa_from_bits():
@@ -345,7 +345,8 @@ def test_pow2_and_mul_pow2_exact():
     expected = np.ldexp(1.5, kk.astype(np.int64))
     normal = (expected >= 2.0**-126) & (expected < 2.0**128)
     np.testing.assert_array_equal(got[normal], expected[normal].astype(np.float32))
-    assert np.all(got[expected < 2.0**-126] <= 2.0**-126)  # subnormal results may flush on XLA:CPU (DESIGN 4)
+    # subnormal results may flush on XLA:CPU (docs/theory.md#xla-arithmetic-facts)
+    assert np.all(got[expected < 2.0**-126] <= 2.0**-126)
 
 
 def test_div_exact_is_ieee_division():
@@ -390,7 +391,8 @@ def test_div_corrected_keeps_specials_and_signs():
     got = np.asarray(jax.jit(rounding._div_corrected)(jnp.asarray(num), jnp.asarray(den)))
     with np.errstate(divide="ignore", over="ignore"):
         want = num / den
-    subnormal = np.abs(want) < 2.0**-126  # XLA:CPU flushes these to zero (DESIGN.md section 4); XLA:GPU keeps them
+    # XLA:CPU flushes these to zero, XLA:GPU keeps them (docs/theory.md#xla-arithmetic-facts)
+    subnormal = np.abs(want) < 2.0**-126
     plain = np.asarray(jax.jit(jnp.divide)(jnp.asarray(num), jnp.asarray(den)))
     assert_same_bits(got[~subnormal], want[~subnormal], "specials")
     assert_same_bits(got[subnormal], plain[subnormal], "subnormal quotients: the backend's own")
@@ -417,7 +419,8 @@ def test_round_to_dtype_matches_numpy_casts(dtype):
     v = np.concatenate([v, -v])
     with np.errstate(over="ignore"):
         want = v.astype(dtype).astype(np.float32)
-    tiny = np.abs(want) < 2.0**-126  # float32 subnormals: kept or flushed, depending on the XLA op (DESIGN 4)
+    # float32 subnormals: kept or flushed, depending on the XLA op (docs/theory.md#xla-arithmetic-facts)
+    tiny = np.abs(want) < 2.0**-126
     got = np.asarray(jax.jit(lambda a: rounding.round_to_dtype(a, dtype))(jnp.asarray(v)))
     assert_same_bits(got[~tiny], want[~tiny], str(dtype))
     assert np.all((got[tiny] == want[tiny]) | (got[tiny] == 0))

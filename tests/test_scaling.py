@@ -93,7 +93,10 @@ def test_ue8m0_exponent_exact(elem, rule):
 
 
 def test_float32_log2_trap_is_avoided():
-    """511.99997 (top ulp below 2^9): float32 floor(log2) says 9, the exact floor is 8 (references.md a.4)."""
+    """511.99997 (top ulp below 2^9): float32 floor(log2) says 9, the exact floor is 8.
+
+    docs/theory.md#xla-arithmetic-facts: exponents come from bits.
+    """
     a = np.float32(511.99997)
     assert np.floor(np.log2(a)) == 9 and math.frexp(float(a))[1] - 1 == 8
     e = exponent_jit(fp(4, 3), "floor")(jnp.asarray([a]))
@@ -102,8 +105,9 @@ def test_float32_log2_trap_is_avoided():
     assert (out == 448).all()
 
 
-# Goldens. references.md a.1: "block max 960 -> scale 2^1 -> 957 becomes 478.5 -> 448 * 2 = 896" (OCP floor).
-# references.md a.3 (torchao): "E4M3 amax 500 -> FLOOR 448 (saturated), RCEIL 512; E2M1 amax 7 -> FLOOR 6, RCEIL 8".
+# Goldens, derived by hand in docs/theory.md#ue8m0-scales and docs/theory.md#test-oracles. OCP floor: block max 960
+# -> scale 2^1 -> 957 becomes 478.5 -> 448 * 2 = 896. torchao FLOOR / RCEIL (= ceil): E4M3 amax 500 -> 448 (saturated)
+# / 512; E2M1 amax 7 -> 6 / 8.
 SCALE_GOLDENS = [
     ("mxfp8", "floor", [960.0, 957.0], [896.0, 896.0]),  # 960 / 2 = 480 saturates as well
     ("mxfp8", "floor", [500.0], [448.0]),
@@ -130,7 +134,8 @@ def test_ceil_never_clips_floor_may():
     e_floor = np.asarray(exponent_jit(elem, "floor")(jnp.asarray(amax))).astype(np.int64)
     assert np.all(amax.astype(np.float64) <= elem.max * np.ldexp(1.0, e_ceil))
     mant = np.frexp(amax.astype(np.float64))[0] * 2
-    np.testing.assert_array_equal(e_ceil != e_floor, mant > 1.75)  # NOTES 2.1: m > m_max (1.75 for E4M3)
+    # they differ iff m > m_max (1.75 for E4M3): docs/theory.md#ue8m0-scales
+    np.testing.assert_array_equal(e_ceil != e_floor, mant > 1.75)
 
 
 def test_e8m0_codes_built_from_bits():
@@ -212,7 +217,8 @@ def _bf16_exponents_jit(elem):
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("elem", [fp(4, 3), fp(2, 1), int_(8), int_(4)], ids=lambda e: e.name)
 def test_ue8m0_exponent_bf16_matches_ml_dtypes(elem, rule):
-    """The authors' BF16 arithmetic (NOTES 2.2): s = bf16(amax) / bf16(Qmax), log2 in bf16, then the rule.
+    """The authors' BF16 arithmetic: s = bf16(amax) / bf16(Qmax), log2 in bf16, then the rule
+    (docs/theory.md#bf16-scale-arithmetic-and-the-asymmetric-int-bias).
 
     Reference: ml_dtypes bfloat16 numpy arithmetic (each operation rounded to bf16), clamped to [-127, 127].
     """
