@@ -36,10 +36,10 @@ Findings (checked by re-deriving the formulas above and against the authors' scr
     2.3899. Script curves with exact roots give 7.5459/1.9592/2.0415/2.3899: the 600-point grid moves κ* by
     < 3e-5. "reference" with rho=1 for NV gives 2.4627 (the ρ sensitivity), and "paper" with
     rho=1.05 gives 2.38996: the NV gap between the variants is all ρ; w_zero and the narrowed p_sub offset.
-  - The §6.6 curve table matches every entry to 0.01 dB for "reference" (INT "exact" rows) and "script".
-    The claim "FP and NV rows are the same in every variant" holds for those two, not for "paper", which
-    moves the NV rows (ρ = 1: NVINT4 +0.42 dB; NVFP4 20.80 instead of 20.76 dB at κ = 2) and the MX-FP rows
-    at large κ (no w_zero: MXFP4 7.27 instead of 7.45 dB at κ = 12).
+  - The Fig. 3 curve values recomputed independently (docs/theory.md, section "Curve values") agree to 0.01 dB
+    with "reference" (INT "exact" rows) and "script". "paper" moves the NV rows (ρ = 1: NVINT4 +0.42 dB; NVFP4
+    20.80 instead of 20.76 dB at κ = 2) and the MX-FP rows at large κ (no w_zero: MXFP4 7.27 instead of 7.45 dB
+    at κ = 12).
   - The NVFP4 peak (23.246 dB at κ = 3.855) is the kink where w_norm − κ²/16 reaches 0 (κ = 3.8547).
   - Without the floor ("paper"), Eq. 43's normal term turns negative past κ = 3.872 for NVFP4 and the curve
     rises (28.40 dB at κ = 5) until R < 0 at κ ≈ 5.617 (NaN beyond). The printed model is meaningless there;

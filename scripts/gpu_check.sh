@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one command for a GPU machine (H100/H200, no network; DESIGN.md section 7), under 5 minutes:
+# The one command for a GPU machine (H100/H200, no network; docs/benchmarks.md records its output), under 5 minutes:
 #
 #   bash scripts/gpu_check.sh [OUT_DIR]          # default results/gpu_check
 #
