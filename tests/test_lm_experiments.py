@@ -28,6 +28,7 @@ def run_module(name: str, *args: str) -> str:
     return out.stdout
 
 
+@pytest.mark.slow
 def test_clipping_tiny(tmp_path):
     stdout = run_module("clipping", "--preset", "tiny", "--baseline", "false", "--out", str(tmp_path))
     saved = json.loads((tmp_path / "clipping.json").read_text())
@@ -52,6 +53,7 @@ def test_clipping_precisions():
     assert (fmt.scale, fmt.block_size, fmt.scale_dtype, fmt.elem.min) == ("fp32", 64, "bfloat16", -127.0)
 
 
+@pytest.mark.slow
 def test_grad_bias_tiny(tmp_path):
     cases = f"fp32,{BF16_ASYM},{BF16_SYM},mxfp4+sr"
     stdout = run_module("grad_bias", "--tiny", "--cases", cases, "--out", str(tmp_path))
@@ -79,6 +81,7 @@ def test_grad_bias_cases_parse():
         grad_bias.parse_case("none")
 
 
+@pytest.mark.slow
 def test_direct_cast_lm_tiny(tmp_path):
     cfg = lm_train.TrainConfig(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64)
     params = lm_run.replica(lm_run.init_replicas(cfg, (0,)))

@@ -58,6 +58,7 @@ def _models():
     pytest.importorskip("safetensors", reason="needs `pip install tokenizers safetensors`")
 
 
+@pytest.mark.slow
 def test_tensor_stats_tiny(_models, tmp_path, capsys):
     from experiments import tensor_stats
 
@@ -78,6 +79,7 @@ def test_tensor_stats_tiny(_models, tmp_path, capsys):
     assert "paper Table 2 layout" in out and "NVINT4/NVFP4" in out
 
 
+@pytest.mark.slow
 def test_direct_cast_tiny(_models, tmp_path, capsys):
     from experiments import direct_cast
 

@@ -71,6 +71,7 @@ def test_bad_flags(capsys):
     assert "int_range" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_tiny_training_on_one_and_eight_devices(tmp_path):
     flags = (
         "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"  # compile-bound: skip LLVM opt
