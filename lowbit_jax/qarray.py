@@ -83,12 +83,33 @@ class QArray:
         return True
 
     def __repr__(self) -> str:
-        return (
-            f"QArray({self.fmt.label}, shape={self.shape}, dtype={jnp.dtype(self.dtype).name}, axis={self.axis}, "
-            f"codes={jnp.dtype(self.codes.dtype).name}{tuple(self.codes.shape)}"
-            + ("" if self.scales is None else f", scales={jnp.dtype(self.scales.dtype).name}{tuple(self.scales.shape)}")
-            + ")"
-        )
+        """One short line: format, shape, dtype, axis, codes and a summary of the scales (no element dump)."""
+        parts = [self.fmt.label, f"shape={tuple(self.shape)}", f"dtype={jnp.dtype(self.dtype).name}"]
+        parts += [f"axis={self.axis}", f"codes={_array_text(self.codes)}"]
+        for name in ("scales", "tensor_scale", "zero_points", "selectors"):
+            value = getattr(self, name)
+            if value is not None:
+                parts.append(f"{name}={_array_text(value, summary=name != 'zero_points')}")
+        return f"QArray({', '.join(parts)})"
+
+
+def _array_text(a, summary: bool = False) -> str:
+    """'dtype(shape)', with ' in [min, max]' of |a| (finite values; ', NaN' if any) for a concrete array when
+    `summary`; tracers (inside jit) and abstract values only show dtype and shape."""
+    dtype, shape = getattr(a, "dtype", None), getattr(a, "shape", None)
+    if dtype is None or shape is None:
+        return type(a).__name__
+    text = f"{jnp.dtype(dtype).name}{tuple(shape)}"
+    if not summary or isinstance(a, jax.core.Tracer) or not isinstance(a, jax.Array | np.ndarray):
+        return text
+    try:
+        v = np.abs(np.asarray(a).astype(np.float32))  # |.|: IF4 keeps its choice in the scale's sign bit
+    except Exception:  # e.g. an array not addressable from this process: shape and dtype are enough
+        return text
+    finite = v[np.isfinite(v)]
+    if finite.size:
+        text += f" in [{float(finite.min()):.4g}, {float(finite.max()):.4g}]" if v.ndim else f" = {float(v):.4g}"
+    return text + (", NaN" if finite.size < v.size else "")
 
 
 def _same_bits(a, b) -> bool:
