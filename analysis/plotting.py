@@ -38,52 +38,91 @@ class PairPanel:
     mc_fp_db: np.ndarray | None = None
     envelopes: tuple[Envelope, ...] = ()  # adaptive formats over these two curves, drawn as wide bands
     reference_db: dict[str, np.ndarray] = field(default_factory=dict)  # label -> thin grey reference curve
+    block_size: int | None = None  # the formats' block: crest factors above sqrt(block size) cannot occur
+    mc_block_size: int | None = None  # the measurement's block, when it differs
 
 
-_LINESTYLES = {"reference": "-", "paper": "--", "script": ":"}
+_LINESTYLES = {"reference": "-", "paper": "--", "script": ":", "empirical": ":"}
+
+
+def _in_view(kappa: np.ndarray, curve, lo: float, hi: float) -> tuple[np.ndarray, float | None, float]:
+    """(the curve with points outside [lo, hi] masked, the first kappa where it leaves, the edge it leaves by)."""
+    y = np.asarray(curve, np.float64)
+    out = (y < lo) | (y > hi)
+    if not out.any():
+        return y, None, hi
+    i = int(np.argmax(out))
+    return np.where(out, np.nan, y), float(kappa[i]), hi if y[i] > hi else lo
+
+
+def _line(ax, kappa, curve, lo, hi, style, label, **kw) -> None:
+    """A theory line clipped to the axes: a curve that runs off (Eq. 43 as printed diverges for NVFP4) ends at the
+    edge with an arrow head, and its legend entry says where."""
+    y, k_out, edge = _in_view(kappa, curve, lo, hi)
+    if k_out is not None:
+        label += f", off scale from κ = {k_out:.1f}"
+        marker = "^" if edge == hi else "v"
+        ax.plot([k_out], [edge], marker, color=kw["color"], ms=6, clip_on=False, zorder=5)
+    ax.plot(kappa, y, style, label=label, **kw)
+
+
+def _unreachable(ax, p: PairPanel, k_max: float) -> None:
+    """Shade the crest factors no block of the panel's block size(s) can have: kappa <= sqrt(block size)."""
+    blocks = dict.fromkeys(b for b in (p.block_size, p.mc_block_size) if isinstance(b, int) and b > 0)
+    for i, g in enumerate(blocks):
+        edge = math.sqrt(g)
+        if edge < k_max:
+            label = f"κ > √{g} = {edge:.2f}: unreachable at block {g}"
+            if g == p.block_size and len(blocks) > 1:
+                label += f" (measured at block {p.mc_block_size})"
+            ax.axvspan(edge, k_max, color="0.5", alpha=0.13 + 0.07 * i, lw=0, label=label, zorder=0)
+
+
+def _limits(p: PairPanel) -> tuple[float, float]:
+    """The QSNR range shown: the non-"paper" theory curves (or all if none) and the measured points."""
+    shown = [np.asarray(c) for v, pair in p.theory_db.items() if v != "paper" for c in pair] or [
+        np.asarray(c) for pair in p.theory_db.values() for c in pair
+    ]
+    shown += [np.asarray(a) for a in (p.mc_int_db, p.mc_fp_db) if a is not None and np.size(a)]
+    lo, hi = min(np.nanmin(c) for c in shown), max(np.nanmax(c) for c in shown)
+    return lo - 2.0, hi + 3.0
 
 
 def crossover_figure(panels: Sequence[PairPanel], ncols: int = 2):
-    """One panel per INT/FP pair: QSNR (dB) against crest factor, theory lines, MC markers, kappa* lines."""
+    """One panel per INT/FP pair: QSNR (dB) against crest factor, theory lines (clipped to the axes), measured
+    markers, kappa* lines (in the legend with their values) and the unreachable kappa > sqrt(block size) shaded;
+    legends beside the panels."""
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6.2 * ncols, 4.3 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(9.6 * ncols, 4.3 * nrows), squeeze=False)
     for ax, p in zip(axes.ravel(), panels, strict=False):
+        lo, hi = _limits(p)
+        k_max = float(np.max(p.kappa))
+        _unreachable(ax, p, k_max)
         for env in p.envelopes:
             for variant, curve in env.curves_db.items():
-                ls = _LINESTYLES.get(variant, "-")
                 label = f"{env.label} theory = upper envelope ({variant})"
-                ax.plot(p.kappa, curve, ls, color=ADAPTIVE_COLOR, lw=5.0, alpha=0.35, label=label)
+                style = dict(color=ADAPTIVE_COLOR, lw=5.0, alpha=0.35)
+                _line(ax, p.kappa, curve, lo, hi, _LINESTYLES.get(variant, "-"), label, **style)
         for label, curve in p.reference_db.items():
-            ax.plot(p.kappa, curve, "-.", color=REFERENCE_COLOR, lw=1.0, label=label)
+            _line(ax, p.kappa, curve, lo, hi, "-.", label, color=REFERENCE_COLOR, lw=1.0)
         for variant, (int_db, fp_db) in p.theory_db.items():
             ls = _LINESTYLES.get(variant, "-")
-            ax.plot(p.kappa, int_db, ls, color=INT_COLOR, lw=1.6, label=f"{p.int_label} theory ({variant})")
-            ax.plot(p.kappa, fp_db, ls, color=FP_COLOR, lw=1.6, label=f"{p.fp_label} theory ({variant})")
+            _line(ax, p.kappa, int_db, lo, hi, ls, f"{p.int_label} theory ({variant})", color=INT_COLOR, lw=1.6)
+            _line(ax, p.kappa, fp_db, lo, hi, ls, f"{p.fp_label} theory ({variant})", color=FP_COLOR, lw=1.6)
         if p.mc_kappa is not None:
             ax.plot(p.mc_kappa, p.mc_int_db, "o", ms=3.5, color=INT_COLOR, alpha=0.8, label=f"{p.int_label} measured")
             ax.plot(p.mc_kappa, p.mc_fp_db, "s", ms=3.5, color=FP_COLOR, alpha=0.8, label=f"{p.fp_label} measured")
         for name, k in p.kappa_star.items():
             if np.isfinite(k):
-                ls = ":" if name == "empirical" else _LINESTYLES.get(name, "-")
-                ax.axvline(k, color="0.35", ls=ls, lw=1.0)
-                ax.annotate(
-                    f"κ*={k:.2f} ({name})",
-                    (k, 0.02 + 0.07 * list(p.kappa_star).index(name)),
-                    xycoords=("data", "axes fraction"),
-                    fontsize=7,
-                    rotation=0,
-                    color="0.25",
-                )
-        shown = [np.asarray(c) for v, pair in p.theory_db.items() if v != "paper" for c in pair] or [
-            np.asarray(c) for pair in p.theory_db.values() for c in pair
-        ]
-        lo, hi = min(np.nanmin(c) for c in shown), max(np.nanmax(c) for c in shown)
-        ax.set_ylim(lo - 2.0, hi + 3.0)  # Eq. 43 as printed diverges for NVFP4 at large kappa; keep the scale
-        ax.set_title(p.title)
+                label = f"κ* = {k:.2f} ({'measured' if name == 'empirical' else name + ' theory'})"
+                ax.axvline(k, color="0.25", ls=_LINESTYLES.get(name, "-"), lw=1.0, label=label)
+        ax.set_xlim(float(np.min(p.kappa)), k_max)
+        ax.set_ylim(lo, hi)
+        ax.set_title(p.title, fontsize=10)
         ax.set_xlabel("crest factor κ = max|x| / RMS")
         ax.set_ylabel("QSNR (dB)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
     for ax in axes.ravel()[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
@@ -197,13 +236,31 @@ def clipping_figure(rows: list[dict], paired: list[dict], baseline: dict | None,
     return fig
 
 
+def _symlog_ticks(values, linthresh: float) -> list[float]:
+    """Ticks of a symlog axis that do not collide: 0 and +-10^k for the decades above `linthresh` that the data
+    reach (every other decade when there are more than three a side)."""
+    big = max((abs(v) for v in values if np.isfinite(v)), default=0.0)
+    top = max(math.ceil(math.log10(big)) if big > 0 else 0, round(math.log10(linthresh)) + 1)
+    decades = list(range(round(math.log10(linthresh)) + 1, top + 1))
+    decades = decades[::-1][::2][::-1] if len(decades) > 3 else decades
+    pos = [10.0**k for k in decades]
+    return [-t for t in reversed(pos)] + [0.0] + pos
+
+
+def _pow10(v: float, _pos=None) -> str:
+    if v == 0:
+        return "0"
+    return f"{'−' if v < 0 else ''}1e{round(math.log10(abs(v)))}"
+
+
 def grad_bias_figure(cases: list[dict]):
     """Per case: relative gradient bias against its noise floor (log scale; exact zeros marked), the z-score of the
     mean signed gradient error (|z| < 2 shaded), and the signed error of the dY operands (symlog), with the share of
-    blocks whose extreme landed on the extra code -2^(b-1)."""
+    blocks whose extreme landed on the extra code -2^(b-1); the legend below the panels."""
     labels = [c["label"] for c in cases]
     y = np.arange(len(cases))
-    fig, (ax, axz, axs) = plt.subplots(1, 3, figsize=(15.0, 0.32 * len(cases) + 1.8), sharey=True)
+    height = 0.32 * len(cases) + 2.2
+    fig, (ax, axz, axs) = plt.subplots(1, 3, figsize=(15.0, height), sharey=True)
     floor = 1e-4
     ax.barh(y - 0.2, [max(c["relative_bias"], floor) for c in cases], 0.4, label="relative bias ||E[ĝ-g]|| / ||g||")
     ax.barh(y + 0.2, [max(c["noise_floor"], floor) for c in cases], 0.4, label="noise floor (standard error)")
@@ -215,13 +272,19 @@ def grad_bias_figure(cases: list[dict]):
     ax.set_yticks(y, labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_title("gradient bias vs noise floor")
-    ax.legend(fontsize=7, loc="lower right")
-    axz.axvspan(-2, 2, color="0.9")
-    axz.barh(y, [c["mean_signed_error_z"] for c in cases], 0.6, color="tab:green")
+    ax.set_xlabel("relative to ||g|| (log)", fontsize=8)
+    axz.axvspan(-2, 2, color="0.9", label="|z| < 2: no detectable bias")
+    axz.barh(y, [c["mean_signed_error_z"] for c in cases], 0.6, color="tab:green", label="z of the mean signed error")
     axz.set_title("z-score of the mean signed gradient error")
+    axz.set_xlabel("standard errors", fontsize=8)
     dy = [c["operand_signed_error"]["dy"] for c in cases]
-    axs.barh(y, dy, 0.6, color="tab:purple")
-    axs.set_xscale("symlog", linthresh=1e-6)
+    linthresh = 1e-6
+    axs.barh(y, dy, 0.6, color="tab:purple", label="dY: Σ(Q(x) - x) / Σ|x|")
+    axs.set_xscale("symlog", linthresh=linthresh)
+    ticks = _symlog_ticks(dy, linthresh)
+    axs.set_xticks(ticks, [_pow10(t) for t in ticks], fontsize=7)
+    axs.set_xlim(ticks[0], ticks[-1])
+    axs.set_xlabel(f"signed error (symlog, linear within ±{linthresh:g})", fontsize=8)
     for yi, c in zip(y, cases):
         if c["extreme_code_fraction"] > 0:
             text = f"{100 * c['extreme_code_fraction']:.1f}% blocks at -2^(b-1)"
@@ -231,7 +294,12 @@ def grad_bias_figure(cases: list[dict]):
         a.axvline(0.0, color="k", lw=0.8)
     for a in (ax, axz, axs):
         a.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
+    handles, names = [], []
+    for a in (ax, axz, axs):
+        h, n = a.get_legend_handles_labels()
+        handles, names = handles + h, names + n
+    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.45 / height, 1, 1))
     return fig
 
 

@@ -3,10 +3,12 @@ quantiles by block size, direct-cast drift per format."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from matplotlib.ticker import NullFormatter
 
 from analysis.plotting import FP_COLOR, INT_COLOR, plt
 
@@ -66,20 +68,58 @@ def crest_quantiles_figure(table: dict[str, dict[str, dict[str, dict[str, float]
     return fig
 
 
-def drift_figure(metrics: dict[str, dict[str, dict[str, float]]], formats: Sequence[str], names: Sequence[str]):
+def _log_floor(values) -> tuple[float, float]:
+    """Whole-decade limits of a log axis holding `values` (zeros excluded): the smallest bar at least twice the
+    bottom, a decade more below for the zero marks."""
+    pos = [v for v in values if np.isfinite(v) and v > 0]
+    if not pos:
+        return 1e-6, 1e-3
+    lo, hi = math.floor(math.log10(min(pos) / 2)), math.ceil(math.log10(max(pos)))
+    return 10.0 ** (lo - (1 if any(v == 0 for v in values) else 0)), 10.0 ** max(hi, lo + 1)
+
+
+def drift_figure(
+    metrics: dict[str, dict[str, dict[str, float]]],
+    formats: Sequence[str],
+    names: Sequence[str],
+    ylabels: dict[str, str] | None = None,
+):
     """Bars per format (log scale), with and without rotation, one panel per metric; metrics[rotation][format][name]
-    holds values where lower is better (e.g. 1 - cosine, KL)."""
-    fig, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names), 3.0), squeeze=False)
+    holds values where lower is better (e.g. 1 - cosine, KL). Exact zeros, which a log axis cannot draw, are
+    marked "0" at the bottom of the axis; ylabels[name] labels each panel's y axis (default: the name)."""
+    fig, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names), 3.3), squeeze=False)
     x = np.arange(len(formats))
     width = 0.8 / max(1, len(metrics))
     for ax, name in zip(axes[0], names):
+        lo, hi = _log_floor([by_fmt[f][name] for by_fmt in metrics.values() for f in formats])
         for i, (rot, by_fmt) in enumerate(metrics.items()):
-            ax.bar(x + (i - (len(metrics) - 1) / 2) * width, [by_fmt[f][name] for f in formats], width, label=rot)
+            vals = np.asarray([by_fmt[f][name] for f in formats], np.float64)
+            xs = x + (i - (len(metrics) - 1) / 2) * width
+            ax.bar(xs, np.where(vals > 0, vals, np.nan), width, color=f"C{i}", label=f"rotation: {rot}")
+            for xz in xs[vals == 0]:
+                ax.annotate(
+                    "0",
+                    (xz, lo),
+                    xytext=(0, 2),
+                    textcoords="offset points",
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                    fontweight="bold",
+                    color=f"C{i}",
+                )
         ax.set_xticks(x, formats, rotation=60, fontsize=7)
+        ax.set_xlim(-0.5, len(formats) - 0.5)  # NaN bars (zeros) do not widen the x range: fix it
         ax.set_yscale("log")
+        ax.set_ylim(lo, hi)
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_title(name, fontsize=9)
+        ax.set_ylabel((ylabels or {}).get(name, name), fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
         ax.grid(alpha=0.3, axis="y")
-    axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", ncol=len(labels), fontsize=7, frameon=False)
+    if any(m[n] == 0 for by_fmt in metrics.values() for m in by_fmt.values() for n in names):
+        fig.text(0.01, 0.97, '"0": exactly zero (a log axis has no bar for it)', fontsize=7, va="top")
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     return fig

@@ -83,31 +83,34 @@ FINE_BIN = 0.01  # resolution of kappa_best
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    formats: tuple[str, ...] = FORMATS
-    distributions: tuple[str, ...] = DISTRIBUTIONS
+    formats: tuple[str, ...] = FORMATS  # two-candidate adaptive formats (format specs, any case)
+    distributions: tuple[str, ...] = DISTRIBUTIONS  # synthetic distributions (analysis.synthetic)
     rows: int = 192  # rows of 4096 per distribution
-    dither: bool = True
-    real: bool = True
-    layers: int = 6
-    batches: int = 1
+    dither: bool = True  # scale each synthetic block by 2^U, U ~ U(0, 1) (crest factors unchanged)
+    real: bool = True  # also measure the real all-MiniLM-L6-v2 operands
+    layers: int = 6  # MiniLM transformer layers run (1-6)
+    batches: int = 1  # MiniLM batches captured
     pairs_per_batch: int = 2  # a batch holds 2 * pairs_per_batch windows of seq_len tokens
-    seq_len: int = 128
+    seq_len: int = 128  # tokens per text window
     capture: str = ".*"  # regex (fullmatch) of the Dense-layer paths captured, e.g. "encoder/layer_0/.*"
-    rotation: int = 0  # Hadamard size along K; 0: each format's block size
-    verify_real: bool = False
-    variant: str = "reference"
+    rotation: int = 0  # Hadamard rotation size along K (0 = each format's block size)
+    verify_real: bool = False  # also check real adaptive blocks bit for bit against their candidate (slower)
+    variant: str = "reference"  # theory variant: reference, paper or script (analysis.theory)
     kappa_max: float = 6.0  # bins up to here (then one open bin); sqrt(32) = 5.66
-    bin_width: float = 0.1
+    bin_width: float = 0.1  # kappa bin of choice.csv and choice.png
     min_blocks: int = 50  # plotted bins and kappa_50 use bins with at least this many blocks
-    seed: int = 0
+    seed: int = 0  # random seed (synthetic data, rotations, text windows)
 
     def __post_init__(self):
         for f in self.formats:
             fmt = lb.get_format(f)
             if not fmt.is_adaptive or len(fmt.candidates) != 2:
                 raise ValueError(f"--formats: {f!r} is not a two-candidate adaptive format (e.g. if4, mxif4)")
-            if adaptive.FLAT_WIDTH % fmt.block_size:
-                raise ValueError(f"--formats: {f!r} needs 1-D blocks dividing {adaptive.FLAT_WIDTH}")
+            if not isinstance(fmt.block_size, int) or adaptive.FLAT_WIDTH % fmt.block_size:
+                raise ValueError(
+                    f"--formats {f}: block size {fmt.block_size}; this experiment needs 1-D blocks dividing "
+                    f"{adaptive.FLAT_WIDTH} (a power of two up to {adaptive.FLAT_WIDTH})"
+                )
         for d in self.distributions:
             if d not in synthetic.DISTRIBUTIONS:
                 raise ValueError(f"unknown distribution {d!r}; choose from {list(synthetic.DISTRIBUTIONS)}")

@@ -14,7 +14,8 @@ its default GPU backend, Triton); off a GPU the Pallas kernels only run interpre
 
 Output (--out, default results/bench/): bench.json = {"machine": str, "rows": [{"format", "impl", "dtype",
 "size", "ms", "gbps", "ratio_to_copy", "error"}]}, bench.csv with the same rows; a row whose kernel failed to
-compile has NaN timings (null in JSON) and the error's first line.
+compile has NaN timings (null in JSON) and the error's first line. bench.png: GB/s per format and implementation,
+one panel per dtype, the device copy's GB/s dashed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 import lowbit_jax as lb
+from analysis import bench_plots, plotting
 from experiments import common
 from lowbit_jax import kernels
 
@@ -37,16 +39,17 @@ IMPLS = ("xla", "pallas")  # the core; the Pallas kernel on its default backend 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    formats: tuple[str, ...] = tuple(f for f in lb.list_formats() if f not in ("bf16", "fp32"))
-    dtypes: tuple[str, ...] = ("float32",)
-    impls: tuple[str, ...] = ("xla",)
-    size: int = 4096
-    repeats: int = 15
-    batch: int = 1
-    device: str = "cpu"
-    seed: int = 0
+    formats: tuple[str, ...] = tuple(f for f in lb.list_formats() if f not in ("bf16", "fp32"))  # format specs
+    dtypes: tuple[str, ...] = ("float32",)  # input dtypes: float32, bfloat16, float16
+    impls: tuple[str, ...] = ("xla",)  # implementations: xla (the core), pallas (the kernel)
+    size: int = 4096  # the input is size x size
+    repeats: int = 15  # timed batches; the median is reported
+    batch: int = 1  # calls queued back to back per timed batch
+    device: str = "cpu"  # cpu or gpu
+    seed: int = 0  # random seed of the input
 
     def __post_init__(self):
+        object.__setattr__(self, "formats", common.lower_all(self.formats))  # row names as list_formats()
         if self.device not in ("cpu", "gpu"):
             raise ValueError(f"--device must be cpu or gpu, got {self.device!r}")
         if min(self.size, self.repeats, self.batch) <= 0:
@@ -191,7 +194,8 @@ def main(argv=None) -> dict:
         print("\nGB/s side by side (same array, same run)\n")
         print(common.format_table(*comparison(rows), ".1f"))
     print_failures(rows, ("format", "impl", "dtype"))
-    print(f"\nwrote {folder}/bench.json and bench.csv")
+    plotting.save(bench_plots.bench_figure(rows, result["machine"]), folder / "bench.png")
+    print(f"\nwrote {folder}/bench.json, bench.csv and bench.png")
     return result
 
 

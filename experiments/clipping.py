@@ -58,14 +58,17 @@ class Config(lm_train.SmallTrainConfig):
     warmup_steps: int = 15
     eval_every: int = 300
     log_every: int = 25
-    seeds: tuple[int, ...] = (0, 1, 2)
-    blocks: tuple[str, ...] = ("channel", "256", "128", "64", "32")
-    scales: tuple[str, ...] = ("bf16", "ue8m0")
-    ue8m0_scale_dtype: str = "bfloat16"
-    baseline: bool = True
+    seeds: tuple[int, ...] = (0, 1, 2)  # initialisation seeds, trained together (vmapped)
+    blocks: tuple[str, ...] = ("channel", "256", "128", "64", "32")  # block sizes or channel (per channel)
+    scales: tuple[str, ...] = ("bf16", "ue8m0")  # scale types: bf16 (int8_channel) and/or ue8m0 (mxint8)
+    ue8m0_scale_dtype: str = "bfloat16"  # arithmetic of the UE8M0 scale: bfloat16 or float32
+    baseline: bool = True  # also train the unquantized baseline
 
     def __post_init__(self):
         super().__post_init__()
+        for name in ("blocks", "scales"):
+            object.__setattr__(self, name, common.lower_all(getattr(self, name)))
+        object.__setattr__(self, "ue8m0_scale_dtype", self.ue8m0_scale_dtype.strip().lower())
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError("--seeds needs distinct seeds")
         if set(self.scales) - {"bf16", "ue8m0"} or self.ue8m0_scale_dtype not in ("float32", "bfloat16"):

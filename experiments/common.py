@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import dataclasses
+import inspect
+import io
 import json
 import math
 import os
 import platform
 import sys
+import textwrap
+import tokenize
 import types
 import typing
 from collections.abc import Iterable, Sequence
@@ -25,7 +30,7 @@ RESULTS = Path("results")
 
 def _field_parser(field: dataclasses.Field, hint):
     """(argparse type, is_tuple) for a Config field: int/float/str/bool or a tuple of them (comma-separated, commas
-    inside parentheses kept: format specs such as fp(3,2))."""
+    inside parentheses kept: format specs such as fp(3,2)), or an optional one (`none` on the command line)."""
     origin = typing.get_origin(hint)
     if origin is tuple:
         inner = typing.get_args(hint)[0]
@@ -34,6 +39,10 @@ def _field_parser(field: dataclasses.Field, hint):
         inner = [a for a in typing.get_args(hint) if a is not type(None)][0]
         return inner, False
     return hint, False
+
+
+def _optional(hint) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
 
 
 def _convert(text: str, typ, name: str):
@@ -60,27 +69,87 @@ def split_list(text: str, sep: str = ",") -> list[str]:
     return [*parts, text[start:]]
 
 
-def parse_config(cls, argv: Sequence[str] | None, description: str, presets: dict | None = None):
-    """Build `cls` (a frozen dataclass) from the command line: one --flag per field, plus --preset and --out."""
-    presets = presets or {}
-    hints = typing.get_type_hints(cls)
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default results/<experiment>/)")
+def _class_comments(klass) -> dict[str, str]:
+    """{field: comment} for the annotated fields of one class body: the `# ...` comments on a field's lines."""
+    try:
+        source = textwrap.dedent(inspect.getsource(klass))
+    except (OSError, TypeError):  # no source (an interactive session): no help texts
+        return {}
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    comments = {t.start[0]: t.string.lstrip("#").strip() for t in tokens if t.type == tokenize.COMMENT}
+    (node,) = ast.parse(source).body
+    return {
+        f.target.id: " ".join(comments[n] for n in range(f.lineno, f.end_lineno + 1) if n in comments)
+        for f in node.body
+        if isinstance(f, ast.AnnAssign) and isinstance(f.target, ast.Name)
+    }
+
+
+def field_help(cls) -> dict[str, str]:
+    """{field: help text} of a Config dataclass. The convention: each field carries its help as a trailing
+    comment, `name: type = default  # help`; a subclass that redefines a field without a comment keeps the base
+    class's text."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            out |= {k: v for k, v in _class_comments(klass).items() if v}
+    return out
+
+
+def _shown(default, is_tuple: bool) -> str:
+    """A default as the command line spells it ('' for empty); long lists cut to their first items."""
+    if default is None:
+        return "none"
+    if not is_tuple:
+        return str(default) or "''"
+    text = ",".join(map(str, default)) or "''"
+    return text if len(text) <= 80 else ",".join(map(str, default[:3])) + f",... ({len(default)} in all)"
+
+
+def build_parser(cls, description: str, presets: dict | None = None) -> argparse.ArgumentParser:
+    """The argparse parser of a Config dataclass: --out, --preset (if any) and one --flag per field, its help line
+    from the field's comment (field_help) and its default."""
+    hints, helps = typing.get_type_hints(cls), field_help(cls)
+    spec = getattr(sys.modules.get(cls.__module__), "__spec__", None)  # python -m runs the module as __main__
+    prog = f"python -m {spec.name if spec is not None else cls.__module__}"
+    flags = "[--preset NAME] [--FLAG VALUE ...]" if presets else "[--FLAG VALUE ...]"
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        usage=f"{prog} {flags}   (--help lists every flag)",  # short: errors print it above their one line
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: results/<experiment>/)")
     if presets:
         parser.add_argument("--preset", choices=sorted(presets), default=None, help="start from a named preset")
     for f in dataclasses.fields(cls):
         typ, is_tuple = _field_parser(f, hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        shown = ",".join(map(str, default)) if is_tuple else default
+        text = helps.get(f.name, "")
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
             default=None,
             metavar=typ.__name__.upper() + ("[,...]" if is_tuple else ""),
-            help=f"(default: {shown})",
+            help=f"{text}{' ' if text else ''}(default: {_shown(default, is_tuple)})".replace("%", "%%"),
         )
+    return parser
+
+
+# Expected user errors from a Config: shown as one argparse error line (exit code 2), never a traceback.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError)
+
+
+def parse_config(cls, argv: Sequence[str] | None, description: str, presets: dict | None = None):
+    """Build `cls` (a frozen dataclass) from the command line: one --flag per field, plus --preset and --out.
+
+    Bad values (unknown formats, bad sizes, a missing checkpoint: the Config's __post_init__ and its optional
+    check_paths(), for checks that need the file system) end the program with one error line and exit code 2.
+    """
+    presets = presets or {}
+    hints = typing.get_type_hints(cls)
+    parser = build_parser(cls, description, presets)
     args = parser.parse_args(argv)
-    base = presets[args.preset] if presets and args.preset else cls()
     overrides = {}
     for f in dataclasses.fields(cls):
         text = getattr(args, f.name)
@@ -89,17 +158,41 @@ def parse_config(cls, argv: Sequence[str] | None, description: str, presets: dic
         typ, is_tuple = _field_parser(f, hints[f.name])
         flag = f.name.replace("_", "-")
         try:
-            if is_tuple:
+            if _optional(hints[f.name]) and text.strip().lower() == "none":
+                overrides[f.name] = None
+            elif is_tuple:
                 overrides[f.name] = tuple(_convert(t.strip(), typ, flag) for t in split_list(text) if t.strip())
             else:
                 overrides[f.name] = _convert(text, typ, flag)
         except argparse.ArgumentTypeError as err:
             parser.error(str(err))
     try:
+        base = presets[args.preset] if presets and args.preset else cls()
         cfg = dataclasses.replace(base, **overrides)
-    except (ValueError, TypeError) as err:
-        parser.error(str(err))
+        if hasattr(cfg, "check_paths"):
+            cfg.check_paths()
+    except USER_ERRORS as err:
+        parser.error(_one_line(err))
     return cfg, args.out
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
+def require_checkpoint(folder: str, flag: str) -> None:
+    """FileNotFoundError naming `flag` unless `folder` holds a checkpoint written by experiments.lm_run."""
+    path = Path(folder)
+    if not (path / "checkpoint.msgpack").is_file() or not (path / "model.json").is_file():
+        where = "no such folder" if not path.is_dir() else "no checkpoint.msgpack and model.json in it"
+        raise FileNotFoundError(
+            f"{flag} {folder}: {where}; train one first, e.g. python -m experiments.train --precision none"
+        )
+
+
+def lower_all(specs: Iterable[str]) -> tuple[str, ...]:
+    """Format names and specs in lower case (the library reads any case; the experiments compare names)."""
+    return tuple(s.strip().lower() for s in specs)
 
 
 def _is_repo(path: Path) -> bool:

@@ -40,8 +40,10 @@ Output (--out, default results/crossover/):
                   (e.g. "IF4"), int_db / fp_db are candidates 1 / 0 (for NVFP4_4OVER6: amax -> 4 / amax -> 6),
                   adaptive_db their upper envelope, choice the predicted candidate index.
   montecarlo.csv  pair, block_size, kappa, blocks, int_db, fp_db (binned measurement)
-  crossover.png   one panel per pair: theory lines, measured points, kappa* marked; adaptive envelopes as wide
-                  green bands, in their pair's panel or one of their own
+  crossover.png   one panel per pair: theory lines (a curve running off the axes ends in an arrow head, its legend
+                  entry says where), measured points, kappa* lines with their values in the legend, the crest
+                  factors above sqrt(block size) that no block can have shaded; adaptive envelopes as wide green
+                  bands, in their pair's panel or one of their own
 Pair names are upper-case "INT/FP" as given, e.g. "MXINT8/MXFP8". Pairs and --formats take format specs
 (docs/formats.md; comma lists split outside parentheses), e.g. --pairs "int(6):block_size=16/fp(3,2):block_size=16".
 """
@@ -89,22 +91,29 @@ def parse_pair(text: str, block_size: int = 0, scale: str = "") -> tuple[str, lb
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    pairs: tuple[str, ...] = PAPER_PAIRS
-    formats: tuple[str, ...] = PAPER_FORMATS
-    adaptive: tuple[str, ...] = ADAPTIVE  # two-candidate adaptive formats whose theory is drawn
-    block_size: int = 0  # 0: each format's own block size
-    scale: str = ""  # "": each format's own scale type; else ue8m0, e4m3 or fp32 for every pair
-    mc_block_size: int = 0  # 0: the pair's block, enlarged until sqrt(g) >= 1.5 kappa* (UE8M0 only)
-    distributions: tuple[str, ...] = synthetic.DISTRIBUTIONS
-    mc_rows: int = 512  # rows of 4096 per distribution and pair
-    gaussian_shape: tuple[int, ...] = (2048, 4096)
-    probe_shape: tuple[int, ...] = (4096, 4096)
-    kappa_max: float = 12.0
-    bin_width: float = 0.1
+    pairs: tuple[str, ...] = PAPER_PAIRS  # INT/FP format pairs, e.g. mxint8/mxfp8 (any case, format specs)
+    formats: tuple[str, ...] = PAPER_FORMATS  # formats whose Gaussian QSNR is measured
+    adaptive: tuple[str, ...] = ADAPTIVE  # two-candidate adaptive formats whose theory is drawn ('' for none)
+    block_size: int = 0  # block size of every pair's formats, any size >= 1 (0 = each format's own)
+    scale: str = ""  # block scale type of every pair: ue8m0, e4m3 or fp32 ('' = each format's own)
+    mc_block_size: int = 0  # measurement block (0 = the pair's, doubled until sqrt(g) >= 1.5 kappa*, UE8M0 only)
+    distributions: tuple[str, ...] = synthetic.DISTRIBUTIONS  # synthetic data of the measurement
+    mc_rows: int = 512  # rows of 4096 per distribution and pair (more for blocks above 64)
+    gaussian_shape: tuple[int, ...] = (2048, 4096)  # shape of the Gaussian QSNR tensor
+    probe_shape: tuple[int, ...] = (4096, 4096)  # shape of the Algorithm 1 probe tensor
+    kappa_max: float = 12.0  # largest crest factor of the theory curves
+    bin_width: float = 0.1  # crest-factor bin of the measurement
     min_blocks: int = 200  # bins with fewer blocks are not used for the empirical crossover
-    seed: int = 0
+    seed: int = 0  # random seed of the synthetic data
 
     def __post_init__(self):
+        object.__setattr__(self, "scale", self.scale.strip().lower())
+        for flag, size, zero in (
+            ("--block-size", self.block_size, "each format's own"),
+            ("--mc-block-size", self.mc_block_size, "the pair's, enlarged for kappa*"),
+        ):
+            if size < 0:
+                raise ValueError(f"{flag} {size}: give a block size >= 1 (or 0 = {zero})")
         for p in self.pairs:
             parse_pair(p, self.block_size, self.scale)
         for f in self.formats:
@@ -116,8 +125,8 @@ class Config:
         for d in self.distributions:
             if d not in synthetic.DISTRIBUTIONS:
                 raise ValueError(f"unknown distribution {d!r}; choose from {list(synthetic.DISTRIBUTIONS)}")
-        if self.block_size < 0 or self.mc_block_size < 0 or self.mc_rows <= 0 or self.min_blocks < 1:
-            raise ValueError("--block-size/--mc-block-size must be >= 0 and --mc-rows/--min-blocks positive")
+        if self.mc_rows <= 0 or self.min_blocks < 1:
+            raise ValueError("--mc-rows and --min-blocks must be positive")
         if not 1.0 < self.kappa_max <= 100 or not 0 < self.bin_width < 1:
             raise ValueError("--kappa-max must be in (1, 100] and --bin-width in (0, 1)")
         if len(self.gaussian_shape) != 2 or len(self.probe_shape) != 2:
@@ -192,8 +201,8 @@ def host_pair(adaptive: dict, results: list[dict]) -> dict | None:
 
 def mc_tensor(cfg: Config, key: jax.Array, block: int) -> jax.Array:
     """Synthetic rows from every distribution, block scales dithered; more rows for blocks above 64, whose
-    high-crest bins are sparse."""
-    width, rows = max(4096, block), cfg.mc_rows * max(1, block // 64)
+    high-crest bins are sparse. Rows hold whole blocks: 4096 elements rounded up to a multiple of the block."""
+    width, rows = block * math.ceil(4096 / block), cfg.mc_rows * max(1, block // 64)
     keys = jax.random.split(key, len(cfg.distributions) + 1)
     x = jnp.concatenate([synthetic.sample(d, k, (rows, width)) for d, k in zip(cfg.distributions, keys)], 0)
     return synthetic.dither_block_scale(x, block, keys[-1])
@@ -252,6 +261,8 @@ def _panel(r: dict, kappa: np.ndarray, hosted: list[dict]) -> plotting.PairPanel
         mc_int_db=b.qsnr_db["int"][used],
         mc_fp_db=b.qsnr_db["fp"][used],
         envelopes=tuple(_envelope(a) for a in hosted),
+        block_size=r["int"].block_size,
+        mc_block_size=r["block"],
     )
 
 
@@ -271,6 +282,7 @@ def _adaptive_panel(a: dict, kappa: np.ndarray) -> plotting.PairPanel:
         kappa_star={v: a["theory"][v]["kappa"] for v in VARIANTS},
         envelopes=(_envelope(a),),
         reference_db=reference,
+        block_size=fmt.block_size,
     )
 
 
@@ -297,6 +309,19 @@ def _rows(results: list[dict], adaptive: list[dict], kappa: np.ndarray) -> tuple
                 }
                 for k, a, b in zip(kappa, i_db, f_db)
             ]
+        b = r["binned"]
+        mc_rows += [
+            {
+                "pair": r["name"],
+                "block_size": r["block"],
+                "kappa": float(c),
+                "blocks": int(n),
+                "int_db": float(a),
+                "fp_db": float(f),
+            }
+            for c, n, a, f in zip(b.centers, b.counts, b.qsnr_db["int"], b.qsnr_db["fp"])
+            if n > 0
+        ]
     for a in adaptive:
         for v, (c1_db, c0_db) in a["curves"].items():
             curve_rows += [
@@ -311,19 +336,6 @@ def _rows(results: list[dict], adaptive: list[dict], kappa: np.ndarray) -> tuple
                 }
                 for k, q1, q0, e, c in zip(kappa, c1_db, c0_db, a["envelope"][v], a["choice"][v])
             ]
-        b = r["binned"]
-        mc_rows += [
-            {
-                "pair": r["name"],
-                "block_size": r["block"],
-                "kappa": float(c),
-                "blocks": int(n),
-                "int_db": float(a),
-                "fp_db": float(f),
-            }
-            for c, n, a, f in zip(b.centers, b.counts, b.qsnr_db["int"], b.qsnr_db["fp"])
-            if n > 0
-        ]
     return curve_rows, mc_rows
 
 

@@ -54,6 +54,13 @@ from lowbit_jax.models import minilm, text
 METRICS = ("cos_mean", "cos_p10", "top1", "top10", "kl")
 ADAPTIVE = ("if4", "nvfp4_4over6", "mxif4", "mxif6", "mxif8", "if6")
 HIGHER_IS_BETTER = {"cos_mean": True, "cos_p10": True, "top1": True, "top10": True, "kl": False}
+YLABELS = {  # drift.png's y axes (the values shown, lower is better)
+    "1 - cos_mean": "1 - mean embedding cosine",
+    "1 - cos_p10": "1 - 10th-percentile cosine",
+    "1 - top1": "1 - top-1 retrieval agreement",
+    "1 - top10": "1 - top-10 retrieval overlap",
+    "kl": "in-batch similarity KL (nats)",
+}
 PAPER_TABLE3 = {  # arXiv 2510.25602 Table 3: winner on all or most of the 12 models
     ("none", "MXINT8/MXFP8"): "int",
     ("none", "MXINT6/MXFP6"): "fp",
@@ -66,19 +73,30 @@ PAPER_TABLE3 = {  # arXiv 2510.25602 Table 3: winner on all or most of the 12 mo
 }
 
 
+def check_rotation(fmt: lb.Format) -> None:
+    """ValueError naming the format unless its block size is a Hadamard size (its rotation's size)."""
+    try:
+        lb.hadamard.check_size(fmt.block_size if isinstance(fmt.block_size, int) else 0)
+    except (ValueError, TypeError):
+        raise ValueError(
+            f"{fmt.label}: block size {fmt.block_size} has no Hadamard rotation of its size (a power of two); "
+            "choose such a block size or --rotate false"
+        ) from None
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
-    layers: int = 6
+    layers: int = 6  # MiniLM transformer layers run (1-6)
     passages: int = 128  # held-out windows (at most the split's 243 at seq_len 128)
     batch: int = 32  # forward batch and the in-batch KL batch
-    seq_len: int = 128
-    pairs: tuple[str, ...] = PAPER_PAIRS
+    seq_len: int = 128  # tokens per passage
+    pairs: tuple[str, ...] = PAPER_PAIRS  # INT/FP format pairs, e.g. mxint8/mxfp8 (any case)
     adaptive: tuple[str, ...] = ADAPTIVE  # adaptive formats run after the pairs' formats
     rotate: bool = True  # also run every format with a Hadamard rotation of size = its block size
-    topk: int = 10
-    kl_scale: float = 20.0
-    variant: str = "reference"
-    seed: int = 0
+    topk: int = 10  # retrieval overlap depth (fixed at 10: the JSON key is top10)
+    kl_scale: float = 20.0  # softmax temperature of the in-batch similarity KL (softmax of kl_scale * cos)
+    variant: str = "reference"  # theory variant of kappa*: reference, paper or script
+    seed: int = 0  # random seed (passage order, rotation signs)
 
     def __post_init__(self):
         for p in self.pairs:
@@ -90,6 +108,9 @@ class Config:
             raise ValueError("--layers in 1..6, --seq-len >= 8, --batch >= 2 and --passages >= --batch")
         if self.topk != 10:
             raise ValueError("--topk is fixed at 10 (the JSON key is top10)")
+        if self.rotate:  # the rotation's size is each format's block size: a power of two
+            for fmt in self.formats:
+                check_rotation(fmt)
 
     @property
     def formats(self) -> tuple[lb.Format, ...]:
@@ -298,7 +319,7 @@ def main(argv=None) -> dict:
     common.write_csv(folder / "metrics.csv", metric_rows)
     common.write_csv(folder / "wins.csv", win_rows)
     shown, names = lower_is_better(metrics)
-    save(real_plots.drift_figure(shown, [f.label for f in cfg.formats], names), folder / "drift.png")
+    save(real_plots.drift_figure(shown, [f.label for f in cfg.formats], names, YLABELS), folder / "drift.png")
     print_summary(result)
     print(f"\n{len(ids)} held-out passages; wrote {folder}/direct_cast.json, CSVs, PNG ({result['runtime_s']:.0f} s)")
     return result

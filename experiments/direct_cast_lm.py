@@ -48,29 +48,44 @@ PAPER_TABLE3 = {  # INT wins / FP wins over 12 models: original, with Hadamard r
 }
 
 
+def rotation_of(fmt: lb.Format) -> int:
+    """The paper's rotation size: the format's block size."""
+    return fmt.block_size if isinstance(fmt.block_size, int) else 32
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
-    checkpoints: tuple[str, ...] = ("results/train/none",)
-    formats: tuple[str, ...] = tuple(f for p in PAIRS for f in p)
-    rotate: bool = True
-    seq_len: int = 0  # 0: the checkpoint's training length
-    windows: int = 0  # validation windows (0: all)
-    chunk: int = 32
-    top_k: int = divergence.PAPER_TOP_K
+    checkpoints: tuple[str, ...] = ("results/train/none",)  # checkpoint folders written by experiments.train
+    formats: tuple[str, ...] = tuple(f for p in PAIRS for f in p)  # format specs (any case)
+    rotate: bool = True  # also run every format with a Hadamard rotation of its block size
+    seq_len: int = 0  # tokens per validation window (0 = the checkpoint's training length)
+    windows: int = 0  # validation windows evaluated (0 = all)
+    chunk: int = 32  # validation windows per forward pass
+    top_k: int = divergence.PAPER_TOP_K  # tokens of the float model's top-k over which the KL is taken
 
     def __post_init__(self):
+        object.__setattr__(self, "formats", common.lower_all(self.formats))  # PAIRS and the figure compare names
         for f in self.formats:
             lb.get_format(f)
         if not self.checkpoints or self.seq_len < 0 or self.windows < 0 or self.chunk < 1 or self.top_k < 1:
             raise ValueError("need --checkpoints, --seq-len/--windows >= 0, --chunk/--top-k >= 1")
+        for f in self.formats if self.rotate else ():
+            h = rotation_of(lb.get_format(f))
+            try:
+                lb.hadamard.check_size(h)
+            except ValueError:
+                raise ValueError(
+                    f"--formats {f}: block size {h} has no Hadamard rotation of its size (a power of two); "
+                    "choose such a block size or --rotate false"
+                ) from None
+
+    def check_paths(self) -> None:
+        """FileNotFoundError naming the first --checkpoints folder without a checkpoint (before any work)."""
+        for path in self.checkpoints:
+            common.require_checkpoint(path, "--checkpoints")
 
 
 PRESETS = {"tiny": Config(formats=("mxint8", "mxfp8"), windows=4, chunk=4, seq_len=32)}
-
-
-def rotation_of(fmt: lb.Format) -> int:
-    """The paper's rotation size: the format's block size."""
-    return fmt.block_size if isinstance(fmt.block_size, int) else 32
 
 
 def logits_fn(mcfg: llama.LlamaConfig, qconfig: lb.QDotConfig | None):

@@ -50,7 +50,7 @@ GRIDS = ("mxfp4", "mxint4", "nf4", "sf4")  # E2M1, INT4, NF4, SF4
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    formats: tuple[str, ...] = tuple(lb.list_formats())
+    formats: tuple[str, ...] = tuple(lb.list_formats())  # format specs of the table (any case)
     grids: tuple[str, ...] = GRIDS  # formats whose element grids grids.png shows
 
     def __post_init__(self):

@@ -69,8 +69,9 @@ ROLES = {"x": ("fwd", "dw"), "w": ("fwd", "dx"), "dy": ("dx", "dw")}
 
 
 def parse_case(text: str) -> tuple[lb.Format, bool]:
-    """'precision[+sr]' -> (format, stochastic)."""
-    base, sr = (text[: -len("+sr")], True) if text.endswith("+sr") else (text, False)
+    """'precision[+sr]' (any case) -> (format, stochastic)."""
+    text = text.strip()
+    base, sr = (text[: -len("+sr")], True) if text.lower().endswith("+sr") else (text, False)
     fmt = lm_train.parse_precision(base)
     if fmt is None:
         raise ValueError(f"case {text!r}: 'none' has nothing to measure; use 'fp32' as the identity control")
@@ -80,12 +81,12 @@ def parse_case(text: str) -> tuple[lb.Format, bool]:
 @dataclasses.dataclass(frozen=True)
 class Config(lm_train.SmallTrainConfig):
     eval_windows: int = 64
-    pretrain_steps: int = 150  # unquantized training before measuring, when no checkpoint is given (0: none)
-    cases: tuple[str, ...] = DEFAULT_CASES
-    n_batches: int = 8
-    sr_keys: int = 4
-    checkpoint: str = ""
-    seed: int = 0
+    pretrain_steps: int = 150  # unquantized training steps of the fresh model (no --checkpoint; 0 = none)
+    cases: tuple[str, ...] = DEFAULT_CASES  # precision specs, +sr for stochastic rounding of dY
+    n_batches: int = 8  # real-text batches averaged (>= 2)
+    sr_keys: int = 4  # stochastic-rounding keys per batch (+sr cases)
+    checkpoint: str = ""  # checkpoint folder from experiments.train ('' = a fresh model, --pretrain-steps)
+    seed: int = 0  # seed of the fresh model and the stochastic-rounding keys
 
     def __post_init__(self):
         super().__post_init__()
@@ -93,6 +94,11 @@ class Config(lm_train.SmallTrainConfig):
             parse_case(c)
         if self.n_batches < 2 or self.sr_keys < 1 or self.pretrain_steps < 0:
             raise ValueError("--n-batches must be >= 2 (the bias needs a standard error), --sr-keys >= 1")
+
+    def check_paths(self) -> None:
+        """FileNotFoundError if --checkpoint names a folder without a checkpoint (before any work)."""
+        if self.checkpoint:
+            common.require_checkpoint(self.checkpoint, "--checkpoint")
 
 
 TINY = dict(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64, seq_len=32, batch_size=4, pretrain_steps=0)

@@ -70,21 +70,22 @@ ADAPTIVE = ("if4", "nvfp4_4over6", "mxif4", "mxif6", "mxif8", "if6")
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    psum_bits: int = 24
-    throughput_ratio: int = 2
-    single_throughput: str = "mac"
-    int_scheme: str = "reuse2"
-    fp_scheme: str = "reuse"
-    sweep_min: float = 0.5
-    sweep_max: float = 2.0
-    sweep_points: int = 17
-    random_samples: int = 20000
-    random_span: float = 2.0
-    adaptive: tuple[str, ...] = ADAPTIVE
-    const_bits: int | None = None  # q of the adaptive formats' mode constants (None: the accumulator's 24)
-    seed: int = 0
+    psum_bits: int = 24  # cap on the aligner / partial-sum width (paper Eq. 44)
+    throughput_ratio: int = 2  # <= 4-bit MACs per 8-bit MAC slot (Table 7)
+    single_throughput: str = "mac"  # single-format units: mac (one MAC per cycle) or slot (as mixed units)
+    int_scheme: str = "reuse2"  # INT mixed unit (Table 7): none, reuse1 or reuse2
+    fp_scheme: str = "reuse"  # FP mixed unit (Table 7): none or reuse
+    sweep_min: float = 0.5  # smallest scale of one cell factor in the sensitivity sweep
+    sweep_max: float = 2.0  # largest scale of one cell factor in the sensitivity sweep
+    sweep_points: int = 17  # scales per cell factor, log-spaced
+    random_samples: int = 20000  # random draws of all cell factors together
+    random_span: float = 2.0  # random factors are log-uniform in [1 / span, span] x the defaults
+    adaptive: tuple[str, ...] = ADAPTIVE  # adaptive formats costed per MAC (any case)
+    const_bits: int | None = None  # bits q of the adaptive formats' mode constants (none = the accumulator's 24)
+    seed: int = 0  # random seed of the random draws
 
     def __post_init__(self):
+        object.__setattr__(self, "adaptive", common.lower_all(self.adaptive))  # JSON keys as list_formats()
         hw.paper_units(self.params())  # validates psum_bits, throughput_ratio, the schemes and their combination
         for name in self.adaptive:
             if not lb.get_format(name).is_adaptive:

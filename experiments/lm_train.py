@@ -27,25 +27,25 @@ from lowbit_jax.models import llama
 class TrainConfig:
     """Model shape, data and optimizer settings of one training run (AdamW, warmup then cosine to min_lr_ratio)."""
 
-    dim: int = 192
-    n_layers: int = 4
-    n_heads: int = 6
-    n_kv_heads: int = 2
-    ffn_dim: int = 512
-    seq_len: int = 128
-    batch_size: int = 16
-    steps: int = 600
-    lr: float = 2e-3
-    warmup_steps: int = 30
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.1
-    clip_norm: float = 1.0
-    eval_every: int = 100
-    eval_windows: int = 0  # 0: the whole validation split
-    log_every: int = 10
-    data_seed: int = 0
-    dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on GPU
-    stochastic_grads: bool = False
+    dim: int = 192  # model width
+    n_layers: int = 4  # transformer layers
+    n_heads: int = 6  # attention heads
+    n_kv_heads: int = 2  # key/value heads (grouped-query attention)
+    ffn_dim: int = 512  # SwiGLU hidden width
+    seq_len: int = 128  # tokens per training window
+    batch_size: int = 16  # windows per step
+    steps: int = 600  # optimizer steps
+    lr: float = 2e-3  # peak learning rate
+    warmup_steps: int = 30  # linear warmup steps
+    min_lr_ratio: float = 0.1  # final learning rate / peak (cosine decay)
+    weight_decay: float = 0.1  # AdamW decoupled weight decay (matrices only)
+    clip_norm: float = 1.0  # global gradient-norm clip
+    eval_every: int = 100  # steps between validation evaluations
+    eval_windows: int = 0  # validation windows evaluated (0 = the whole validation split)
+    log_every: int = 10  # steps between training-metric rows
+    data_seed: int = 0  # seed of the batch order
+    dtype: str = "auto"  # unquantized compute dtype: float32, bfloat16 or auto (float32 on CPU, bfloat16 on GPU)
+    stochastic_grads: bool = False  # stochastic rounding of the two dY operands
 
     def __post_init__(self):
         self.model()

@@ -52,16 +52,17 @@ REAL = "minilm"  # the real-tensor source, accepted in --distributions
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    formats: tuple[str, ...] = FORMATS
-    block_sizes: tuple[int, ...] = (8, 16, 32, 64, 128)
-    distributions: tuple[str, ...] = ("gaussian", "student_t", "outliers")
-    rows: int = 256
-    cols: int = 4096  # a multiple of every block size
+    formats: tuple[str, ...] = FORMATS  # MX (UE8M0) and NV (E4M3) block formats (any case)
+    block_sizes: tuple[int, ...] = (8, 16, 32, 64, 128)  # block sizes of every format, each >= 2
+    distributions: tuple[str, ...] = ("gaussian", "student_t", "outliers")  # sources: synthetic or minilm
+    rows: int = 256  # rows of each synthetic matrix
+    cols: int = 4096  # columns of each synthetic matrix, the quantized axis (a multiple of every block size)
     minilm_layers: int = 6  # the real source's transformer layers (1-6)
-    adaptive_models: tuple[str, ...] = hw.ADAPTIVE_MODELS
-    seed: int = 0
+    adaptive_models: tuple[str, ...] = hw.ADAPTIVE_MODELS  # MAC datapaths of adaptive formats: mux, unified
+    seed: int = 0  # random seed of the synthetic data and the MiniLM text windows
 
     def __post_init__(self):
+        object.__setattr__(self, "formats", common.lower_all(self.formats))  # the figure tells FP by name
         for name in self.formats:
             fmt = lb.get_format(name)  # unknown names raise here
             if fmt.scale_rule.name not in ("ue8m0", "e4m3"):
@@ -70,9 +71,12 @@ class Config:
         if not self.adaptive_models or set(self.adaptive_models) - set(hw.ADAPTIVE_MODELS):
             raise ValueError(f"--adaptive-models from {hw.ADAPTIVE_MODELS}; got {self.adaptive_models}")
         if not self.block_sizes or min(self.block_sizes) < 2:
-            raise ValueError("--block-sizes must be integers >= 2")
-        if any(self.cols % k for k in self.block_sizes) or self.rows < 1:
-            raise ValueError(f"--cols ({self.cols}) must be a multiple of every block size and --rows positive")
+            raise ValueError(f"--block-sizes {','.join(map(str, self.block_sizes))}: give block sizes >= 2")
+        bad = [k for k in self.block_sizes if self.cols % k]
+        if bad:  # whole blocks only: every point's QSNR averages full blocks of one size
+            raise ValueError(f"--block-sizes {','.join(map(str, bad))}: not a divisor of --cols {self.cols}")
+        if self.rows < 1:
+            raise ValueError("--rows must be positive")
         unknown = set(self.distributions) - {*synthetic.DISTRIBUTIONS, REAL}
         if not self.distributions or unknown:
             known = (*synthetic.DISTRIBUTIONS, REAL)

@@ -67,15 +67,15 @@ PAPER_FIG4 = {  # arXiv 2510.25602 Fig. 4: (rotation, pair) -> INT win share
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    layers: int = 6
-    batches: int = 8
+    layers: int = 6  # MiniLM transformer layers run (1-6)
+    batches: int = 8  # batches captured (every batch, layer and operand is one tensor)
     pairs_per_batch: int = 4  # a batch holds 2 * pairs_per_batch windows
-    seq_len: int = 128
-    pairs: tuple[str, ...] = PAPER_PAIRS
-    blocks: tuple[int, ...] = (-1, 256, 128, 64, 32, 16)
-    rotation: int = 32
-    variant: str = "reference"
-    seed: int = 0
+    seq_len: int = 128  # tokens per text window
+    pairs: tuple[str, ...] = PAPER_PAIRS  # INT/FP format pairs, e.g. mxint8/mxfp8 (any case)
+    blocks: tuple[int, ...] = (-1, 256, 128, 64, 32, 16)  # crest-factor block sizes (-1 = per channel)
+    rotation: int = 32  # Hadamard rotation size along K (a power of two)
+    variant: str = "reference"  # theory variant of the predicted QSNR: reference, paper or script
+    seed: int = 0  # random seed (text windows, rotation signs)
 
     def __post_init__(self):
         for p in self.pairs:
@@ -104,7 +104,8 @@ def tensor_rows(cfg: Config, b: int, records, key, cache: dict) -> list[dict]:
         tag = f"{path}/{operand}"
         k = jax.random.fold_in(key, zlib.crc32(tag.encode()) & 0x7FFFFFFF)
         if tag not in cache or not operand.startswith("w"):
-            cache[tag] = real_tensors.measure(mat, cfg.formats, cfg.blocks + (32, 16), cfg.rotation, k, cfg.variant)
+            blocks = cfg.blocks + (32, 16) + tuple(f.block_size for f in cfg.formats)  # each pair's own block too
+            cache[tag] = real_tensors.measure(mat, cfg.formats, blocks, cfg.rotation, k, cfg.variant)
         layer = int(path.split("/")[1].removeprefix("layer_"))
         for rot, m in cache[tag].items():
             row = dict(batch=b, path=path, layer=layer, kind=minilm.linear_kind(path), operand=operand, rotation=rot)

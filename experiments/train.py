@@ -36,9 +36,9 @@ from lowbit_jax.models import llama
 
 @dataclasses.dataclass(frozen=True)
 class Config(lm_train.TrainConfig):
-    precision: tuple[str, ...] = ("none", "mxfp8", "mxint8")
-    seed: int = 0
-    devices: int = 1
+    precision: tuple[str, ...] = ("none", "mxfp8", "mxint8")  # none or format specs, each trained in turn
+    seed: int = 0  # initialisation seed (the same for every precision)
+    devices: int = 1  # data-parallel devices (batches sharded over them)
 
     def __post_init__(self):
         super().__post_init__()

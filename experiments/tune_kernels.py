@@ -10,7 +10,8 @@ row per tile), next to the XLA reference and a device copy of the same array mea
 sweep's output (docs/benchmarks.md); rerun it on a new GPU before trusting them there.
 
 Output (--out, default results/tune_kernels/): tune.json = {"machine", "config", "rows": [{"dtype", "format",
-"tiles", "ms", "gbps", "pct_copy", "error"}]} and tune.csv with the same rows; a summary table of the best
+"tiles", "ms", "gbps", "pct_copy", "error"}]} and tune.csv with the same rows; tune.png: GB/s of every tiling
+(the best darker), the XLA reference and the device copy, one panel per dtype; a summary table of the best
 tiling per (dtype, format) is printed last.
 """
 
@@ -22,22 +23,24 @@ import jax
 import jax.numpy as jnp
 
 import lowbit_jax as lb
+from analysis import bench_plots, plotting
 from experiments import bench, common
 from lowbit_jax.kernels.pallas_quantize import Tiles
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    formats: tuple[str, ...] = ("mxfp8_e4m3", "mxint8", "nvfp4", "int8_channel")
-    dtypes: tuple[str, ...] = ("float32", "bfloat16")
+    formats: tuple[str, ...] = ("mxfp8_e4m3", "mxint8", "nvfp4", "int8_channel")  # format specs
+    dtypes: tuple[str, ...] = ("float32", "bfloat16")  # input dtypes
     blocks: tuple[int, ...] = (128, 256, 512)  # blocks per grid step (blocked formats); 1024 spills on an H100
     row_elems: tuple[int, ...] = (8192, 16384)  # elements per grid step (per-channel: at least one whole row)
-    warps: tuple[int, ...] = (4, 8)
-    size: int = 8192
-    repeats: int = 10
-    batch: int = 10
+    warps: tuple[int, ...] = (4, 8)  # Triton warps per program
+    size: int = 8192  # the input is size x size
+    repeats: int = 10  # timed batches; the median is reported
+    batch: int = 10  # calls queued back to back per timed batch
 
     def __post_init__(self):
+        object.__setattr__(self, "formats", common.lower_all(self.formats))  # row names as list_formats()
         for name in self.formats:
             lb.get_format(name)
         if min(self.size, self.repeats, self.batch, *self.blocks, *self.row_elems, *self.warps) <= 0:
@@ -139,7 +142,8 @@ def main(argv=None) -> dict:
     headers = ["dtype", "format", "copy", "xla", "best tiles", "pallas", "% copy", "/ xla"]
     print(common.format_table(headers, best_table(rows), ".1f"))
     bench.print_failures(rows, ("dtype", "format", "tiles"))
-    print(f"\nwrote {folder}/tune.json and tune.csv")
+    plotting.save(bench_plots.tune_figure(rows, result["machine"]), folder / "tune.png")
+    print(f"\nwrote {folder}/tune.json, tune.csv and tune.png")
     return result
 
 
