@@ -46,7 +46,7 @@ def bench_figure(rows: list[dict], machine: str = ""):
         copy = next((r["gbps"] for r in rows if r["dtype"] == dtype and r["impl"] == "copy"), None)
         labels = [f"{r['format']} ({r['impl']})" if len(impls) > 1 else r["format"] for r in mine]
         colors = [f"C{impls.index(r['impl'])}" for r in mine]
-        notes = [f" ({r['ratio_to_copy']:.2f}x the copy's time)" if _finite(r["ratio_to_copy"]) else "" for r in mine]
+        notes = [f" ({r['ratio_to_copy']:.2f}x copy time)" if _finite(r["ratio_to_copy"]) else "" for r in mine]
         _bars(ax, labels, [r["gbps"] for r in mine], colors, copy, notes)
         size = mine[0]["size"] if mine else ""
         ax.set_title(f"jit(fake_quant), {dtype} {size}x{size}", fontsize=9)
