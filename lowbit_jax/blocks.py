@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+_F32_MIN_NORMAL = float(np.finfo(np.float32).tiny)
 PER_CHANNEL = "channel"
 PER_TENSOR = "tensor"
 
@@ -217,9 +218,11 @@ def amax_along(x: jax.Array, axes) -> jax.Array:
     holding an Inf.
 
     The NaN test is explicit: XLA:CPU's max reduction skips NaNs (measured with jax 0.10.2: jnp.max of an
-    (8, 4128) array holding one NaN is finite), and so do Triton's.
+    (8, 4128) array holding one NaN is finite), and so do Triton's. A float32 subnormal amax reads as 0, as the
+    flushing max reduction of any longer block gives it.
     """
     m = jnp.max(jnp.abs(x), axis=axes, keepdims=True)
+    m = jnp.where(m < _F32_MIN_NORMAL, 0.0, m)  # a one-element block runs no max, which would keep a subnormal
     has_nan = jnp.max(jnp.isnan(x).astype(jnp.int32), axis=axes, keepdims=True) > 0
     return jnp.where(has_nan, jnp.nan, m)
 

@@ -74,7 +74,7 @@ def tile_values(
         return adaptive_tile_values(x, fmt, axes, uniform, g, stat, valid)
     stat = block_stat(x, fmt, axes) if stat is None else stat
     sc = scales_from_stat(stat, fmt, g)
-    v = scaling.divide(x, sc, fmt.scale_rule.dtype)
+    v = scaling.divide(x, sc, fmt.scale_rule.dtype, scaling.scales_may_overflow(fmt))
     return round_values(v, sc, fmt, uniform), sc
 
 
@@ -87,16 +87,19 @@ def adaptive_tile_values(x, fmt: Format, axes, uniform=None, g=None, stat=None, 
     stat = blocks.amax_along(x, axes) if stat is None else stat
     g = tensor_scale(stat, fmt) if g is None else g
     rne = [tile_values(x, c, axes, None, g, stat) for c in fmt.candidates]
-    errors = [selection.block_error(x, dequant_values(v, sc), axes, fmt.select, valid) for v, sc in rne]
+    errors = [
+        selection.block_error(x, dequant_values(v, sc, c), axes, fmt.select, valid)
+        for (v, sc), c in zip(rne, fmt.candidates, strict=True)
+    ]
     choice = selection.best_candidate(errors)
     outs = rne if uniform is None else [tile_values(x, c, axes, uniform, g, stat) for c in fmt.candidates]
     values = selection.pick(choice, [v for v, _ in outs])
     return values, selection.pick_scales(choice, [sc for _, sc in outs])
 
 
-def dequant_values(values: jax.Array, sc: Scales) -> jax.Array:
+def dequant_values(values: jax.Array, sc: Scales, fmt: Format) -> jax.Array:
     """Grid values -> x's values (float32; NaN for blocks that held NaN or Inf)."""
-    return scaling.multiply(values, sc)
+    return scaling.multiply(values, sc, scaling.scales_may_overflow(fmt))
 
 
 def to_output(y_f32: jax.Array, dtype) -> jax.Array:
@@ -176,7 +179,7 @@ def fake_quant_array(x: jax.Array, fmt: Format, axes, key=None, rbits=None) -> j
     if fmt.is_identity:  # rounded, not only cast: XLA:GPU drops a cast pair
         return rounding.round_to_dtype(x, fmt.passthrough_dtype).astype(x.dtype)
     values, sc, lay = quantize_blocks(x, fmt, axes, key, rbits)
-    return reshard_like(to_output(lay.from_blocks(dequant_values(values, sc)), x.dtype), x)
+    return reshard_like(to_output(lay.from_blocks(dequant_values(values, sc, fmt)), x.dtype), x)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
@@ -275,7 +278,7 @@ def dequantize_array(q: QArray, dtype) -> jax.Array:
     lay = qarray_layout(q)
     sc = scales_of(q, lay)
     values = decode_codes(q.codes.reshape(lay.blocked_shape), sc, q.fmt)
-    return to_output(lay.from_blocks(dequant_values(values, sc)), dtype)
+    return to_output(lay.from_blocks(dequant_values(values, sc, q.fmt)), dtype)
 
 
 def check_input(x, fmt: Format | str, axis=None) -> tuple[jax.Array, Format, tuple[int, ...]]:

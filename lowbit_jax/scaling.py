@@ -135,7 +135,7 @@ def ue8m0_exponent_bf16(amax: jnp.ndarray, elem, rule: str) -> jnp.ndarray:
         raise ValueError(f"scale_dtype='bfloat16' supports scale_rounding {list(ops)}, got {rule!r}")
     s = round_bf16(div_exact(round_bf16_satfinite(amax), round_bf16(jnp.float32(elem.max))))
     log2_s = round_bf16(jnp.log2(s))
-    e = jnp.where(s > 0, ops[rule](log2_s).astype(jnp.float32), E8M0_MIN_EXP)
+    e = jnp.where(s > 0, ops[rule](log2_s).astype(jnp.float32), E8M0_MIN_EXP - elem.scale_shift)
     return jnp.clip(e, E8M0_MIN_EXP - elem.scale_shift, E8M0_MAX_EXP - elem.scale_shift).astype(jnp.int32)
 
 
@@ -371,22 +371,40 @@ def default_tensor_scale(scale: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- applying scales
-def divide(x: jnp.ndarray, sc: Scales, dtype: str = "float32") -> jnp.ndarray:
+def divide(x: jnp.ndarray, sc: Scales, dtype: str = "float32", may_overflow: bool = False) -> jnp.ndarray:
     """x / scale in float32 (exact for powers of two, correctly rounded otherwise; 0 where the scale is 0), or
-    in bf16 if asked."""
+    in bf16 if asked. may_overflow: the block scale times the tensor scale can pass float32's max (element
+    grids with Qmax < 2); where it does, x is divided by the two in turn."""
     if dtype == "bfloat16":
         x = round_bf16_satfinite(x)
     if sc.exp is not None:
         return mul_pow2(x, -sc.exp)
     divisor = sc.value if sc.tensor is None else sc.value * sc.tensor
     v = jnp.where(divisor > 0, div_exact(x, divisor), jnp.copysign(0.0, x))
+    if may_overflow and sc.tensor is not None:
+        by_g = lax.optimization_barrier(div_exact(x, sc.tensor))  # else XLA rewrites (x / g) / s as x / (g * s)
+        v = jnp.where(jnp.isinf(divisor), div_exact(by_g, sc.value), v)
     return round_bf16(v) if dtype == "bfloat16" else v
 
 
-def multiply(values: jnp.ndarray, sc: Scales) -> jnp.ndarray:
-    """values x scale in float32; NaN for blocks that held NaN or Inf."""
+def multiply(values: jnp.ndarray, sc: Scales, may_overflow: bool = False) -> jnp.ndarray:
+    """values x scale in float32; NaN for blocks that held NaN or Inf. may_overflow: as for `divide`; where the
+    product of the two scales passes float32's max, the values are multiplied by them in turn."""
     if sc.exp is not None:
         y = mul_pow2(values, sc.exp)
+    elif sc.tensor is None:
+        y = values * sc.value
     else:
-        y = values * (sc.value if sc.tensor is None else sc.value * sc.tensor)
+        both = sc.value * sc.tensor
+        y = values * both
+        if may_overflow:
+            by_s = lax.optimization_barrier(values * sc.value)  # kept apart from the product of the scales
+            y = jnp.where(jnp.isinf(both), by_s * sc.tensor, y)
     return jnp.where(sc.finite, y, jnp.nan)
+
+
+def scales_may_overflow(fmt) -> bool:
+    """Whether a format's block scale times its tensor scale can pass float32's max: s * g is about
+    amax / Qmax (rounded up to at most 2x by a UE8M0 tensor scale), so only element grids with Qmax < 2 can."""
+    formats = fmt.candidates if fmt.is_adaptive else (fmt,)
+    return any(f.scale_rule.has_tensor_scale and f.elem.max < 2 for f in formats)

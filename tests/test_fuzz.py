@@ -20,8 +20,7 @@ import os
 import jax
 import ml_dtypes
 import numpy as np
-import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lowbit_jax as lb
@@ -192,47 +191,9 @@ def magnitude_bound(scales: np.ndarray, tensor, sp: fo.FuzzSpec) -> np.ndarray:
     return fo.fmul(np.float32(top), d)
 
 
-# --- known deviations: each pinned by a strict xfail; the fuzz skips the inputs that meet them until fixed ------------
-
-SUBNORMAL_AMAX = (
-    "a one-element block (no max reduction runs) takes the UE8M0 exponent of a float32 subnormal from its raw bits, "
-    "as if it were 1.m x 2^-127: int(2):block_size=1 stores byte 1 for x = 2^-130, where the flushed (or the exact) "
-    "amax gives byte 0, as the same x beside a zero does; values are zero either way"
-)
-BF16_ZERO_SCALE = (
-    "scale_dtype=bfloat16 UE8M0 with INT(b >= 3): a block whose bf16 amax / Qmax is 0 (a zero block, or amax below "
-    "Qmax * 2^-126) gets element exponent -127, OCP byte b - 2 (mxint8: 6), instead of the bottom of the clamp "
-    "-127 - (b - 2), byte 0, that zero blocks get everywhere else"
-)
-
-OVERFLOWING_DIVISOR = (
-    "INT(2) (Qmax 1) under a two-level float scale: the divisor s * g of a finite block near float32's maximum "
-    "overflows to Inf (power-of-two g: int(2):block_size=16:scale=e4m3:tensor_scale=ue8m0 with 3.3e38 in a "
-    "block has s = 256, g = 2^120), and the whole block dequantizes to NaN"
-)
+# --- regressions the fuzz found (each failed before its fix) --------------------------------------------------------
 
 
-def known_deviation(x: np.ndarray, sp: fo.FuzzSpec, axis) -> str | None:
-    """The reason of a known deviation this input meets, else None."""
-    if sp.kind != "int" or sp.zero_point:  # the clamp (or Qmax >= 2) hides all three for the others
-        return None
-    rows = fo.cut_rows(x.astype(np.float32), sp.block, axis).rows
-    finite = np.isfinite(rows).all(axis=1)
-    if sp.scale != "ue8m0":
-        if sp.bits != 2 or sp.scale == "fp32" or sp.tensor_kind == "none":
-            return None
-        amax = fo.daz(np.abs(np.where(finite[:, None], rows, 0))).max(axis=1)
-        d, _, _ = fo.block_scale_values(amax, sp, finite)
-        return OVERFLOWING_DIVISOR if (finite & np.isinf(d)).any() else None
-    if sp.scale_dtype == "float32":
-        a = np.abs(rows)
-        return SUBNORMAL_AMAX if rows.shape[1] == 1 and ((a > 0) & (a < fo.F32_TINY)).any() else None
-    amax = np.abs(np.where(finite[:, None], rows, 0)).max(axis=1)
-    s = fo.bf16(fo.fdiv(fo.bf16_sat(amax), np.float32(sp.qmax)))
-    return BF16_ZERO_SCALE if sp.bits >= 3 and (finite & (s == 0)).any() else None
-
-
-@pytest.mark.xfail(strict=True, reason=SUBNORMAL_AMAX)
 def test_subnormal_amax_of_a_one_element_block():
     """The stored UE8M0 byte of a block whose amax is a float32 subnormal is the oracle's (the amax reads as
     zero, as inside any longer block)."""
@@ -243,7 +204,6 @@ def test_subnormal_amax_of_a_one_element_block():
     assert_same_bits(stored_scales(lb.quantize(x, sp.spec, 0), sp), fo.expected(x, sp, 0).scales)
 
 
-@pytest.mark.xfail(strict=True, reason=BF16_ZERO_SCALE)
 def test_bf16_ue8m0_zero_and_tiny_int_blocks():
     """mxint8 with bf16 scale arithmetic: a zero block stores byte 0 (as with float32 arithmetic), and a block
     whose bf16 amax / 127 flushes to zero takes the bottom exponent (the oracle's)."""
@@ -257,7 +217,6 @@ def test_bf16_ue8m0_zero_and_tiny_int_blocks():
     assert_same_bits(f32(lb.fake_quant(x, sp.spec)), f32(want.y), "values")
 
 
-@pytest.mark.xfail(strict=True, reason=OVERFLOWING_DIVISOR)
 def test_two_level_int2_block_near_float32_max_stays_finite():
     """A finite block never dequantizes to NaN, also when its scale times the tensor scale passes float32's max."""
     x = np.zeros((1, 16), np.float32)
@@ -278,7 +237,6 @@ def test_two_level_int2_block_near_float32_max_stays_finite():
 def test_random_formats_match_the_oracle(case):
     """quantize / fake_quant of random formats and inputs equal the oracle bit for bit, plus the invariants."""
     sp, axis, x = case
-    assume(known_deviation(x, sp, axis) is None)
     fmt = lb.get_format(sp.spec)
     y, y_neg, y_twice, q, y_dq = (jax.tree.map(np.asarray, o) for o in _run(fmt, axis)(x))
     want = fo.expected(x, sp, axis)

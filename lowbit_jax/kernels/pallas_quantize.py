@@ -106,7 +106,7 @@ def _body(fmt, h, out, out_dtype, byte_outputs, has, *arrays):
     got = dict(zip(has, arrays))
     values, sc = tile_values(fmt, h, got["x"], got.get("bits"), got.get("amax"), got.get("g"), got.get("signs"))
     if out == "fake":
-        return (codec.to_output(codec.dequant_values(values, sc), out_dtype),)
+        return (codec.to_output(codec.dequant_values(values, sc, fmt), out_dtype),)
     codes = codec.encode_code_bytes(values, sc, fmt) if byte_outputs else codec.encode_codes(values, sc, fmt)
     if out == "codes":
         return (codes,)
