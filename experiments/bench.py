@@ -10,7 +10,7 @@ the GPU preset queues 10 calls per batch so that dispatch overlaps the device wo
 array in the same run. Targets on the 2-core CPU: ratio <= 1.6 for MX formats, <= 2.0 for NV
 formats (they read the tensor twice: tensor amax, then blocks). --impls: xla (the core), pallas (the kernel on
 its default GPU backend, Triton); off a GPU the Pallas kernels only run interpreted
-(slow: use a small --size). Issue 5's GPU goal: Pallas >= 80 % of copy GB/s and faster than XLA, per format.
+(slow: use a small --size). GPU goal (docs/benchmarks.md): Pallas >= 80 % of copy GB/s and faster than XLA.
 
 Output (--out, default results/bench/): bench.json = {"machine": str, "rows": [{"format", "impl", "dtype",
 "size", "ms", "gbps", "ratio_to_copy", "error"}]}, bench.csv with the same rows; a row whose kernel failed to
