@@ -31,6 +31,7 @@ from lowbit_jax.quantize import fake_quant
 
 ROTATIONS = ("none", "hadamard")
 QUANTILES = ("min", "q1", "median", "q3", "max")
+SEQ_LEN, PAIRS_PER_BATCH = 128, 4  # the text batches of the study: 4 pairs of neighbouring 128-token windows
 
 
 def block_label(block) -> str:

@@ -21,18 +21,15 @@ one panel per dtype, the device copy's GB/s dashed.
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import sys
-import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
 import lowbit_jax as lb
 from analysis import bench_plots, plotting
+from analysis.timing import bench_input, gbps, quant_fn, time_case
 from experiments import common
-from lowbit_jax import kernels
 
 IMPLS = ("xla", "pallas")  # the core; the Pallas kernel on its default backend (Triton on a GPU)
 
@@ -70,49 +67,6 @@ PRESETS = {
         dtypes=("float32", "bfloat16"), impls=("xla", "pallas"), size=8192, device="gpu", repeats=15, batch=10
     ),
 }
-
-
-def median_seconds(fn, x, repeats: int, batch: int = 1) -> float:
-    """Median over `repeats` batches of the time per call of fn(x), after one warm-up (compile) run.
-
-    A batch queues `batch` calls back to back and waits once, so the host's dispatch and synchronisation
-    (tens of microseconds on a GPU, a sizeable part of a 0.2 ms kernel) overlap the device work.
-    """
-    jax.block_until_ready(fn(x))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        ys = [fn(x) for _ in range(batch)]
-        jax.block_until_ready(ys)
-        del ys  # freeing the outputs is part of a call's cost (on a CPU, a few ms for 64 MB), as for one call
-        times.append((time.perf_counter() - t0) / batch)
-    return statistics.median(times)
-
-
-def time_case(fn, x, repeats: int, batch: int) -> tuple[float, str]:
-    """(median seconds per call, "") or, for a kernel that does not lower on this backend, (NaN, its error)."""
-    try:
-        return median_seconds(fn, x, repeats, batch), ""
-    except Exception as err:  # record it and keep going: one failing kernel must not lose the other rows
-        return float("nan"), f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
-
-
-def bench_input(size: int, dtype: str, seed: int, device=None) -> jax.Array:
-    """The (size, size) standard-normal array that every case of one dtype times."""
-    x = jax.random.normal(jax.random.key(seed), (size, size), jnp.float32).astype(dtype)
-    return x if device is None else jax.device_put(x, device)
-
-
-def gbps(x: jax.Array, seconds: float) -> float:
-    """GB/s counting one read of x and one write of a result of the same size."""
-    return 2 * x.nbytes / seconds / 1e9
-
-
-def quant_fn(name: str, impl: str, tiles=None):
-    """jit(fake_quant) of one format through one implementation (`tiles`: the Pallas kernel's, None: default)."""
-    if impl == "xla":
-        return jax.jit(lambda v: lb.fake_quant(v, name))
-    return jax.jit(lambda v: kernels.fake_quant(v, name, impl="pallas", tiles=tiles))
 
 
 def bench_rows(cfg: Config) -> list[dict]:
@@ -164,36 +118,18 @@ def comparison(rows: list[dict]) -> tuple[list[str], list[tuple]]:
     return headers, table
 
 
-def save_rows(name: str, stem: str, out: Path | None, cfg, rows: list[dict]) -> tuple[dict, Path]:
-    """Write {machine, config, rows} as <stem>.json and the rows as <stem>.csv under results/<name>/ (or --out),
-    print the machine line; returns (result, folder)."""
-    result = {"machine": common.machine_description(), "config": cfg, "rows": rows}
-    folder = common.output_dir(name, out)
-    common.write_json(folder / f"{stem}.json", result)
-    common.write_csv(folder / f"{stem}.csv", rows)
-    print(f"\n{result['machine']}\n")
-    return result, folder
-
-
-def print_failures(rows: list[dict], keys: tuple[str, ...]) -> None:
-    """One line per row whose kernel failed (error text recorded by time_case), named by `keys`."""
-    for r in rows:
-        if r["error"]:
-            print(f"failed: {' '.join(str(r[k]) for k in keys)}: {r['error']}")
-
-
 def main(argv=None) -> dict:
     cfg, out = common.parse_config(Config, argv, __doc__, PRESETS)
     if cfg.device == "gpu" and not any(d.platform == "gpu" for d in jax.devices()):
         sys.exit("--device gpu: no GPU is visible to JAX on this machine")
-    result, folder = save_rows("bench", "bench", out, cfg, bench_rows(cfg))
+    result, folder = common.save_rows("bench", "bench", out, cfg, bench_rows(cfg))
     rows = result["rows"]
     table = [(r["format"], r["impl"], r["dtype"], r["ms"], r["gbps"], r["ratio_to_copy"]) for r in rows]
     print(common.format_table(["format", "impl", "dtype", "ms", "GB/s", "ratio"], table, ".2f"))
     if len(cfg.impls) > 1 or cfg.impls != ("xla",):
         print("\nGB/s side by side (same array, same run)\n")
         print(common.format_table(*comparison(rows), ".1f"))
-    print_failures(rows, ("format", "impl", "dtype"))
+    common.print_failures(rows, ("format", "impl", "dtype"))
     plotting.save(bench_plots.bench_figure(rows, result["machine"]), folder / "bench.png")
     print(f"\nwrote {folder}/bench.json, bench.csv and bench.png")
     return result

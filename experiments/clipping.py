@@ -33,7 +33,10 @@ import time
 import numpy as np
 
 from analysis import plotting
-from experiments import common, lm_data, lm_run, lm_train
+from analysis.lm import data as lm_data
+from analysis.lm import run as lm_run
+from analysis.lm import train as lm_train
+from experiments import common
 
 PAPER_TABLE10 = {  # final loss, 145M model, 20B tokens; columns bf16-asym, bf16-sym, ue8m0-asym, ue8m0-sym
     "channel": (3.2544, 3.2560, 3.3602, 3.4307),
@@ -126,7 +129,14 @@ def main(argv=None) -> dict:
     rows, csv_rows = [], []
     for i, (scale, block, rng) in enumerate(cells):
         prec = precision(scale, block, rng, cfg.ue8m0_scale_dtype)
-        res = lm_run.run(cfg, prec, cfg.seeds, data, desc=f"[{i + 1}/{len(cells)}] {scale} {block} {rng[:4]}")
+        res = lm_run.run(
+            cfg,
+            prec,
+            cfg.seeds,
+            data,
+            desc=f"[{i + 1}/{len(cells)}] {scale} {block} {rng[:4]}",
+            progress=common.progress,
+        )
         vals = res.final("val_loss").tolist()
         rows.append({"scale": scale, "int_range": rng, "block": block, "precision": prec, "val_loss": vals})
         rows[-1] |= _stats(vals)
@@ -136,7 +146,11 @@ def main(argv=None) -> dict:
         ]
     baseline = None
     if cfg.baseline:
-        vals = lm_run.run(cfg, "none", cfg.seeds, data, desc="baseline none").final("val_loss").tolist()
+        vals = (
+            lm_run.run(cfg, "none", cfg.seeds, data, desc="baseline none", progress=common.progress)
+            .final("val_loss")
+            .tolist()
+        )
         baseline = {"precision": "none", "val_loss": vals, **_stats(vals)}
     result = {
         "rows": rows,

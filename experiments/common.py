@@ -1,4 +1,5 @@
-"""Shared plumbing for experiments: Config <-> command line, output folders, JSON/CSV, tables, progress."""
+"""Shared plumbing for experiments: Config <-> command line, 'INT/FP' pair flags, output folders, JSON/CSV, tables,
+progress."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import types
 import typing
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+import lowbit_jax as lb
 
 try:
     from tqdm.auto import tqdm
@@ -181,7 +184,7 @@ def _one_line(err: Exception) -> str:
 
 
 def require_checkpoint(folder: str, flag: str) -> None:
-    """FileNotFoundError naming `flag` unless `folder` holds a checkpoint written by experiments.lm_run."""
+    """FileNotFoundError naming `flag` unless `folder` holds a checkpoint written by analysis.lm.run."""
     path = Path(folder)
     if not (path / "checkpoint.msgpack").is_file() or not (path / "model.json").is_file():
         where = "no such folder" if not path.is_dir() else "no checkpoint.msgpack and model.json in it"
@@ -193,6 +196,33 @@ def require_checkpoint(folder: str, flag: str) -> None:
 def lower_all(specs: Iterable[str]) -> tuple[str, ...]:
     """Format names and specs in lower case (the library reads any case; the experiments compare names)."""
     return tuple(s.strip().lower() for s in specs)
+
+
+# ---------------------------------------------------------------------------------------------- format pairs
+# The paper's four INT/FP pairs (arXiv 2510.25602, Fig. 3 and 4), as --pairs takes them.
+PAPER_PAIRS = ("mxint8/mxfp8", "mxint6/mxfp6", "mxint4/mxfp4", "nvint4/nvfp4")
+
+
+def parse_pair(text: str, block_size: int = 0, scale: str = "") -> tuple[str, lb.Format, lb.Format]:
+    """'INT spec/FP spec' (format specs, e.g. 'mxint8/mxfp8' or 'int(6):block_size=16/fp(3,2):block_size=16') ->
+    (pair key: the text upper-cased, INT format, FP format), block size / scale type overridden if set."""
+    names = [n.strip() for n in text.strip().split("/")]
+    if len(names) != 2 or not all(names):
+        raise ValueError(f"a pair is 'INT/FP', e.g. mxint8/mxfp8; got {text!r}")
+    over = {"block_size": block_size} if block_size else {}
+    over |= {"scale": scale} if scale else {}
+    fmts = [lb.get_format(n, **over) for n in names]
+    kinds = [None if f.is_identity else f.elem.kind for f in fmts]
+    if kinds != ["int", "fp"]:
+        raise ValueError(f"pair {text!r} must name an INT format then an FP format")
+    if fmts[0].block_size != fmts[1].block_size:
+        raise ValueError(f"pair {text!r}: both formats need the same block size")
+    return "/".join(names).upper(), fmts[0], fmts[1]
+
+
+def pair_formats(pairs) -> tuple[lb.Format, ...]:
+    """The distinct formats named by 'INT/FP' pairs, in order of first appearance."""
+    return tuple(dict.fromkeys(f for p in pairs for f in parse_pair(p)[1:]))
 
 
 def _is_repo(path: Path) -> bool:
@@ -254,6 +284,25 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+# ---------------------------------------------------------------------------------------------- benchmark records
+def save_rows(name: str, stem: str, out: Path | None, cfg, rows: list[dict]) -> tuple[dict, Path]:
+    """Write {machine, config, rows} as <stem>.json and the rows as <stem>.csv under results/<name>/ (or --out),
+    print the machine line; returns (result, folder)."""
+    result = {"machine": machine_description(), "config": cfg, "rows": rows}
+    folder = output_dir(name, out)
+    write_json(folder / f"{stem}.json", result)
+    write_csv(folder / f"{stem}.csv", rows)
+    print(f"\n{result['machine']}\n")
+    return result, folder
+
+
+def print_failures(rows: list[dict], keys: tuple[str, ...]) -> None:
+    """One line per row whose kernel failed (error text recorded by analysis.timing.time_case), named by `keys`."""
+    for r in rows:
+        if r["error"]:
+            print(f"failed: {' '.join(str(r[k]) for k in keys)}: {r['error']}")
 
 
 def format_table(headers: Sequence[str], rows: Iterable[Sequence], floatfmt: str = ".3f") -> str:

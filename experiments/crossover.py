@@ -64,29 +64,12 @@ from analysis.crest import crest_factor
 from analysis.grad_bias import overflow_probe
 from analysis.qsnr import qsnr_db
 from experiments import common
+from experiments.common import PAPER_PAIRS, parse_pair
 
-PAPER_PAIRS = ("mxint8/mxfp8", "mxint6/mxfp6", "mxint4/mxfp4", "nvint4/nvfp4")
 PAPER_FORMATS = ("mxint8", "mxfp8", "mxint6", "mxfp6", "mxint4", "mxfp4", "nvint4", "nvfp4")
 PAPER_FIG3 = {"MXINT8/MXFP8": 7.55, "MXINT6/MXFP6": 1.96, "MXINT4/MXFP4": 2.04, "NVINT4/NVFP4": 2.39}  # printed
 VARIANTS = ("paper", "reference")
 ADAPTIVE = ("if4", "if6", "mxif4", "mxif6", "mxif8", "nvfp4_4over6")
-
-
-def parse_pair(text: str, block_size: int = 0, scale: str = "") -> tuple[str, lb.Format, lb.Format]:
-    """'INT spec/FP spec' (format specs, e.g. 'mxint8/mxfp8' or 'int(6):block_size=16/fp(3,2):block_size=16') ->
-    (pair key: the text upper-cased, INT format, FP format), block size / scale type overridden if set."""
-    names = [n.strip() for n in text.strip().split("/")]
-    if len(names) != 2 or not all(names):
-        raise ValueError(f"a pair is 'INT/FP', e.g. mxint8/mxfp8; got {text!r}")
-    over = {"block_size": block_size} if block_size else {}
-    over |= {"scale": scale} if scale else {}
-    fmts = [lb.get_format(n, **over) for n in names]
-    kinds = [None if f.is_identity else f.elem.kind for f in fmts]
-    if kinds != ["int", "fp"]:
-        raise ValueError(f"pair {text!r} must name an INT format then an FP format")
-    if fmts[0].block_size != fmts[1].block_size:
-        raise ValueError(f"pair {text!r}: both formats need the same block size")
-    return "/".join(names).upper(), fmts[0], fmts[1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,11 +119,6 @@ class Config:
 PRESETS = {
     "tiny": Config(mc_rows=16, gaussian_shape=(64, 1024), probe_shape=(256, 256), min_blocks=20, bin_width=0.25),
 }
-
-
-def pair_formats(pairs) -> tuple[lb.Format, ...]:
-    """The distinct formats named by 'INT/FP' pairs, in order of first appearance."""
-    return tuple(dict.fromkeys(f for p in pairs for f in parse_pair(p)[1:]))
 
 
 def mc_block_size(int_fmt: lb.Format, kappa_star: float, requested: int) -> int:

@@ -48,7 +48,7 @@ from analysis import embedding, real_plots, real_tensors
 from analysis.crest import crest_factor
 from analysis.plotting import save
 from experiments import common
-from experiments.crossover import PAPER_PAIRS, pair_formats, parse_pair
+from experiments.common import PAPER_PAIRS, pair_formats, parse_pair
 from lowbit_jax.models import minilm, text
 
 METRICS = ("cos_mean", "cos_p10", "top1", "top10", "kl")

@@ -36,7 +36,9 @@ import numpy as np
 
 import lowbit_jax as lb
 from analysis import divergence, plotting
-from experiments import common, lm_data, lm_run
+from analysis.lm import data as lm_data
+from analysis.lm import run as lm_run
+from experiments import common
 from lowbit_jax.models import llama
 
 PAIRS = (("mxint8", "mxfp8"), ("mxint6", "mxfp6"), ("mxint4", "mxfp4"), ("nvint4", "nvfp4"))

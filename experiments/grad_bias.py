@@ -7,7 +7,7 @@ formats and stochastic rounding (paper section 3.2 and App. D.2 infer the bias f
     python -m experiments.grad_bias --tiny           # under a minute (alias of --preset tiny); the test suite's run
 
 Parameters: --checkpoint DIR (from experiments.train), else a fresh model trained unquantized for --pretrain-steps.
-Cases: precision strings of experiments.lm_train ("name:key=value...") with an optional "+sr" (stochastic rounding of
+Cases: precision strings of analysis.lm.train ("name:key=value...") with an optional "+sr" (stochastic rounding of
 the two dY operands, averaged over --sr-keys keys per batch). Statistics (analysis.grad_bias.BiasStats): bias =
 mean over batches and keys of g_hat - g; relative_bias = ||bias|| / rms ||g||, noise_floor its standard error
 (bias_z = ratio: about 1 or less means no detectable bias), cosine, mean_signed_error = mean(bias) / mean|g| with its
@@ -39,7 +39,10 @@ import numpy as np
 
 import lowbit_jax as lb
 from analysis import grad_bias, plotting
-from experiments import common, lm_data, lm_run, lm_train
+from analysis.lm import data as lm_data
+from analysis.lm import run as lm_run
+from analysis.lm import train as lm_train
+from experiments import common
 from lowbit_jax.models import llama
 
 BF16_INT8 = "int8_channel:block_size=32:scale_dtype=bfloat16"
@@ -117,7 +120,7 @@ def model_params(cfg: Config, data: lm_data.TextData) -> tuple[dict, llama.Llama
         return lm_run.replica(lm_run.init_replicas(cfg, (cfg.seed,))), cfg.model(), source
     warm = max(1, cfg.pretrain_steps // 20)
     pre = dataclasses.replace(cfg, steps=cfg.pretrain_steps, warmup_steps=warm, eval_every=cfg.pretrain_steps)
-    res = lm_run.run(pre, "none", (cfg.seed,), data, desc="pretrain (unquantized)")
+    res = lm_run.run(pre, "none", (cfg.seed,), data, desc="pretrain (unquantized)", progress=common.progress)
     return lm_run.replica(res.params), cfg.model(), source
 
 

@@ -89,16 +89,15 @@ PRESETS = {"tiny": Config(formats=("mxint4", "mxfp4", "if4"), block_sizes=(16, 3
 
 
 def minilm_matrices(cfg: Config) -> list[np.ndarray]:
-    """The (rows, K) operand matrices of experiments.tensor_stats' first batch: one MNRL forward and backward pass
-    of all-MiniLM-L6-v2 (first `minilm_layers` layers) on pydoc_data text, every X, W and dY in its GEMM roles."""
+    """The (rows, K) operand matrices of experiments.tensor_stats' first batch (its default text batches,
+    analysis.real_tensors.SEQ_LEN and PAIRS_PER_BATCH): one MNRL forward and backward pass of all-MiniLM-L6-v2
+    (first `minilm_layers` layers) on pydoc_data text, every X, W and dY in its GEMM roles."""
     from analysis import real_tensors
-    from experiments import tensor_stats
     from lowbit_jax.models import minilm, text
 
-    ts = tensor_stats.Config(layers=cfg.minilm_layers, batches=1, seed=cfg.seed)
-    model, params, tokenizer = minilm.load(ts.layers)
-    train, _ = text.load_split(tokenizer, ts.seq_len)
-    batches = text.pair_batches(train, ts.pairs_per_batch, ts.batches, ts.seed)
+    model, params, tokenizer = minilm.load(cfg.minilm_layers)
+    train, _ = text.load_split(tokenizer, real_tensors.SEQ_LEN)
+    batches = text.pair_batches(train, real_tensors.PAIRS_PER_BATCH, 1, cfg.seed)
     ((_, records),) = list(real_tensors.capture_batches(model, params, batches))
     return [m for _, _, m in real_tensors.operand_matrices(records)]
 

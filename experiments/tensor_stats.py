@@ -42,7 +42,7 @@ import lowbit_jax as lb
 from analysis import real_plots, real_tensors
 from analysis.plotting import save
 from experiments import common
-from experiments.crossover import PAPER_PAIRS, pair_formats, parse_pair
+from experiments.common import PAPER_PAIRS, pair_formats, parse_pair
 from lowbit_jax.models import minilm, text
 
 PAPER_TABLE2 = {  # arXiv 2510.25602 Table 2 (Llama-3.1-8B): (rotation, block) -> Q3
@@ -69,8 +69,8 @@ PAPER_FIG4 = {  # arXiv 2510.25602 Fig. 4: (rotation, pair) -> INT win share
 class Config:
     layers: int = 6  # MiniLM transformer layers run (1-6)
     batches: int = 8  # batches captured (every batch, layer and operand is one tensor)
-    pairs_per_batch: int = 4  # a batch holds 2 * pairs_per_batch windows
-    seq_len: int = 128  # tokens per text window
+    pairs_per_batch: int = real_tensors.PAIRS_PER_BATCH  # a batch holds 2 * pairs_per_batch windows
+    seq_len: int = real_tensors.SEQ_LEN  # tokens per text window
     pairs: tuple[str, ...] = PAPER_PAIRS  # INT/FP format pairs, e.g. mxint8/mxfp8 (any case)
     blocks: tuple[int, ...] = (-1, 256, 128, 64, 32, 16)  # crest-factor block sizes (-1 = per channel)
     rotation: int = 32  # Hadamard rotation size along K (a power of two)

@@ -7,7 +7,7 @@
     python -m experiments.train --preset tiny                    # seconds; what the test suite runs
 
 Model: lowbit_jax.models.llama (RMSNorm, RoPE, GQA, SwiGLU), 1.6M parameters by default, byte-level tokens of
-CPython's pydoc_data.topics (experiments.lm_data: last 10 % held out). Every Dense GEMM except the output head goes
+CPython's pydoc_data.topics (analysis.lm.data: last 10 % held out). Every Dense GEMM except the output head goes
 through the six-operand qdot_general (QDotConfig.train: forward X and W, dY and W for dX, X and dY for dW) with the
 format's own rule (MX: block 32, UE8M0 ceil scale, symmetric INT); attention score/value products, embeddings and
 norms stay in the compute dtype. The unquantized baseline ('none') computes in float32 on CPU and bfloat16 on GPU
@@ -16,7 +16,7 @@ cosine to 0.1x. Every precision starts from the same initialisation (--seed) and
 (--data-seed). Validation loss uses the full held-out split with the forward pass quantized as in training.
 
 Output (--out, default results/train/):
-  <precision>/metrics.jsonl       train and eval rows (experiments.lm_run documents the keys)
+  <precision>/metrics.jsonl       train and eval rows (analysis.lm.run documents the keys)
   <precision>/checkpoint.msgpack  final parameters; <precision>/model.json: LlamaConfig and meta
   train.json  stable keys:
     runs   {precision: {"final_val_loss", "final_val_ppl", "final_train_loss_ema", "seconds", "tokens_per_s",
@@ -30,7 +30,10 @@ from __future__ import annotations
 import dataclasses
 
 from analysis import plotting
-from experiments import common, lm_data, lm_run, lm_train
+from analysis.lm import data as lm_data
+from analysis.lm import run as lm_run
+from analysis.lm import train as lm_train
+from experiments import common
 from lowbit_jax.models import llama
 
 
@@ -69,7 +72,15 @@ def train_one(cfg: Config, precision: str, data: lm_data.TextData, folder) -> di
     """Train one precision, write its metrics and checkpoint; returns its summary."""
     sub = folder / lm_train.slug(precision)
     sub.mkdir(parents=True, exist_ok=True)
-    res = lm_run.run(cfg, precision, (cfg.seed,), data, devices=cfg.devices, metrics_path=sub / "metrics.jsonl")
+    res = lm_run.run(
+        cfg,
+        precision,
+        (cfg.seed,),
+        data,
+        devices=cfg.devices,
+        metrics_path=sub / "metrics.jsonl",
+        progress=common.progress,
+    )
     val = float(res.final("val_loss")[0])
     meta = {"precision": precision, "seed": cfg.seed, "steps": cfg.steps, "seq_len": cfg.seq_len, "val_loss": val}
     meta["data"] = data.sha256

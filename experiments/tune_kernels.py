@@ -6,7 +6,7 @@
 For each dtype and format, times `kernels.fake_quant(impl="pallas")` under every candidate tiling (blocked
 formats: blocks per grid step x Triton warps; per-channel formats: elements per grid step x warps, one whole
 row per tile), next to the XLA reference and a device copy of the same array measured in the same run, with
-`bench.median_seconds`. The defaults in `lowbit_jax.kernels.pallas_quantize.Tiles` were chosen from this
+`analysis.timing.median_seconds`. The defaults in `lowbit_jax.kernels.pallas_quantize.Tiles` were chosen from this
 sweep's output (docs/benchmarks.md); rerun it on a new GPU before trusting them there.
 
 Output (--out, default results/tune_kernels/): tune.json = {"machine", "config", "rows": [{"dtype", "format",
@@ -24,7 +24,8 @@ import jax.numpy as jnp
 
 import lowbit_jax as lb
 from analysis import bench_plots, plotting
-from experiments import bench, common
+from analysis.timing import bench_input, gbps, quant_fn, time_case
+from experiments import common
 from lowbit_jax.kernels.pallas_quantize import Tiles
 
 
@@ -87,13 +88,13 @@ def sweep(cfg: Config) -> list[dict]:
     rows, copy_s, inputs = [], {}, {}
     for dtype, name, tiles in common.progress(jobs, desc="tune", unit="case"):
         if dtype not in inputs:  # one input per dtype, shared by its cases
-            inputs[dtype] = bench.bench_input(cfg.size, dtype, seed=0)
+            inputs[dtype] = bench_input(cfg.size, dtype, seed=0)
         x = inputs[dtype]
         if tiles == "copy":
             fn = jax.jit(jnp.copy)
         else:
-            fn = bench.quant_fn(name, "xla") if tiles == "xla" else bench.quant_fn(name, "pallas", tiles)
-        seconds, error = bench.time_case(fn, x, cfg.repeats, cfg.batch)  # a tiling Triton rejects: NaN + error
+            fn = quant_fn(name, "xla") if tiles == "xla" else quant_fn(name, "pallas", tiles)
+        seconds, error = time_case(fn, x, cfg.repeats, cfg.batch)  # a tiling Triton rejects: NaN + error
         if tiles == "copy":
             copy_s[dtype] = seconds
         rows.append(
@@ -102,7 +103,7 @@ def sweep(cfg: Config) -> list[dict]:
                 "format": name,
                 "tiles": label(name, tiles),
                 "ms": seconds * 1e3,
-                "gbps": bench.gbps(x, seconds),
+                "gbps": gbps(x, seconds),
                 "pct_copy": 100 * copy_s[dtype] / seconds,
                 "error": error,
             }
@@ -129,7 +130,7 @@ def best_table(rows: list[dict]) -> list[tuple]:
 
 def main(argv=None) -> dict:
     cfg, out = common.parse_config(Config, argv, __doc__, PRESETS)
-    result, folder = bench.save_rows("tune_kernels", "tune", out, cfg, sweep(cfg))
+    result, folder = common.save_rows("tune_kernels", "tune", out, cfg, sweep(cfg))
     rows = result["rows"]
     print(
         common.format_table(
@@ -141,7 +142,7 @@ def main(argv=None) -> dict:
     print("\nbest tiling per format (GB/s = (bytes read + written) / time)\n")
     headers = ["dtype", "format", "copy", "xla", "best tiles", "pallas", "% copy", "/ xla"]
     print(common.format_table(headers, best_table(rows), ".1f"))
-    bench.print_failures(rows, ("dtype", "format", "tiles"))
+    common.print_failures(rows, ("dtype", "format", "tiles"))
     plotting.save(bench_plots.tune_figure(rows, result["machine"]), folder / "tune.png")
     print(f"\nwrote {folder}/tune.json, tune.csv and tune.png")
     return result

@@ -63,7 +63,8 @@ def test_help_explains_the_sentinel_defaults():
 
 
 def test_a_subclass_keeps_its_base_class_help():
-    from experiments import clipping, lm_train
+    from analysis.lm import train as lm_train
+    from experiments import clipping
 
     base, sub = common.field_help(lm_train.TrainConfig), common.field_help(clipping.Config)
     assert sub["steps"] == base["steps"] == "optimizer steps"  # clipping redefines steps without a comment

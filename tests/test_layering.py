@@ -77,3 +77,26 @@ def test_no_import_cycles_inside_lowbit_jax():
     for m in sorted(graph):
         if m not in state:
             visit(m)
+
+
+def _has_main(path: Path) -> bool:
+    """Whether the module defines a top-level `main` function (an entry point of `python -m`)."""
+    tree = ast.parse(path.read_text())
+    return any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body)
+
+
+SHARED = {"experiments", "experiments.common"}  # the package itself and the CLI plumbing every entry point shares
+
+
+def test_experiments_are_independent_entry_points():
+    """Every experiments module but common and __init__ has a main, and no entry point imports another one: what
+    two experiments share lives in experiments.common (CLI helpers) or in analysis."""
+    files = {_module_name(p): p for p in (ROOT / "experiments").glob("*.py")}
+    without_main = sorted(m for m, p in files.items() if m not in SHARED and not _has_main(p))
+    assert not without_main, f"experiments modules without a main (move libraries to analysis/): {without_main}"
+    offenders = {
+        m: sorted(bad)
+        for m, p in files.items()
+        if m not in SHARED and (bad := {d for d in _internal_imports(p, "experiments") if d in files} - SHARED)
+    }
+    assert not offenders, f"experiments entry points import other entry points: {offenders}"

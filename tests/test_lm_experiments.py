@@ -13,7 +13,9 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import grad_bias, lm_run, lm_train
+from analysis.lm import run as lm_run
+from analysis.lm import train as lm_train
+from experiments import grad_bias
 
 BF16_INT8 = "int8_channel:block_size=32:scale_dtype=bfloat16:int_range="
 BF16_ASYM, BF16_SYM = BF16_INT8 + "asymmetric", BF16_INT8 + "symmetric"

@@ -19,7 +19,8 @@ import pytest
 from scipy.stats import norm
 
 import lowbit_jax as lb
-from experiments import common, crossover, lm_train, train
+from analysis.lm import train as lm_train
+from experiments import common, crossover, train
 from experiments import formats as formats_exp
 from lowbit_jax.elements import FPElem, IntElem
 from lowbit_jax.formats import Format

@@ -10,7 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import lm_data, lm_run, lm_train, train
+from analysis.lm import data as lm_data
+from analysis.lm import run as lm_run
+from analysis.lm import train as lm_train
+from experiments import train
 from lowbit_jax.models import llama
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from experiments import lm_run, train
+from analysis.lm import run as lm_run
+from experiments import train
 
 
 def losses(folder: Path) -> np.ndarray:

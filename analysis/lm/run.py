@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import common, lm_data, lm_train
+from analysis.lm import data as lm_data
+from analysis.lm import train as lm_train
 from lowbit_jax.models import llama
 
 EMA = 0.9
@@ -90,8 +92,10 @@ def run(
     devices: int = 1,
     metrics_path: Path | None = None,
     desc: str = "",
+    progress: Callable | None = None,
 ) -> RunResult:
-    """Train one precision for every seed (same data order), evaluating on the validation split."""
+    """Train one precision for every seed (same data order), evaluating on the validation split. `progress` wraps
+    the step range in a progress bar (progress(steps, desc=..., unit="step"), e.g. tqdm; None: no bar)."""
     qconfig = lm_train.qdot_config(precision, cfg.stochastic_grads)
     opt = lm_train.optimizer(cfg)
     mesh = lm_train.data_mesh(devices)
@@ -104,7 +108,8 @@ def run(
     sink = metrics_path.open("w") if metrics_path is not None else None
     float(schedule(0))  # its eager ops compile on first use: not inside the timed steps (0.7 s on a GPU)
     t_start, t_log, tokens, t_eval = time.perf_counter(), None, 0, 0.0
-    bar = common.progress(range(cfg.steps), desc=desc or precision, unit="step")
+    steps = range(cfg.steps)
+    bar = steps if progress is None else progress(steps, desc=desc or precision, unit="step")
     try:
         for i in bar:
             batch = lm_data.train_batch(data, i, cfg.batch_size, cfg.seq_len, cfg.data_seed)

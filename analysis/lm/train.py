@@ -19,7 +19,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import lowbit_jax as lb
-from experiments import lm_data
+from analysis.lm import data as lm_data
 from lowbit_jax.models import llama
 
 
