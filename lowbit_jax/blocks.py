@@ -17,6 +17,7 @@ padding (the layout of block_size = axis length).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import jax
@@ -30,7 +31,7 @@ PER_TENSOR = "tensor"
 BlockSize = int | tuple[int, int] | str
 
 
-def check_block_size(bs) -> BlockSize:
+def check_block_size(bs: object) -> BlockSize:
     """The normalised block size: a positive int, a (rows, cols) pair, 'channel' (-1 too) or 'tensor'."""
     if type(bs) is int and bs == -1:
         return PER_CHANNEL
@@ -85,7 +86,8 @@ class Layout:
         """Every blocked axis split into (n_blocks, block)."""
         if self.per_tensor:
             return (1, self.block[0])
-        s, out = self.shape, []
+        s = self.shape
+        out: list[int] = []
         split = dict(zip(self.axes, zip(self.n_blocks, self.block)))
         for d, length in enumerate(s):
             out.extend(split[d] if d in split else (length,))
@@ -167,11 +169,11 @@ class Layout:
         return per_row.reshape(self.scales_shape)
 
 
-def normalize_axes(axis, ndim: int, bs: BlockSize) -> tuple[int, ...]:
+def normalize_axes(axis: object, ndim: int, bs: BlockSize) -> tuple[int, ...]:
     """The quantized axes (non-negative, increasing) for a block size; ValueError for a mismatch."""
     want = block_ndim(bs)
 
-    def is_int(a) -> bool:  # numpy integers count; bools and traced values do not
+    def is_int(a: object) -> bool:  # numpy integers count; bools and traced values do not
         return isinstance(a, int | np.integer) and not isinstance(a, bool | np.bool_)
 
     axes = (axis,) if is_int(axis) else axis
@@ -194,7 +196,7 @@ def normalize_axes(axis, ndim: int, bs: BlockSize) -> tuple[int, ...]:
     return norm
 
 
-def layout(shape: tuple[int, ...], block_size: BlockSize, axis) -> Layout:
+def layout(shape: tuple[int, ...], block_size: BlockSize, axis: int | Sequence[int]) -> Layout:
     """Blocks of `block_size` for an array of `shape` along `axis` (an int, or two axes for a tile; as given,
     non-negative). A tile (r, c) over axes (a, a') puts r along a and c along a'. A block side longer than its
     axis is clamped to the axis length (at least 1)."""
@@ -204,6 +206,7 @@ def layout(shape: tuple[int, ...], block_size: BlockSize, axis) -> Layout:
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     if block_size == PER_CHANNEL or block_size == -1:
         return Layout(shape, axes, (max(1, shape[axes[0]]),))
+    assert not isinstance(block_size, str), f"unknown block size {block_size!r}"  # check_block_size's values
     block = (block_size,) if isinstance(block_size, int) else tuple(block_size)
     if len(axes) == 2 and axes[0] > axes[1]:
         axes, block = axes[::-1], block[::-1]
@@ -213,7 +216,7 @@ def layout(shape: tuple[int, ...], block_size: BlockSize, axis) -> Layout:
     return Layout(shape, axes, block)
 
 
-def amax_along(x: jax.Array, axes) -> jax.Array:
+def amax_along(x: jax.Array, axes: int | tuple[int, ...]) -> jax.Array:
     """max |x| over `axes` (kept with size 1): a block's amax; NaN for blocks holding a NaN, Inf for blocks
     holding an Inf.
 
@@ -227,7 +230,7 @@ def amax_along(x: jax.Array, axes) -> jax.Array:
     return jnp.where(has_nan, jnp.nan, m)
 
 
-def min_max_along(x: jax.Array, axes) -> tuple[jax.Array, jax.Array]:
+def min_max_along(x: jax.Array, axes: int | tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
     """(min(x, 0), max(x, 0)) over `axes` (kept with size 1); both NaN where the slice holds a NaN."""
     has_nan = jnp.max(jnp.isnan(x).astype(jnp.int32), axis=axes, keepdims=True) > 0
     lo = jnp.minimum(jnp.min(x, axis=axes, keepdims=True), 0.0)

@@ -16,12 +16,15 @@ quantizes in blocks along its last axis.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import jax
 import numpy as np
 from jax import lax
 
+from lowbit_jax._types import ArrayLike, DimensionNumbers, DTypeLike, Precision
 from lowbit_jax.gemm_dims import merged_matrix, operand_axes
 
 ROLES = {"x": ("fwd", "dw"), "w": ("fwd", "dx"), "dy": ("dx", "dw")}
@@ -55,11 +58,13 @@ class Capture:
     report: object = None  # the interceptor's Report: which layers were captured / skipped
     is_open: bool = True
 
-    def record(self, path: str, call: int, name: str, axes, value) -> None:
+    def record(self, path: str, call: int, name: str, axes: Mapping[str, tuple[int, ...]], value: ArrayLike) -> None:
+        """Store one operand (a host callback's value) while the context is open."""
         if self.is_open:
             self.records.append(Captured(path, name, np.asarray(value), dict(axes), call))
 
     def close(self) -> None:
+        """Wait for pending callbacks and stop recording."""
         jax.effects_barrier()
         self.is_open = False
 
@@ -96,11 +101,18 @@ def _grad_tap_bwd(sink, _, dy):
 grad_tap.defvjp(_grad_tap_fwd, _grad_tap_bwd)
 
 
-def tap_dot_general(sink, inner=lax.dot_general):
+def tap_dot_general(sink: Callable[..., None], inner: Callable[..., Any] = lax.dot_general) -> Callable[..., Any]:
     """A lax.dot_general-compatible callable that reports (name, axes, value) of X, W and dY to `sink` and
     computes the product with `inner` (a dot_general-compatible callable, e.g. a quantized one)."""
 
-    def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, out_sharding=None):
+    def dot_general(
+        lhs: jax.Array,
+        rhs: jax.Array,
+        dimension_numbers: DimensionNumbers,
+        precision: Precision = None,
+        preferred_element_type: DTypeLike | None = None,
+        out_sharding: Any = None,
+    ) -> jax.Array:
         axes = operand_axes(dimension_numbers, lhs.ndim, rhs.ndim)
         jax.debug.callback(functools.partial(sink, "x", axes["x"]), lhs)
         jax.debug.callback(functools.partial(sink, "w", axes["w"]), rhs)

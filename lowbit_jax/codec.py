@@ -11,25 +11,30 @@ functions run on a blocked view (`quantize_array`, any layout) and on a kernel t
 from __future__ import annotations
 
 import functools
+from typing import cast
 
 import jax
 import jax.numpy as jnp
 
 from lowbit_jax import blocks, rounding, scaling, selection
-from lowbit_jax.formats import Format, get_format
+from lowbit_jax._types import ArrayLike, Axis, DTypeLike, Key
+from lowbit_jax.elements import IntElem
+from lowbit_jax.formats import AdaptiveFormat, Format, adaptive_parts, get_format, plain_parts
 from lowbit_jax.qarray import QArray
-from lowbit_jax.scaling import Scales
+from lowbit_jax.scaling import FloatScale, Scales
 from lowbit_jax.sharding import gather_partial_blocks, reshard_like
 
+Stat = jax.Array | tuple[jax.Array, jax.Array]  # a block statistic: amax, or (min, max) for zero-point INT
 
-def block_stat(x_blocks: jax.Array, fmt: Format, axes) -> jax.Array | tuple[jax.Array, jax.Array]:
+
+def block_stat(x_blocks: jax.Array, fmt: Format, axes: tuple[int, ...]) -> Stat:
     """What the scale rule reads, reduced over `axes` (keepdims): amax, or (min, max) for zero-point INT."""
     if getattr(fmt.elem, "zero_point", False):
         return blocks.min_max_along(x_blocks, axes)
     return blocks.amax_along(x_blocks, axes)
 
 
-def stat_amax(stat) -> jax.Array:
+def stat_amax(stat: Stat) -> jax.Array:
     """The amax-like input of the scale rule: amax, or the span max - min of zero-point blocks (a finite span
     that overflows float32 saturates to its maximum: the block's extremes then clip, rather than turn NaN)."""
     if not isinstance(stat, tuple):
@@ -39,46 +44,66 @@ def stat_amax(stat) -> jax.Array:
     return jnp.where(jnp.isfinite(lo) & jnp.isfinite(hi), jnp.minimum(span, rounding.F32_MAX), span)
 
 
-def scales_from_stat(stat, fmt: Format, g=None) -> Scales:
+def scales_from_stat(stat: Stat, fmt: Format, g: jax.Array | None = None) -> Scales:
     """Scales of blocks with this statistic; `g`: the second-level scale (default: from these blocks)."""
-    sc = fmt.scale_rule.block_scales(stat_amax(stat), fmt.elem, g)
+    elem, rule = plain_parts(fmt)
+    sc = rule.block_scales(stat_amax(stat), elem, g)
     if not isinstance(stat, tuple):
         return sc
-    z = fmt.elem.round(scaling.divide(-stat[0], sc, fmt.scale_rule.dtype), lo=0.0, hi=fmt.elem.max)
+    assert isinstance(elem, IntElem)  # a (min, max) statistic belongs to zero-point INT blocks
+    z = elem.round(scaling.divide(-stat[0], sc, rule.dtype), lo=0.0, hi=elem.max)
     return sc._replace(zero=z)
 
 
-def tensor_scale(stat, fmt: Format):
+def tensor_scale(stat: Stat, fmt: Format) -> jax.Array | None:
     """The second-level scale from all blocks' statistics (None if the rule has none; adaptive formats: their
     candidates' shared one)."""
-    fmt = fmt.candidates[0] if fmt.is_adaptive else fmt
-    if not fmt.scale_rule.has_tensor_scale:
+    fmt = cast(AdaptiveFormat, fmt).candidates[0] if fmt.is_adaptive else fmt
+    elem, rule = plain_parts(fmt)
+    if not rule.has_tensor_scale:
         return None
-    return fmt.scale_rule.tensor_scale(stat_amax(stat), fmt.elem)
+    return cast(FloatScale, rule).tensor_scale(stat_amax(stat), elem)  # only float block scales have one
 
 
-def round_values(v: jax.Array, sc: Scales, fmt: Format, uniform=None) -> jax.Array:
+def round_values(v: jax.Array, sc: Scales, fmt: Format, uniform: jax.Array | None = None) -> jax.Array:
     """Element-domain values onto the grid (zero-point blocks: integers in [-z, 2^b - 1 - z])."""
+    elem, _ = plain_parts(fmt)
     if sc.zero is None:
-        return fmt.elem.round(v, uniform)
-    return fmt.elem.round(v, uniform, lo=-sc.zero, hi=fmt.elem.max - sc.zero)
+        return elem.round(v, uniform)
+    assert isinstance(elem, IntElem)  # zero points belong to zero-point INT blocks
+    return elem.round(v, uniform, lo=-sc.zero, hi=elem.max - sc.zero)
 
 
 def tile_values(
-    x: jax.Array, fmt: Format, axes, uniform=None, g=None, stat=None, valid=None
+    x: jax.Array,
+    fmt: Format,
+    axes: tuple[int, ...],
+    uniform: jax.Array | None = None,
+    g: jax.Array | None = None,
+    stat: Stat | None = None,
+    valid: jax.Array | None = None,
 ) -> tuple[jax.Array, Scales]:
     """Grid values (float32, x's layout) and Scales of float32 blocks that run along `axes` of x (keepdims);
     `stat`: a precomputed block statistic (else reduced here), `g`: the second-level scale, `valid`: which
     elements are data rather than padding (adaptive formats leave padding out of the block error)."""
     if fmt.is_adaptive:
-        return adaptive_tile_values(x, fmt, axes, uniform, g, stat, valid)
+        return adaptive_tile_values(x, cast(AdaptiveFormat, fmt), axes, uniform, g, stat, valid)
     stat = block_stat(x, fmt, axes) if stat is None else stat
     sc = scales_from_stat(stat, fmt, g)
-    v = scaling.divide(x, sc, fmt.scale_rule.dtype, scaling.scales_may_overflow(fmt))
+    _, rule = plain_parts(fmt)
+    v = scaling.divide(x, sc, rule.dtype, scaling.scales_may_overflow(fmt))
     return round_values(v, sc, fmt, uniform), sc
 
 
-def adaptive_tile_values(x, fmt: Format, axes, uniform=None, g=None, stat=None, valid=None):
+def adaptive_tile_values(
+    x: jax.Array,
+    fmt: AdaptiveFormat,
+    axes: tuple[int, ...],
+    uniform: jax.Array | None = None,
+    g: jax.Array | None = None,
+    stat: Stat | None = None,
+    valid: jax.Array | None = None,
+) -> tuple[jax.Array, Scales]:
     """tile_values of an adaptive format: every candidate quantizes the blocks (RNE, one shared second-level
     scale), the lowest `fmt.select` error of the dequantized block's data (`valid`; default all) wins (ties: the
     earlier candidate); with `uniform` the chosen candidate is then rounded stochastically (the choice is made on
@@ -102,7 +127,7 @@ def dequant_values(values: jax.Array, sc: Scales, fmt: Format) -> jax.Array:
     return scaling.multiply(values, sc, scaling.scales_may_overflow(fmt))
 
 
-def to_output(y_f32: jax.Array, dtype) -> jax.Array:
+def to_output(y_f32: jax.Array, dtype: DTypeLike) -> jax.Array:
     """float32 results in `dtype`, values beyond its range saturated to its largest finite value, so that a
     finite input never comes back as +-Inf (a block scale times a rounded-up element can pass float32's or the
     output dtype's maximum); NaN kept."""
@@ -116,37 +141,47 @@ def code_values(values: jax.Array, sc: Scales) -> jax.Array:
     return kept if sc.zero is None else kept + jnp.where(sc.finite, sc.zero, 0.0)
 
 
-def encode_codes(values, sc: Scales, fmt: Format) -> jax.Array:
+def encode_codes(values: jax.Array, sc: Scales, fmt: Format) -> jax.Array:
     """Grid values -> codes in the element's storage dtype."""
     kept = code_values(values, sc)
-    return fmt.elem.encode(kept, sc.choice) if fmt.is_adaptive else fmt.elem.encode(kept)
+    if fmt.is_adaptive:
+        return adaptive_parts(fmt)[1].encode(kept, sc.choice)
+    return plain_parts(fmt)[0].encode(kept)
 
 
-def encode_code_bytes(values, sc: Scales, fmt: Format) -> jax.Array:
+def encode_code_bytes(values: jax.Array, sc: Scales, fmt: Format) -> jax.Array:
     """Grid values -> codes as bytes (the element's byte dtype; kernels that cannot store sub-byte dtypes)."""
     kept = code_values(values, sc)
-    return fmt.elem.code_bytes(kept, sc.choice) if fmt.is_adaptive else fmt.elem.code_bytes(kept)
+    if fmt.is_adaptive:
+        return adaptive_parts(fmt)[1].code_bytes(kept, sc.choice)
+    return plain_parts(fmt)[0].code_bytes(kept)
 
 
-def decode_codes(codes, sc: Scales, fmt: Format) -> jax.Array:
+def decode_codes(codes: jax.Array, sc: Scales, fmt: Format) -> jax.Array:
     """Stored codes (blocked view) -> grid values (float32), zero points removed."""
-    values = fmt.elem.decode(codes, sc.choice) if fmt.is_adaptive else fmt.elem.decode(codes)
+    if fmt.is_adaptive:
+        values = adaptive_parts(fmt)[1].decode(codes, sc.choice)
+    else:
+        values = plain_parts(fmt)[0].decode(codes)
     return values if sc.zero is None else values - sc.zero
 
 
 def selectors_of(sc: Scales, fmt: Format) -> jax.Array | None:
     """The stored per-block choice (uint8, keepdims) of formats that keep it beside the scales, else None."""
-    if not fmt.is_adaptive or fmt.selector != "separate":
+    if not fmt.is_adaptive or cast(AdaptiveFormat, fmt).selector != "separate":
         return None
+    assert sc.choice is not None  # adaptive Scales carry the choice
     return jnp.where(sc.finite, sc.choice, 0).astype(jnp.uint8)
 
 
 def encode_zero(sc: Scales, fmt: Format) -> jax.Array | None:
     """Stored zero points (the element's code dtype) or None."""
-    return None if sc.zero is None else fmt.elem.encode(jnp.where(sc.finite, sc.zero, 0.0))
+    if sc.zero is None:
+        return None
+    return plain_parts(fmt)[0].encode(jnp.where(sc.finite, sc.zero, 0.0))
 
 
-def uniform_like(key, shape) -> jax.Array | None:
+def uniform_like(key: Key | None, shape: tuple[int, ...]) -> jax.Array | None:
     """Stochastic-rounding uniforms on the 2^-24 grid drawn for `key` in `shape` (None without a key)."""
     return None if key is None else rounding.uniform_from_bits(jax.random.bits(key, shape, jnp.uint32))
 
@@ -158,11 +193,14 @@ def _block_extent(lay: blocks.Layout, ndim: int) -> dict[int, int]:
     return dict(zip(lay.axes, lay.block))
 
 
-def quantize_blocks(x: jax.Array, fmt: Format, axes, key=None, rbits=None) -> tuple[jax.Array, Scales, blocks.Layout]:
+def quantize_blocks(
+    x: jax.Array, fmt: Format, axes: tuple[int, ...], key: Key | None = None, rbits: jax.Array | None = None
+) -> tuple[jax.Array, Scales, blocks.Layout]:
     """Grid values (blocked view), Scales and layout of x quantized along `axes` (normalised); stochastic
     rounding from `key`, or from explicit uint32 `rbits` in x's padded shape (kernels.sr_bits)."""
     lay = blocks.layout(x.shape, fmt.block_size, axes)
     x = gather_partial_blocks(x, _block_extent(lay, x.ndim))
+    uniform: jax.Array | None
     if rbits is not None:
         uniform = rounding.uniform_from_bits(rbits.reshape(lay.blocked_shape))
     else:
@@ -174,7 +212,9 @@ def quantize_blocks(x: jax.Array, fmt: Format, axes, key=None, rbits=None) -> tu
     return values, sc, lay
 
 
-def fake_quant_array(x: jax.Array, fmt: Format, axes, key=None, rbits=None) -> jax.Array:
+def fake_quant_array(
+    x: jax.Array, fmt: Format, axes: tuple[int, ...], key: Key | None = None, rbits: jax.Array | None = None
+) -> jax.Array:
     """dequantize(quantize(x)) in x's dtype."""
     if fmt.is_identity:  # rounded, not only cast: XLA:GPU drops a cast pair
         return rounding.round_to_dtype(x, fmt.passthrough_dtype).astype(x.dtype)
@@ -183,7 +223,7 @@ def fake_quant_array(x: jax.Array, fmt: Format, axes, key=None, rbits=None) -> j
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
-def fake_quant_ste(x: jax.Array, fmt: Format, axes: tuple[int, ...], key) -> jax.Array:
+def fake_quant_ste(x: jax.Array, fmt: Format, axes: tuple[int, ...], key: Key | None) -> jax.Array:
     """fake_quant_array with a straight-through (identity) derivative, in forward and reverse mode."""
     return fake_quant_array(x, fmt, axes, key)
 
@@ -194,18 +234,29 @@ def _fake_quant_ste_jvp(fmt, axes, primals, tangents):
     return fake_quant_ste(x, fmt, axes, key), tangents[0]  # the rule itself again: straight-through at every order
 
 
-def _axis_field(axes: tuple[int, ...]):
+def _axis_field(axes: tuple[int, ...]) -> Axis:
     return axes[0] if len(axes) == 1 else axes
 
 
-def quantize_array(x: jax.Array, fmt: Format, axes, key=None, rbits=None) -> QArray:
+def encode_scales(sc: Scales, fmt: Format) -> jax.Array:
+    """Scales -> the stored block scales (the rule's storage dtype; adaptive formats: with their choice)."""
+    if fmt.is_adaptive:
+        _, elem_a, rule_a = adaptive_parts(fmt)
+        return rule_a.encode(sc, elem_a)
+    elem, rule = plain_parts(fmt)
+    return rule.encode(sc, elem)
+
+
+def quantize_array(
+    x: jax.Array, fmt: Format, axes: tuple[int, ...], key: Key | None = None, rbits: jax.Array | None = None
+) -> QArray:
     """The QArray of x quantized along `axes` (normalised)."""
     if fmt.is_identity:  # rounded, not only cast: XLA:GPU drops the pair cast here / cast back in dequantize
         codes = rounding.round_to_dtype(x, fmt.passthrough_dtype).astype(fmt.passthrough_dtype)
         return QArray(codes, None, None, fmt, _axis_field(axes), x.shape, x.dtype)
     values, sc, lay = quantize_blocks(x, fmt, axes, key, rbits)
     codes = lay.from_blocks(encode_codes(values, sc, fmt), crop=False)
-    scales = lay.stat_to_scales(fmt.scale_rule.encode(sc, fmt.elem))
+    scales = lay.stat_to_scales(encode_scales(sc, fmt))
     zero = encode_zero(sc, fmt)
     zero = None if zero is None else lay.stat_to_scales(zero)
     sel = selectors_of(sc, fmt)
@@ -213,9 +264,10 @@ def quantize_array(x: jax.Array, fmt: Format, axes, key=None, rbits=None) -> QAr
     return QArray(codes, scales, sc.tensor, fmt, _axis_field(axes), x.shape, x.dtype, zero, sel)
 
 
-def block_choices_array(x: jax.Array, fmt: Format, axes) -> jax.Array:
+def block_choices_array(x: jax.Array, fmt: Format, axes: tuple[int, ...]) -> jax.Array:
     """The chosen candidate (int32) of every block of an adaptive format, in the stored scales' shape."""
     _, sc, lay = quantize_blocks(x, fmt, axes)
+    assert sc.choice is not None  # adaptive Scales carry the choice
     return lay.stat_to_scales(sc.choice)
 
 
@@ -226,14 +278,17 @@ def qarray_layout(q: QArray) -> blocks.Layout:
 def scales_of(q: QArray, lay: blocks.Layout) -> Scales:
     """The Scales (keepdims layout) of a QArray's stored scales."""
     fmt = q.fmt
+    assert q.scales is not None  # block formats store scales
     stored = lay.scales_to_stat(q.scales)
     if fmt.is_adaptive:
+        _, elem_a, rule_a = adaptive_parts(fmt)
         sel = None if q.selectors is None else lay.scales_to_stat(q.selectors)
-        return fmt.scale_rule.decode(stored, fmt.elem, q.tensor_scale, sel)
-    sc = fmt.scale_rule.decode(stored, fmt.elem, q.tensor_scale)
+        return rule_a.decode(stored, elem_a, q.tensor_scale, sel)
+    elem, rule = plain_parts(fmt)
+    sc = rule.decode(stored, elem, q.tensor_scale)
     if q.zero_points is None:
         return sc
-    return sc._replace(zero=lay.scales_to_stat(fmt.elem.decode(q.zero_points)))
+    return sc._replace(zero=lay.scales_to_stat(elem.decode(q.zero_points)))
 
 
 def check_qarray(q: QArray) -> None:
@@ -245,6 +300,7 @@ def check_qarray(q: QArray) -> None:
         return
     lay = qarray_layout(q)
     what = f"QArray({fmt.label}, shape={q.shape})"
+    assert fmt.elem is not None and fmt.scale_rule is not None  # not an identity format
     want = {
         "codes": (q.codes, lay.padded_shape, fmt.elem.storage_dtype),
         "scales": (q.scales, lay.scales_shape, fmt.scale_rule.storage_dtype),
@@ -252,7 +308,7 @@ def check_qarray(q: QArray) -> None:
     zero = getattr(fmt.elem, "zero_point", False)
     if zero:
         want["zero_points"] = (q.zero_points, lay.scales_shape, fmt.elem.storage_dtype)
-    separate = fmt.is_adaptive and fmt.selector == "separate"
+    separate = fmt.is_adaptive and cast(AdaptiveFormat, fmt).selector == "separate"
     if separate:
         want["selectors"] = (q.selectors, lay.scales_shape, jnp.uint8)
     for name, (arr, shape, dtype) in want.items():
@@ -271,7 +327,7 @@ def check_qarray(q: QArray) -> None:
         raise ValueError(f"{what}: {fmt.label} needs a scalar float32 tensor_scale")
 
 
-def dequantize_array(q: QArray, dtype) -> jax.Array:
+def dequantize_array(q: QArray, dtype: DTypeLike) -> jax.Array:
     """Values of a QArray in `dtype`, cropped to the original shape."""
     if q.fmt.is_identity:
         return q.codes.astype(dtype)
@@ -281,7 +337,7 @@ def dequantize_array(q: QArray, dtype) -> jax.Array:
     return to_output(lay.from_blocks(dequant_values(values, sc, q.fmt)), dtype)
 
 
-def check_input(x, fmt: Format | str, axis=None) -> tuple[jax.Array, Format, tuple[int, ...]]:
+def check_input(x: ArrayLike, fmt: Format | str, axis: Axis | None = None) -> tuple[jax.Array, Format, tuple[int, ...]]:
     """Validate and normalise (x, fmt, axis) -> (array, Format, quantized axes); axis None: the format's
     default. Clear errors for non-float input, bad formats and out-of-range or mismatched axes."""
     if isinstance(fmt, str):
@@ -302,6 +358,7 @@ def check_input(x, fmt: Format | str, axis=None) -> tuple[jax.Array, Format, tup
     if fmt.is_identity or fmt.block_size == blocks.PER_TENSOR:
         return x, fmt, blocks.normalize_axes(axis if isinstance(axis, int) else axis[-1], x.ndim, blocks.PER_TENSOR)
     if blocks.block_ndim(fmt.block_size) == 2 and x.ndim < 2:
+        assert isinstance(fmt.block_size, tuple)  # 2-D blocks are (rows, cols) tiles
         r, c = fmt.block_size
         raise ValueError(f"{fmt.name} quantizes {r}x{c} tiles over two axes; got an array of rank {x.ndim}")
     return x, fmt, blocks.normalize_axes(axis, x.ndim, fmt.block_size)

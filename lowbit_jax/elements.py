@@ -13,22 +13,25 @@ special values. Every FP element has subnormals. INT(b) is symmetric, [-(2^(b-1)
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Literal
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
 from lowbit_jax import rounding
+from lowbit_jax._types import ArrayLike, DTypeLike
 
 Special = Literal["none", "fn", "ieee"]
 IntRange = Literal["symmetric", "asymmetric", "zero_point"]
 INT_RANGES = ("symmetric", "asymmetric", "zero_point")
 
 
-def check_choice(what: str, value, choices) -> None:
+def check_choice(what: str, value: object, choices: Collection[object]) -> None:
     """ValueError naming `what` and the allowed values unless `value` is one of `choices`."""
     if value not in choices:
         raise ValueError(f"{what} must be one of {list(choices)}, got {value!r}")
@@ -49,7 +52,7 @@ class FPElem:
     scale_shift = 0  # log2 of the implicit factor OCP puts between a UE8M0 scale and the element values
     byte_dtype = jnp.uint8  # dtype of code_bytes
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         e, m = self.exp_bits, self.man_bits
         if not (isinstance(e, int) and isinstance(m, int)) or e < 1 or m < 0 or e + m + self.signed > 8:
             raise ValueError(f"FP(e={e}, m={m}) needs integers e >= 1, m >= 0 and e + m + 1 <= 8")
@@ -105,7 +108,7 @@ class FPElem:
         return f"{'' if self.signed else 'u'}e{self.exp_bits}m{self.man_bits}"
 
     @property
-    def storage_dtype(self):
+    def storage_dtype(self) -> DTypeLike:
         """Narrowest dtype XLA can hold the codes in; other FP elements are stored as uint8 bit patterns."""
         native = {
             (4, 3, "fn", True): jnp.float8_e4m3fn,
@@ -114,12 +117,12 @@ class FPElem:
         }
         return native.get((self.exp_bits, self.man_bits, self.special, self.signed), jnp.uint8)
 
-    def round(self, v, uniform=None):
+    def round(self, v: jax.Array, uniform: jax.Array | None = None) -> jax.Array:
         """float32 `v` onto the grid: RNE (or stochastic) with subnormals, saturating to +-max, NaN kept."""
         q = rounding.round_fp(v, self, uniform)
         return q if self.signed else jnp.maximum(q, 0.0)
 
-    def code_bytes(self, values) -> jnp.ndarray:
+    def code_bytes(self, values: jax.Array) -> jax.Array:
         """The uint8 bit pattern (sign | exponent | mantissa) of grid values."""
         e, m = self.exp_bits, self.man_bits
         a = jnp.abs(values)
@@ -132,12 +135,12 @@ class FPElem:
             code = code | (jnp.signbit(values).astype(jnp.int32) << (e + m))
         return code.astype(jnp.uint8)
 
-    def encode(self, values) -> jnp.ndarray:
+    def encode(self, values: jax.Array) -> jax.Array:
         """Grid values (float32) -> codes in `storage_dtype` (uint8 bit patterns for FP6 and other non-native)."""
         dtype = self.storage_dtype
         return values.astype(dtype) if dtype != jnp.uint8 else self.code_bytes(values)
 
-    def decode(self, codes) -> jnp.ndarray:
+    def decode(self, codes: jax.Array) -> jax.Array:
         """Codes (storage dtype or uint8 bit patterns) -> values as float32 (exact)."""
         if codes.dtype != jnp.uint8:
             return codes.astype(jnp.float32)
@@ -150,7 +153,7 @@ class FPElem:
         mag = sig * rounding.pow2(jnp.where(normal, fld, 1) - self.bias - m)
         return jnp.where(self.signed & ((c >> (e + m)) & 1 == 1), -mag, mag)
 
-    def codes_from_bytes(self, codes_u8) -> jnp.ndarray:
+    def codes_from_bytes(self, codes_u8: jax.Array) -> jax.Array:
         """code_bytes output -> codes in `storage_dtype` (a bitcast for 8-bit floats)."""
         dtype = self.storage_dtype
         if dtype == jnp.uint8:
@@ -171,7 +174,7 @@ class IntElem:
 
     kind = "int"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
             raise ValueError(f"INT(b) needs an integer 2 <= b <= 8, got {self.bits!r}")
         check_choice("int_range", self.int_range, INT_RANGES)
@@ -216,36 +219,38 @@ class IntElem:
         return f"{'uint' if self.zero_point else 'int'}{self.bits}"
 
     @property
-    def storage_dtype(self):
+    def storage_dtype(self) -> DTypeLike:
         if self.zero_point:
             return jnp.uint4 if self.bits <= 4 else jnp.uint8
         if self.bits <= 2:
             return jnp.int2
         return jnp.int4 if self.bits <= 4 else jnp.int8
 
-    def round(self, v, uniform=None, lo=None, hi=None):
+    def round(
+        self, v: jax.Array, uniform: jax.Array | None = None, lo: ArrayLike | None = None, hi: ArrayLike | None = None
+    ) -> jax.Array:
         """float32 `v` to integer codes (as float32): RNE (or stochastic), clipped to [lo, hi] (default the
         signed range; zero-point blocks pass their own bounds -z and 2^b - 1 - z)."""
         return rounding.round_int(v, self.min if lo is None else lo, self.max if hi is None else hi, uniform)
 
     @property
-    def byte_dtype(self):
+    def byte_dtype(self) -> DTypeLike:
         return jnp.uint8 if self.zero_point else jnp.int8
 
-    def code_bytes(self, values) -> jnp.ndarray:
+    def code_bytes(self, values: jax.Array) -> jax.Array:
         return values.astype(self.byte_dtype)
 
-    def encode(self, values) -> jnp.ndarray:
+    def encode(self, values: jax.Array) -> jax.Array:
         return values.astype(self.storage_dtype)
 
-    def decode(self, codes) -> jnp.ndarray:
+    def decode(self, codes: jax.Array) -> jax.Array:
         return codes.astype(jnp.float32)
 
-    def codes_from_bytes(self, codes_bytes) -> jnp.ndarray:
+    def codes_from_bytes(self, codes_bytes: jax.Array) -> jax.Array:
         return codes_bytes.astype(self.storage_dtype)
 
 
-def _f32(v) -> float:
+def _f32(v: float) -> float:
     return float(np.float32(v))
 
 
@@ -272,7 +277,7 @@ def _up_threshold(lo: float, hi: float, up_wins_tie: bool) -> float:
 SELECT_MAX = 64  # tables up to this size use compare-and-select chains (Pallas/Triton lower no gather)
 
 
-def _select(index, table: tuple[float, ...]) -> jnp.ndarray:
+def _select(index: jax.Array, table: tuple[float, ...]) -> jax.Array:
     """table[index] (float32) as a chain of selects on int32 `index` in [0, len(table))."""
     out = jnp.full(index.shape, table[0], jnp.float32)
     for i in range(1, len(table)):
@@ -280,7 +285,7 @@ def _select(index, table: tuple[float, ...]) -> jnp.ndarray:
     return out
 
 
-def _count_at_least(v, points: tuple[float, ...]) -> jnp.ndarray:
+def _count_at_least(v: jax.Array, points: tuple[float, ...]) -> jax.Array:
     """The number of `points` that are <= float32 `v` (int32; 0 for NaN), as a sum of comparisons."""
     count = jnp.zeros(v.shape, jnp.int32)
     for p in points:
@@ -305,7 +310,7 @@ class LUTElem:
     scale_shift = 0
     byte_dtype = jnp.uint8
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         vals = tuple(_f32(v) for v in self.values)
         if not 2 <= len(vals) <= 256:
             raise ValueError(f"a lookup table needs 2 to 256 values, got {len(vals)}")
@@ -343,7 +348,7 @@ class LUTElem:
         return self.max / smallest
 
     @property
-    def storage_dtype(self):
+    def storage_dtype(self) -> DTypeLike:
         return jnp.uint4 if len(self.values) <= 16 else jnp.uint8
 
     @property
@@ -351,13 +356,13 @@ class LUTElem:
         """Whether this table computes with compare-and-select chains (at most SELECT_MAX values)."""
         return len(self.values) <= SELECT_MAX
 
-    def _lookup(self, index) -> jnp.ndarray:
+    def _lookup(self, index: jax.Array) -> jax.Array:
         """The table values (float32) at int32 indices."""
         if self.selects:
             return _select(index, self.values)
         return jnp.asarray(self.values, jnp.float32)[index]
 
-    def _count(self, v, points: tuple[float, ...]) -> jnp.ndarray:
+    def _count(self, v: jax.Array, points: tuple[float, ...]) -> jax.Array:
         """How many of the increasing float32 `points` are <= v (int32)."""
         if self.selects:
             return _count_at_least(v, points)
@@ -365,7 +370,7 @@ class LUTElem:
             jnp.int32
         )
 
-    def _stochastic(self, v, uniform) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    def _stochastic(self, v: jax.Array, uniform: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         """(lower neighbour's index, its value, the upper neighbour's value, up) of `v` clipped to the table's
         range; up: uniform < (v - lower) / (upper - lower), the quotient correctly rounded."""
         table = self.values
@@ -374,7 +379,7 @@ class LUTElem:
         a, b = self._lookup(lo), self._lookup(lo + 1)
         return lo, a, b, uniform < rounding.div_exact(c - a, b - a)
 
-    def index(self, v, uniform=None) -> jnp.ndarray:
+    def index(self, v: ArrayLike, uniform: jax.Array | None = None) -> jax.Array:
         """The code (int32 table index) of float32 `v`: nearest value, ties to the even index; outside the
         table's range the end codes (saturation); stochastic between the two neighbours given `uniform`.
         NaN gets an arbitrary code (`round` keeps NaN; the codec stores non-finite blocks as the code of 0)."""
@@ -384,7 +389,7 @@ class LUTElem:
         lo, _, _, up = self._stochastic(v, uniform)
         return lo + up.astype(jnp.int32)
 
-    def round(self, v, uniform=None):
+    def round(self, v: ArrayLike, uniform: jax.Array | None = None) -> jax.Array:
         """float32 `v` onto the table (NaN kept)."""
         v = jnp.asarray(v, jnp.float32)
         if uniform is None:
@@ -394,18 +399,18 @@ class LUTElem:
             q = jnp.where(up, b, a)
         return jnp.where(jnp.isnan(v), v, q)
 
-    def code_bytes(self, values) -> jnp.ndarray:
+    def code_bytes(self, values: jax.Array) -> jax.Array:
         return self.index(values).astype(jnp.uint8)
 
-    def encode(self, values) -> jnp.ndarray:
+    def encode(self, values: jax.Array) -> jax.Array:
         """Table values -> indices in `storage_dtype`."""
         return self.index(values).astype(self.storage_dtype)
 
-    def decode(self, codes) -> jnp.ndarray:
+    def decode(self, codes: jax.Array) -> jax.Array:
         """Codes (table indices, any integer dtype) -> table values as float32."""
         return self._lookup(codes.astype(jnp.int32))
 
-    def codes_from_bytes(self, codes_u8) -> jnp.ndarray:
+    def codes_from_bytes(self, codes_u8: jax.Array) -> jax.Array:
         return codes_u8.astype(self.storage_dtype)
 
 
@@ -426,7 +431,7 @@ class ScaledIntElem:
     scale_shift = 0  # no OCP fixed-point meaning: a UE8M0 byte is the scale of these values itself
     byte_dtype = jnp.int8
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
             raise ValueError(f"a stretched INT(b) grid needs an integer 2 <= b <= 8, got {self.bits!r}")
         top = Fraction(self.top)
@@ -471,23 +476,23 @@ class ScaledIntElem:
         return f"int{self.bits}@{self.top:g}"
 
     @property
-    def storage_dtype(self):
+    def storage_dtype(self) -> DTypeLike:
         return jnp.int4 if self.bits <= 4 else jnp.int8
 
-    def round(self, v, uniform=None):
+    def round(self, v: ArrayLike, uniform: jax.Array | None = None) -> jax.Array:
         """float32 `v` onto the stretched grid (nearest value, ties to even k; stochastic given `uniform`)."""
         return self.table.round(v, uniform)
 
-    def code_bytes(self, values) -> jnp.ndarray:
+    def code_bytes(self, values: jax.Array) -> jax.Array:
         return (self.table.index(values) - self.qmax).astype(jnp.int8)
 
-    def encode(self, values) -> jnp.ndarray:
+    def encode(self, values: jax.Array) -> jax.Array:
         return (self.table.index(values) - self.qmax).astype(self.storage_dtype)
 
-    def decode(self, codes) -> jnp.ndarray:
+    def decode(self, codes: jax.Array) -> jax.Array:
         return self.table.decode(codes.astype(jnp.int32) + self.qmax)
 
-    def codes_from_bytes(self, codes_bytes) -> jnp.ndarray:
+    def codes_from_bytes(self, codes_bytes: jax.Array) -> jax.Array:
         return codes_bytes.astype(self.storage_dtype)
 
 
@@ -514,6 +519,6 @@ def stretched_int(bits: int, top: float) -> ScaledIntElem:
     return ScaledIntElem(bits, top)
 
 
-def lut(values, name: str = "lut") -> LUTElem:
+def lut(values: Iterable[float], name: str = "lut") -> LUTElem:
     """A lookup-table element from a sorted sequence of at most 256 values (nearest value, ties to even index)."""
     return LUTElem(tuple(values), name)

@@ -18,7 +18,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from lowbit_jax import blocks, scaling
 from lowbit_jax.blocks import PER_CHANNEL, PER_TENSOR, BlockSize
@@ -29,6 +31,7 @@ from lowbit_jax.elements import (
     IntElem,
     LUTElem,
     ScaledIntElem,
+    Special,
     check_choice,
     fp,
     int_,
@@ -79,16 +82,16 @@ class Format:
     """
 
     name: str
-    elem: ElemType | None
+    elem: ElemType | AdaptiveElem | None  # None: identity formats; AdaptiveFormat derives an AdaptiveElem
     block_size: BlockSize = 32
     scale: str | ScaleRule = "ue8m0"
     scale_rounding: str = "ceil"
     scale_dtype: str = "float32"
     passthrough_dtype: str | None = None
     tensor_scale: str | None = None
-    scale_rule: ScaleRule | None = field(init=False, repr=False, compare=False, default=None)
+    scale_rule: ScaleRule | AdaptiveScale | None = field(init=False, repr=False, compare=False, default=None)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "block_size", blocks.check_block_size(self.block_size))
         if self.elem is not None and not isinstance(self.elem, FPElem | IntElem | LUTElem | ScaledIntElem):
             raise TypeError(
@@ -111,6 +114,7 @@ class Format:
             object.__setattr__(self, "scale_rule", rule)
             if self.tensor_scale == scaling.default_tensor_scale(self.scale):  # one spelling per format
                 object.__setattr__(self, "tensor_scale", None)
+        assert self.scale_rule is not None  # set just above
         self.scale_rule.check(self.elem)
         if self.scale_rule.has_tensor_scale and self.block_size == PER_TENSOR:
             kind = self.scale_rule.name.upper()
@@ -127,6 +131,7 @@ class Format:
 
     @property
     def qmax(self) -> float:
+        assert self.elem is not None, f"{self.name} is an identity format: it has no Qmax"
         return self.elem.max
 
     @property
@@ -137,6 +142,7 @@ class Format:
     @property
     def side_bits(self) -> int:
         """Stored bits per block beside the elements: the block scale (and zero point, or selector)."""
+        assert self.elem is not None and self.scale_rule is not None, f"{self.name} is an identity format"
         return self.scale_rule.bits + (self.elem.bits if getattr(self.elem, "zero_point", False) else 0)
 
     @property
@@ -144,6 +150,7 @@ class Format:
         """Element bits plus `side_bits` spread over a block (1-D blocks and 2-D tiles)."""
         if self.is_identity:
             return float(8 * (2 if self.passthrough_dtype == "bfloat16" else 4))
+        assert self.elem is not None
         n = self.block_size[0] * self.block_size[1] if isinstance(self.block_size, tuple) else self.block_size
         return self.elem.bits + (self.side_bits / n if isinstance(n, int) else 0.0)
 
@@ -165,15 +172,17 @@ class Format:
         ):
             diffs.append(f"int_range={self.elem.int_range}")
         elif self.elem != base.elem:
+            assert self.elem is not None, f"identity format {self.name!r} shares the name of a block format"
             diffs.append(f"elem={self.elem.name}")
         return f"{self.name}[{', '.join(diffs)}]"
 
-    def replace(self, **overrides) -> Format:
+    def replace(self, **overrides: Any) -> Format:
         """A copy with fields replaced; `int_range` is forwarded to the (INT) element."""
         elem = self.elem
         if "int_range" in overrides:
             int_range = overrides.pop("int_range")
             if not isinstance(elem, IntElem):
+                assert elem is not None, f"{self.name} is an identity format: it takes no int_range"
                 raise ValueError(f"int_range applies to INT formats only; {self.name} has element {elem.name}")
             elem = dataclasses.replace(elem, int_range=int_range)
         return dataclasses.replace(self, elem=elem, **overrides)
@@ -192,7 +201,7 @@ class AdaptiveFormat(Format):
     candidates: tuple[Format, ...] = ()
     select: str = "mse"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         cands = tuple(self.candidates)
         if len(cands) < 2 or not all(isinstance(c, Format) for c in cands):
             raise ValueError("an adaptive format needs at least two candidate Formats")
@@ -210,8 +219,9 @@ class AdaptiveFormat(Format):
                 "adaptive candidates must share one second-level scale (equal Qmax x bound), got "
                 + ", ".join(f"{c.name}: {_tensor_total(c)}" for c in cands)
             )
-        elems = tuple(c.elem for c in cands)
-        rules = tuple(c.scale_rule for c in cands)
+        # plain block formats (checked above): their elements and rules are the concrete grids and scale rules
+        elems = cast(tuple[ElemType, ...], tuple(c.elem for c in cands))
+        rules = cast(tuple[ScaleRule, ...], tuple(c.scale_rule for c in cands))
         object.__setattr__(self, "candidates", cands)
         object.__setattr__(self, "elem", AdaptiveElem(elems))
         object.__setattr__(self, "scale_rule", AdaptiveScale(rules, selector_mode(elems, rules)))
@@ -225,6 +235,7 @@ class AdaptiveFormat(Format):
     @property
     def selector(self) -> str:
         """Where the per-block choice is stored: "scale_sign", "scale" or "separate" (lowbit_jax.selection)."""
+        assert isinstance(self.scale_rule, AdaptiveScale)  # set by __post_init__
         return self.scale_rule.mode
 
     @property
@@ -235,12 +246,13 @@ class AdaptiveFormat(Format):
     @property
     def side_bits(self) -> int:
         """The block scale's and the selector's bits per block."""
+        assert self.scale_rule is not None  # set by __post_init__
         return self.scale_rule.bits + self.selector_bits
 
     @property
     def label(self) -> str:
         """The name, plus what differs from the named format (select, then the candidates' overrides)."""
-        base = _base_format(self.name)
+        base = cast("AdaptiveFormat | None", _base_format(self.name))  # the named format of an adaptive name
         if base is None or base == self:
             return self.name
         diffs = [] if self.select == base.select else [f"select={self.select}"]
@@ -251,7 +263,7 @@ class AdaptiveFormat(Format):
                 diffs.append(inner[len(first.name) + 1 : -1])
         return f"{self.name}[{', '.join(diffs)}]" if diffs else self.name
 
-    def replace(self, **overrides) -> AdaptiveFormat:
+    def replace(self, **overrides: Any) -> AdaptiveFormat:
         """A copy with `select` / `name` replaced and every other override applied to each candidate."""
         own = {k: overrides.pop(k) for k in ("select", "name") if k in overrides}
         cands = tuple(c.replace(**overrides) for c in self.candidates) if overrides else self.candidates
@@ -260,13 +272,29 @@ class AdaptiveFormat(Format):
 
 def _tensor_total(fmt: Format) -> float | None:
     """Qmax x bound of a format's second-level scale (what its tensor scale divides the tensor amax by)."""
-    rule = fmt.scale_rule
+    rule = cast(FloatScale, fmt.scale_rule)  # only float block scales (E4M3, UE5M3 grids) have a second level
     if not rule.has_tensor_scale:
         return None
-    return fmt.elem.max * (rule.grid.max if rule.bound is None else rule.bound)
+    grid, elem = cast(FPElem, rule.grid), cast(ElemType, fmt.elem)
+    return elem.max * (grid.max if rule.bound is None else rule.bound)
 
 
-def adaptive(candidates, select: str = "mse", name: str | None = None) -> AdaptiveFormat:
+def plain_parts(fmt: Format) -> tuple[ElemType, ScaleRule]:
+    """The element grid and scale rule of a block format that is neither identity nor adaptive."""
+    elem, rule = fmt.elem, fmt.scale_rule
+    assert elem is not None and rule is not None, f"{fmt.name} is an identity format"
+    assert not isinstance(elem, AdaptiveElem) and not isinstance(rule, AdaptiveScale), f"{fmt.name} is adaptive"
+    return elem, rule
+
+
+def adaptive_parts(fmt: Format) -> tuple[AdaptiveFormat, AdaptiveElem, AdaptiveScale]:
+    """An adaptive format with its derived element (the candidates' grids) and scale rule."""
+    assert isinstance(fmt, AdaptiveFormat), f"{fmt.name} is not an adaptive format"
+    assert isinstance(fmt.elem, AdaptiveElem) and isinstance(fmt.scale_rule, AdaptiveScale)  # __post_init__
+    return fmt, fmt.elem, fmt.scale_rule
+
+
+def adaptive(candidates: Iterable[Format | str], select: str = "mse", name: str | None = None) -> AdaptiveFormat:
     """A format whose every block takes the candidate (Formats or spec strings) with the lowest `select` error
     ("mse", "mae" or "absmax"; ties: the earlier candidate).
 
@@ -280,7 +308,7 @@ def adaptive(candidates, select: str = "mse", name: str | None = None) -> Adapti
     return AdaptiveFormat(label, None, candidates=cands, select=select)
 
 
-def _show(v) -> str:
+def _show(v: object) -> str:
     return f"{v[0]}x{v[1]}" if isinstance(v, tuple) else str(v)
 
 
@@ -399,7 +427,7 @@ def _custom_element(base: str) -> ElemType | None:
             return int_(int(b))
         if len(args) not in (2, 3):
             raise ValueError("fp takes (e, m) or (e, m, special)")
-        return fp(int(args[0]), int(args[1]), *args[2:])
+        return fp(int(args[0]), int(args[1]), *cast(list[Special], args[2:]))  # fp checks `special`
     except (TypeError, ValueError) as err:
         raise ValueError(f"bad element {base!r}: {err}; write fp(e,m), fp(e,m,special) or int(b)") from err
 
@@ -437,7 +465,7 @@ def parse_spec(spec: str) -> Format:
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"a format spec is a non-empty string, got {spec!r}")
     base, *parts = [p.strip() for p in spec.strip().split(":")]
-    overrides = {}
+    overrides: dict[str, Any] = {}
     for part in parts:
         key, sep, value = part.partition("=")
         key = key.strip().lower()
@@ -455,9 +483,10 @@ def parse_spec(spec: str) -> Format:
         raise ValueError(f"format spec {spec!r}: {err}") from err
 
 
-def get_format(name: str | Format, **overrides) -> Format:
+def get_format(name: str | Format, **overrides: Any) -> Format:
     """A named format, a custom element spec or a full spec string (module docstring), optionally with
     `block_size`, `scale`, `scale_rounding`, `scale_dtype`, `int_range`, `tensor_scale` replaced."""
+    fmt: Format | None
     if isinstance(name, Format):
         fmt = name
     elif not isinstance(name, str):

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from lowbit_jax._types import ArrayLike, Key
+
 
 def check_size(h: int, length: int | None = None) -> int:
     """Validate a rotation size: a power of two >= 1 that divides `length` (if given)."""
@@ -65,12 +67,12 @@ def sylvester(h: int) -> np.ndarray:
     return _cached_sylvester(h).copy() if h <= _CACHED_MAX_H else _build_sylvester(h)
 
 
-def random_signs(h: int, key) -> jax.Array:
+def random_signs(h: int, key: Key) -> jax.Array:
     """h random +-1 values (float32) drawn from `key`."""
     return jax.random.rademacher(key, (check_size(h),), dtype=jnp.float32)
 
 
-def random_hadamard(h: int, key) -> jax.Array:
+def random_hadamard(h: int, key: Key) -> jax.Array:
     """The h x h orthogonal matrix diag(random +-1 signs) @ H_sylvester / sqrt(h), float32."""
     H = jnp.asarray(_sylvester_np(check_size(h)))
     return random_signs(h, key)[:, None] * H * np.float32(1.0 / np.sqrt(h))
@@ -102,7 +104,7 @@ def _fwht(x: jax.Array, signs: jax.Array | None = None) -> jax.Array:
     return y
 
 
-def _rotate_chunks(chunks: jax.Array, h: int, key, inverse: bool) -> jax.Array:
+def _rotate_chunks(chunks: jax.Array, h: int, key: Key, inverse: bool) -> jax.Array:
     """float32 (..., h) chunks times R (R^T if inverse)."""
     if h < FWHT_MIN_H:
         R_hxh = random_hadamard(h, key)
@@ -113,7 +115,7 @@ def _rotate_chunks(chunks: jax.Array, h: int, key, inverse: bool) -> jax.Array:
     return y * _along_last(signs, y.ndim) if inverse else y
 
 
-def rotate(x, h: int, key, axis: int = -1, *, inverse: bool = False) -> jax.Array:
+def rotate(x: ArrayLike, h: int, key: Key, axis: int = -1, *, inverse: bool = False) -> jax.Array:
     """x with every chunk of h consecutive elements along `axis` multiplied by R (R^T if inverse); dtype kept.
     Computed in float32: a HIGHEST-precision matmul for h < FWHT_MIN_H, from it on the fast Walsh-Hadamard
     transform (no h x h matrix). TypeError for non-float x (a rotation of integers would truncate), ValueError for a
@@ -131,7 +133,7 @@ def rotate(x, h: int, key, axis: int = -1, *, inverse: bool = False) -> jax.Arra
 
 # One compiled program per shape and size: run op by op, the log2 h butterfly stages cost seconds of dispatch.
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
-def _rotate_jit(x: jax.Array, key, h: int, axis: int, inverse: bool) -> jax.Array:
+def _rotate_jit(x: jax.Array, key: Key, h: int, axis: int, inverse: bool) -> jax.Array:
     x_last = jnp.moveaxis(x, axis, -1).astype(jnp.float32)
     chunks = x_last.reshape(x_last.shape[:-1] + (x_last.shape[-1] // h, h))
     y = _rotate_chunks(chunks, h, key, inverse).reshape(x_last.shape)

@@ -50,7 +50,9 @@ import re
 import threading
 import weakref
 import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeAlias, cast
 
 import flax.linen as nn
 import jax
@@ -59,10 +61,19 @@ from flax import nnx
 from jax import lax
 
 from lowbit_jax import capture as capture_lib
+from lowbit_jax._types import Key
 from lowbit_jax.formats import Format, get_format
 from lowbit_jax.qconv import with_conv_config
 from lowbit_jax.qdot import QDotConfig, with_config
 from lowbit_jax.qeinsum import einsum_via
+
+# A rule's value (module docstring): a QDotConfig, None / False / "skip", True / "capture", a preset string
+# "train:<spec>" / "direct_cast:<spec>", or a (preset, spec string or Format) pair.
+RuleValue: TypeAlias = QDotConfig | str | tuple[str, str | Format] | bool | None
+# Rules: {regex: value}, [(regex, value), ...], or (capture only) a regex or a list of regexes.
+Rules: TypeAlias = dict[str, RuleValue] | Sequence[tuple[str, RuleValue] | str] | str
+# Models whose NNX layers a context hooks: one nnx.Module, a list or tuple of them, or None (linen only).
+Models: TypeAlias = nnx.Module | list[nnx.Module] | tuple[nnx.Module, ...] | None
 
 PRESETS = {"train": QDotConfig.train, "direct_cast": QDotConfig.direct_cast}
 CAPTURE = "capture"
@@ -86,7 +97,7 @@ class Rule:
     config: QDotConfig | str | None
 
 
-def _preset(name: str, spec, where: str) -> QDotConfig:
+def _preset(name: str, spec: object, where: str) -> QDotConfig:
     """The preset `name` ('train' / 'direct_cast', any case) applied to a format spec string or Format."""
     key = name.strip().lower()
     if key not in PRESETS:
@@ -99,7 +110,7 @@ def _preset(name: str, spec, where: str) -> QDotConfig:
         raise ValueError(f"{where}: {err}") from err
 
 
-def parse_value(value, where: str = "rule") -> QDotConfig | str | None:
+def parse_value(value: RuleValue, where: str = "rule") -> QDotConfig | str | None:
     """A rule's value as a QDotConfig, CAPTURE, or None (skip)."""
     if value is None or value is False or value == "skip":
         return None
@@ -118,22 +129,23 @@ def parse_value(value, where: str = "rule") -> QDotConfig | str | None:
     )
 
 
-def parse_rules(rules, default=None) -> tuple[Rule, ...]:
+def parse_rules(rules: Rules, default: RuleValue = None) -> tuple[Rule, ...]:
     """Compile rules: a dict {regex: value}, a list of (regex, value) pairs, or (capture only, `default` given) a
     regex string or a list of regex strings. TypeError for anything else, so that no rule silently matches nothing.
     """
+    items: list[Any]
     if isinstance(rules, dict):
-        rules = list(rules.items())
+        items = list(rules.items())
     elif isinstance(rules, str):
-        rules = [rules]
+        items = [rules]
     elif isinstance(rules, list | tuple):
-        rules = list(rules)
+        items = list(rules)
     else:
         raise TypeError(
             f"rules must be a dict {{regex: config}} or a list of (regex, config) pairs, got {type(rules).__name__}"
         )
     out = []
-    for i, rule in enumerate(rules):
+    for i, rule in enumerate(items):
         if isinstance(rule, str):
             if default is None:
                 raise TypeError(
@@ -182,7 +194,8 @@ class Report:
     skipped: list[str] = field(default_factory=list)
     unsupported: dict[str, str] = field(default_factory=dict)
 
-    def record(self, path: str, config) -> None:
+    def record(self, path: str, config: QDotConfig | str | None) -> None:
+        """Record what runs at `path`: a config (its label), CAPTURE, or None (the layer was left alone)."""
         if config is None:
             self.quantized.pop(path, None)
             if path not in self.skipped:
@@ -190,10 +203,10 @@ class Report:
         else:
             if path in self.skipped:
                 self.skipped.remove(path)
-            self.quantized[path] = CAPTURE if config == CAPTURE else config.label
+            self.quantized[path] = CAPTURE if config == CAPTURE else cast(QDotConfig, config).label
 
 
-def layer_key(key, path: str, call: int = 0):
+def layer_key(key: Key, path: str, call: int = 0) -> Key:
     """The per-layer key fold_in(fold_in(key, crc32(path)), call)."""
     return jax.random.fold_in(jax.random.fold_in(key, zlib.crc32(path.encode()) & 0x7FFFFFFF), call)
 
@@ -203,7 +216,7 @@ class Session:
     """One active `quantized` / `capture` context (a capture context has `capture` set)."""
 
     rules: tuple[Rule, ...]
-    key: object = None
+    key: Key | None = None
     report: Report = field(default_factory=Report)
     capture: capture_lib.Capture | None = None
     calls: dict[str, int] = field(default_factory=dict)
@@ -214,8 +227,8 @@ class Session:
         return call
 
 
-def _quant_op(path: str, config: QDotConfig, key, call: int = 0, conv: bool = False):
-    bind = with_conv_config if conv else with_config
+def _quant_op(path: str, config: QDotConfig, key: Key | None, call: int = 0, conv: bool = False) -> Callable[..., Any]:
+    bind: Callable[..., Callable[..., Any]] = with_conv_config if conv else with_config
     if key is not None:
         return bind(config, layer_key(key, path, call))
     if config.rotation:  # no key: a per-layer Hadamard seed, so layers still get their own rotations
@@ -244,11 +257,11 @@ class Cover:
     rule: Rule | None
 
     @property
-    def config(self):
+    def config(self) -> QDotConfig | str | None:
         return None if self.rule is None else self.rule.config
 
 
-def _unsupported_reason(module, cover: Cover) -> str | None:
+def _unsupported_reason(module: object, cover: Cover) -> str | None:
     """Why `cover`'s context cannot act on `module` (None: it can)."""
     if isinstance(module, _LINEN_UNSUPPORTED + _NNX_UNSUPPORTED):
         return type(module).__name__
@@ -267,10 +280,10 @@ class Plan:
 
     @property
     def config(self) -> QDotConfig | None:
-        return None if self.quant is None else self.quant.config
+        return None if self.quant is None else cast(QDotConfig, self.quant.config)  # plan(): never a capture rule
 
 
-def plan(covers: list[Cover], module) -> Plan:
+def plan(covers: list[Cover], module: object) -> Plan:
     """Compose the active contexts at a layer (outermost first): the innermost quantizing context that has a rule
     for the layer decides its config; every capture context whose rule matches records the GEMM's operands (the
     high-precision X, W and dY that the quantizers see)."""
@@ -281,7 +294,7 @@ def plan(covers: list[Cover], module) -> Plan:
     return Plan(quant, captures)
 
 
-def record(covers: list[Cover], module, chosen: Plan) -> None:
+def record(covers: list[Cover], module: object, chosen: Plan) -> None:
     """Update every context's report with what runs at the layer."""
     for c in covers:
         if c.session is None:
@@ -297,22 +310,24 @@ def record(covers: list[Cover], module, chosen: Plan) -> None:
             report.record(c.path, chosen.config)
 
 
-def layer_op(covers: list[Cover], module, conv: bool = False):
+def layer_op(covers: list[Cover], module: object, conv: bool = False) -> Callable[..., Any] | None:
     """The dot_general-compatible (conv: conv_general_dilated-compatible) callable for one call of the layer, or
     None when no context acts on it (the layer runs its own GEMM). Records the call in every report."""
     chosen = plan(covers, module)
     record(covers, module, chosen)
     if chosen.config is None and not chosen.captures:
         return None
-    op = lax.conv_general_dilated if conv else lax.dot_general
+    op: Callable[..., Any] = lax.conv_general_dilated if conv else lax.dot_general
     if chosen.config is not None:
         q = chosen.quant
+        assert q is not None  # a config comes from the quantizing cover
         if q.session is None:  # permanent surgery: the key of the innermost active context that has one
             key = next((s.key for s in reversed(_sessions()) if s.key is not None), None)
-            op = _quant_op(q.path, q.config, key, conv=conv)
+            op = _quant_op(q.path, chosen.config, key, conv=conv)
         else:
-            op = _quant_op(q.path, q.config, q.session.key, q.session.next_call(q.path), conv)
+            op = _quant_op(q.path, chosen.config, q.session.key, q.session.next_call(q.path), conv)
     for c in reversed(chosen.captures):
+        assert c.session is not None and c.session.capture is not None  # capture rules come from capture contexts
         sink = functools.partial(c.session.capture.record, c.path, c.session.next_call(c.path))
         op = capture_lib.tap_dot_general(sink, op)
     return op
@@ -337,6 +352,7 @@ def _linen_einsum(mod: nn.Einsum, op, inputs, einsum_str=None):
         shape, bias_shape = mod._get_bias_shape(einsum_str, inputs, kernel)
         bias = mod.param("bias", mod.bias_init, shape, mod.param_dtype)
     inputs, kernel, bias = mod.promote_dtype(inputs, kernel, bias, dtype=mod.dtype)
+    assert kernel is not None  # promote_dtype passes arrays through (only None stays None)
     y = einsum_via(
         op, einsum_str, inputs, kernel, precision=mod.precision, preferred_element_type=mod.preferred_element_type
     )
@@ -412,7 +428,7 @@ def _nnx_attend(mod: nnx.Embed, op, query, out_sharding=None):
     return y if out_sharding is None else jax.lax.with_sharding_constraint(y, out_sharding)
 
 
-def nnx_layers(model, also: tuple = ()) -> list[tuple[str, nnx.Module]]:
+def nnx_layers(model: nnx.Module, also: tuple[type, ...] = ()) -> list[tuple[str, nnx.Module]]:
     """(path, module) of every nnx.Linear / LinearGeneral / Einsum / Conv / Embed (and instance of `also`)."""
     if not isinstance(model, nnx.Module):
         raise TypeError(f"model= takes Flax NNX modules (linen models need no model=), got {type(model).__name__}")
@@ -423,12 +439,14 @@ def nnx_layers(model, also: tuple = ()) -> list[tuple[str, nnx.Module]]:
     ]
 
 
-def _current_covers(m, attr: str) -> tuple[Cover, ...]:
+def _current_covers(m: nnx.Module, attr: str) -> tuple[Cover, ...]:
     hook = m.__dict__.get(attr)
     return hook.covers if isinstance(hook, NNXHook) else ()
 
 
-def _install(model, rules, session: Session | None) -> list[tuple[nnx.Module, str, object]]:
+def _install(
+    model: nnx.Module, rules: tuple[Rule, ...], session: Session | None
+) -> list[tuple[nnx.Module, str, object, bool]]:
     """Add `session`'s cover to every layer of `model` it sees; returns (module, attribute, old value) to restore.
     The reports of every context covering a layer are updated with what now runs there."""
     saved = []
@@ -450,7 +468,7 @@ def _install(model, rules, session: Session | None) -> list[tuple[nnx.Module, st
         old = m.__dict__.get(attr, getattr(m, attr))
         saved.append((m, attr, old, attr in m.__dict__))
         if getattr(m, "dot_general_cls", None) is not None:  # LinearGeneral prefers dot_general_cls
-            saved.append((m, "dot_general_cls", m.dot_general_cls, True))
+            saved.append((m, "dot_general_cls", cast(Any, m).dot_general_cls, True))
             object.__setattr__(m, "dot_general_cls", None)
         # attend is a method: the hook calls type(m).attend when nothing acts
         original = None if attr == "attend" else old.original if isinstance(old, NNXHook) else old
@@ -458,7 +476,7 @@ def _install(model, rules, session: Session | None) -> list[tuple[nnx.Module, st
     return saved
 
 
-def _restore(saved) -> None:
+def _restore(saved: list[tuple[nnx.Module, str, object, bool]]) -> None:
     for m, attr, old, own in reversed(saved):
         if own:
             object.__setattr__(m, attr, old)
@@ -466,30 +484,30 @@ def _restore(saved) -> None:
             object.__delattr__(m, attr)
 
 
-def quantize_nnx(model, rules) -> Report:
+def quantize_nnx(model: nnx.Module, rules: Rules) -> Report:
     """Quantize an NNX model in place (module surgery on its Linear / LinearGeneral / Einsum / Conv / Embed.attend
     hooks); returns the report of what the surgery installed."""
-    rules = _only(parse_rules(rules), QDotConfig, "quantize_nnx")
+    compiled = _only(parse_rules(rules), QDotConfig, "quantize_nnx")
     report = Report()
     for path, m in nnx_layers(model, _NNX_UNSUPPORTED):
-        cover = Cover(None, path, find(rules, path))
+        cover = Cover(None, path, find(compiled, path))
         reason = _unsupported_reason(m, cover)
         if reason is not None and cover.config is not None:
             report.unsupported[path] = reason
         elif reason is None:
             report.record(path, cover.config)
-    _install(model, rules, None)
+    _install(model, compiled, None)
     return report
 
 
 @contextlib.contextmanager
-def _activate(session: Session, models):
-    models = [] if models is None else models if isinstance(models, list | tuple) else [models]
-    saved = []
+def _activate(session: Session, models: Models) -> Iterator[Session]:
+    layers = [] if models is None else models if isinstance(models, list | tuple) else [models]
+    saved: list[tuple[nnx.Module, str, object, bool]] = []
     outermost = not _sessions()
     _sessions().append(session)
     try:
-        for m in models:
+        for m in layers:
             saved += _install(m, session.rules, session)
         with nn.intercept_methods(_linen_interceptor) if outermost else contextlib.nullcontext():
             yield session
@@ -499,7 +517,7 @@ def _activate(session: Session, models):
 
 
 @contextlib.contextmanager
-def quantized(rules=(), *, key=None, model=None):
+def quantized(rules: Rules = (), *, key: Key | None = None, model: Models = None) -> Iterator[Report]:
     """Quantize matched Dense/DenseGeneral/Einsum/Conv layers and tied heads (Embed.attend) of linen models (and
     of the NNX `model`); yields a Report. Nested contexts compose: the innermost one with a rule for a layer
     decides, every report records what ran."""
@@ -509,11 +527,12 @@ def quantized(rules=(), *, key=None, model=None):
 
 
 @contextlib.contextmanager
-def capture(rules=".*", *, model=None):
+def capture(rules: Rules = ".*", *, model: Models = None) -> Iterator[capture_lib.Capture]:
     """Record the X, W and dY operands of matched GEMMs during forward and backward passes: the high-precision
     operands, which under an enclosing or nested `quantized` context are those its quantizers see."""
-    store = capture_lib.Capture(report=Report())
-    session = Session(_only(parse_rules(rules, default=CAPTURE), str, "capture"), None, store.report, store)
+    report = Report()
+    store = capture_lib.Capture(report=report)
+    session = Session(_only(parse_rules(rules, default=CAPTURE), str, "capture"), None, report, store)
     try:
         with _activate(session, model):
             yield store

@@ -4,13 +4,15 @@ metadata."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, cast
 
 import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lowbit_jax.formats import Format
+from lowbit_jax._types import ArrayLike, Axis, DTypeLike
+from lowbit_jax.formats import AdaptiveFormat, Format
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -42,9 +44,9 @@ class QArray:
     scales: jax.Array | None
     tensor_scale: jax.Array | None
     fmt: Format
-    axis: int | tuple[int, int]
+    axis: Axis
     shape: tuple[int, ...]
-    dtype: jnp.dtype
+    dtype: DTypeLike
     zero_points: jax.Array | None = None
     selectors: jax.Array | None = None
 
@@ -58,15 +60,16 @@ class QArray:
         in bytes."""
         if self.fmt.elem is None:
             return self.codes.size * jnp.dtype(self.codes.dtype).itemsize
+        assert self.scales is not None and self.fmt.scale_rule is not None  # block formats store scales
         total = self.codes.size * self.fmt.elem.bits / 8
         total += self.scales.size * self.fmt.scale_rule.bits / 8
         if self.zero_points is not None:
             total += self.zero_points.size * self.fmt.elem.bits / 8
         if self.selectors is not None:
-            total += self.selectors.size * self.fmt.selector_bits / 8
+            total += self.selectors.size * cast(AdaptiveFormat, self.fmt).selector_bits / 8
         return total
 
-    def equals(self, other) -> bool:
+    def equals(self, other: object) -> bool:
         """Whether `other` is a QArray with the same metadata and bit-identical fields (`==` is identity: array
         fields have no single truth value)."""
         if not isinstance(other, QArray):
@@ -93,7 +96,7 @@ class QArray:
         return f"QArray({', '.join(parts)})"
 
 
-def _array_text(a, summary: bool = False) -> str:
+def _array_text(a: object, summary: bool = False) -> str:
     """'dtype(shape)', with ' in [min, max]' of |a| (finite values; ', NaN' if any) for a concrete array when
     `summary`; tracers (inside jit) and abstract values only show dtype and shape."""
     dtype, shape = getattr(a, "dtype", None), getattr(a, "shape", None)
@@ -112,7 +115,7 @@ def _array_text(a, summary: bool = False) -> str:
     return text + (", NaN" if finite.size < v.size else "")
 
 
-def _same_bits(a, b) -> bool:
+def _same_bits(a: ArrayLike, b: ArrayLike) -> bool:
     a, b = np.asarray(a), np.asarray(b)
     return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
@@ -120,13 +123,13 @@ def _same_bits(a, b) -> bool:
 _FIELDS = ("codes", "scales", "tensor_scale", "zero_points", "selectors")
 
 
-def _to_state(q: QArray) -> dict:
+def _to_state(q: QArray) -> dict[str, jax.Array]:
     return {name: getattr(q, name) for name in _FIELDS if getattr(q, name) is not None}
 
 
-def _from_state(target: QArray, state: dict) -> QArray:
+def _from_state(target: QArray, state: dict[str, Any]) -> QArray:
     """A QArray with `target`'s metadata and the arrays of `state` (flax.serialization's restore)."""
-    arrays = {name: (jnp.asarray(state[name]) if name in state else None) for name in _FIELDS}
+    arrays: dict[str, Any] = {name: (jnp.asarray(state[name]) if name in state else None) for name in _FIELDS}
     for name, arr in arrays.items():
         ref = getattr(target, name)
         if arr is not None and ref is not None:  # msgpack holds numpy arrays of the stored dtype

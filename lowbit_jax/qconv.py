@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable, Sequence
 
+import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec
 
+from lowbit_jax._types import ArrayLike, ConvDimensionNumbers, DTypeLike, Key, Precision
 from lowbit_jax.qdot import QDotConfig, qdot_general
 
 
@@ -50,22 +54,22 @@ def _kernel_matrix(rhs, dn, groups: int):
 
 
 def qconv_general_dilated(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    lhs_dilation=None,
-    rhs_dilation=None,
-    dimension_numbers=None,
+    lhs: ArrayLike,
+    rhs: ArrayLike,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: ConvDimensionNumbers = None,
     feature_group_count: int = 1,
     batch_group_count: int = 1,
-    precision=None,
-    preferred_element_type=None,
+    precision: Precision = None,
+    preferred_element_type: DTypeLike | None = None,
     *,
     config: QDotConfig | None = None,
-    key=None,
-    out_sharding=None,
-):
+    key: Key | None = None,
+    out_sharding: NamedSharding | PartitionSpec | None = None,  # not supported: NotImplementedError
+) -> jax.Array:
     """Drop-in for lax.conv_general_dilated whose GEMM (patches . W, one per channel group) is quantized per
     `config` (qdot_general)."""
     if batch_group_count != 1:
@@ -92,6 +96,7 @@ def qconv_general_dilated(
         rhs_dilation=rhs_dilation,
     )
     kernel = _kernel_matrix(rhs, dn, groups)
+    batch: tuple[tuple[int, ...], tuple[int, ...]]
     if groups == 1:  # one plain GEMM
         patches, kernel, batch = patches[0], kernel[0], ((), ())
     else:  # one GEMM per group, the group a batch dim
@@ -109,6 +114,6 @@ def qconv_general_dilated(
     return jnp.transpose(y, tuple(source[d] for d in range(y.ndim)))
 
 
-def with_conv_config(config: QDotConfig, key=None):
+def with_conv_config(config: QDotConfig, key: Key | None = None) -> Callable[..., jax.Array]:
     """A lax.conv_general_dilated-compatible callable bound to `config` and `key` (for Conv hooks)."""
     return functools.partial(qconv_general_dilated, config=config, key=key)

@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +50,7 @@ from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lowbit_jax import hadamard
+from lowbit_jax._types import ArrayLike, DimensionNumbers, DTypeLike, Key, Precision
 from lowbit_jax.formats import Format
 from lowbit_jax.gemm_dims import canonical, free_dims, normalize_dims
 from lowbit_jax.qdot_config import OPERANDS, QDotConfig, is_tiled
@@ -68,7 +71,7 @@ class _GemmPlan:
     n_batch: int
     rotation: int | None
     accum_dtype: str
-    precision: object
+    precision: Precision
     impl: str = "xla"
     flip_a: bool = False  # the operand's (free, K) is its tensor's tile orientation transposed (2-D tiles)
     flip_b: bool = False
@@ -113,9 +116,9 @@ def gemm(gp: _GemmPlan, a, b, *, rot_key=None, key_a=None, key_b=None, out_spec:
 class _Plan:
     """Static description of one qdot_general call: normalised dims, config, precision, output dtype and sharding."""
 
-    dims: tuple
+    dims: tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[int, ...], tuple[int, ...]]]
     config: QDotConfig
-    precision: object
+    precision: Precision
     out_dtype: str
     out_spec: tuple | None = None  # the forward output's PartitionSpec entries (Explicit meshes)
 
@@ -169,7 +172,7 @@ def _grad_lhs(plan: _Plan, dy, rhs, key, x_spec=None):
     out_spec = None if x_spec is None else tuple(x_spec[d] for d in order)
     kw = dict(rot_key=_rot_key(plan, key, "rot_dx"), key_a=_key(key, "sr_dx", cfg.stochastic_grads))
     dx_t = gemm(gp, a, b, out_spec=out_spec, **kw)
-    return jnp.transpose(dx_t, np.argsort(order))
+    return jnp.transpose(dx_t, cast(Sequence[int], np.argsort(order)))
 
 
 def _grad_rhs(plan: _Plan, lhs, dy, key, w_spec=None):
@@ -186,7 +189,7 @@ def _grad_rhs(plan: _Plan, lhs, dy, key, w_spec=None):
     out_spec = None if w_spec is None else tuple(w_spec[d] for d in order)
     kw = dict(rot_key=_rot_key(plan, key, "rot_dw"), key_b=_key(key, "sr_dw", cfg.stochastic_grads))
     dw_t = gemm(gp, a, b, out_spec=out_spec, **kw)
-    return jnp.transpose(dw_t, np.argsort(order))
+    return jnp.transpose(dw_t, cast(Sequence[int], np.argsort(order)))
 
 
 FORWARD_MODE_MESSAGE = (
@@ -219,16 +222,16 @@ _qdot_jit = jax.jit(_qdot, static_argnums=0)  # one compiled GEMM per plan and s
 
 
 def qdot_general(
-    lhs,
-    rhs,
-    dimension_numbers,
+    lhs: ArrayLike,
+    rhs: ArrayLike,
+    dimension_numbers: DimensionNumbers,
     config: QDotConfig | None = None,
     *,
-    key=None,
-    precision=None,
-    preferred_element_type=None,
-    out_sharding=None,
-):
+    key: Key | None = None,
+    precision: Precision = None,
+    preferred_element_type: DTypeLike | None = None,
+    out_sharding: NamedSharding | PartitionSpec | None = None,
+) -> jax.Array:
     """Drop-in for lax.dot_general whose forward and backward GEMMs quantize their operands per `config`.
 
     key: PRNG key for stochastic rounding of dY (needed to differentiate with config.stochastic_grads) and
@@ -272,7 +275,7 @@ def qdot_general(
     return jax.lax.with_sharding_constraint(y, out_sharding)
 
 
-def with_config(config: QDotConfig, key=None):
+def with_config(config: QDotConfig, key: Key | None = None) -> Callable[..., jax.Array]:
     """A lax.dot_general-compatible callable bound to `config` and `key` (for dot_general hooks)."""
     return functools.partial(qdot_general, config=config, key=key)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import jax.numpy as jnp
 
@@ -13,7 +14,7 @@ from lowbit_jax.impls import check_impl
 OPERANDS = ("x_fwd", "w_fwd", "dy_dx", "w_dx", "x_dw", "dy_dw")
 
 
-def _as_format(value, field: str) -> Format | None:
+def _as_format(value: object, field: str) -> Format | None:
     if value is None or isinstance(value, Format):
         return value
     if isinstance(value, str):
@@ -49,7 +50,7 @@ class QDotConfig:
     rotation_seed: int = 0
     impl: str = "xla"  # quantizer implementation: "xla", "pallas" (interpreted on CPU) or "auto" (Pallas on GPU)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in OPERANDS:
             object.__setattr__(self, name, _as_format(getattr(self, name), name))
         if self.rotation is not None:
@@ -71,12 +72,13 @@ class QDotConfig:
         check_impl(self.impl)
 
     @classmethod
-    def train(cls, fmt: Format | str, **kwargs) -> QDotConfig:
+    def train(cls, fmt: Format | str, **kwargs: Any) -> QDotConfig:
         """All six operands in `fmt` (the paper's training setting)."""
-        return cls(**dict.fromkeys(OPERANDS, fmt), **kwargs)
+        operands: dict[str, Any] = dict.fromkeys(OPERANDS, fmt)
+        return cls(**operands, **kwargs)
 
     @classmethod
-    def direct_cast(cls, fmt: Format | str, **kwargs) -> QDotConfig:
+    def direct_cast(cls, fmt: Format | str, **kwargs: Any) -> QDotConfig:
         """Forward X and W in `fmt`, backward unquantized (the paper's direct-cast inference setting)."""
         return cls(x_fwd=fmt, w_fwd=fmt, **kwargs)
 

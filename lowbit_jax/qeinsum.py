@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
+from typing import Any
 
+import jax
 import jax.numpy as jnp
 
+from lowbit_jax._types import ArrayLike, DimensionNumbers, Key
 from lowbit_jax.qdot import QDotConfig, with_config
 
 
@@ -23,7 +27,9 @@ def _expand_ellipsis(terms: list[str], ndims: list[int | None]) -> list[str]:
     return out
 
 
-def einsum_dims(subscripts: str, lhs_ndim: int, rhs_ndim: int):
+def einsum_dims(
+    subscripts: str, lhs_ndim: int, rhs_ndim: int
+) -> tuple[tuple[int, ...], tuple[int, ...], DimensionNumbers, tuple[int, ...]]:
     """A two-operand einsum as (lhs_sum_axes, rhs_sum_axes, dimension_numbers, out_perm) for dot_general."""
     subscripts = subscripts.replace(" ", "")
     if "->" not in subscripts or subscripts.count(",") != 1:
@@ -53,7 +59,9 @@ def einsum_dims(subscripts: str, lhs_ndim: int, rhs_ndim: int):
     return lhs_sum, rhs_sum, dims, tuple(produced.index(c) for c in out)
 
 
-def einsum_via(dot_general, subscripts: str, lhs, rhs, **kwargs):
+def einsum_via(
+    dot_general: Callable[..., jax.Array], subscripts: str, lhs: ArrayLike, rhs: ArrayLike, **kwargs: Any
+) -> jax.Array:
     """einsum(subscripts, lhs, rhs) computed by one call of `dot_general` (a lax.dot_general-compatible callable)."""
     lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
     lhs_sum, rhs_sum, dims, perm = einsum_dims(subscripts, lhs.ndim, rhs.ndim)
@@ -64,6 +72,14 @@ def einsum_via(dot_general, subscripts: str, lhs, rhs, **kwargs):
     return y if perm == tuple(range(y.ndim)) else jnp.transpose(y, perm)
 
 
-def qeinsum(subscripts: str, lhs, rhs, config: QDotConfig | None = None, *, key=None, **kwargs):
+def qeinsum(
+    subscripts: str,
+    lhs: ArrayLike,
+    rhs: ArrayLike,
+    config: QDotConfig | None = None,
+    *,
+    key: Key | None = None,
+    **kwargs: Any,
+) -> jax.Array:
     """Two-operand einsum through qdot_general (lhs = activations X, rhs = weights W)."""
     return einsum_via(with_config(config or QDotConfig(), key), subscripts, lhs, rhs, **kwargs)

@@ -10,13 +10,14 @@ import jax
 import jax.numpy as jnp
 
 from lowbit_jax import codec, kernels
+from lowbit_jax._types import ArrayLike, Axis, DTypeLike, Key
 from lowbit_jax.codec import check_input
 from lowbit_jax.formats import Format
 from lowbit_jax.impls import resolve_impl
 from lowbit_jax.qarray import QArray
 
 
-def _check_key(fmt: Format, key) -> None:
+def _check_key(fmt: Format, key: Key | None) -> None:
     if key is not None and fmt.is_identity:
         raise ValueError(
             f"{fmt.name} is an identity format: it rounds to nearest, so a stochastic-rounding key has no effect"
@@ -36,7 +37,9 @@ def _no_gradient_jvp(primals, tangents):
     )
 
 
-def quantize(x, fmt: Format | str, axis=None, *, key=None, impl: str = "xla") -> QArray:
+def quantize(
+    x: ArrayLike, fmt: Format | str, axis: Axis | None = None, *, key: Key | None = None, impl: str = "xla"
+) -> QArray:
     """Quantize `x` in blocks along `axis` (default: -1, or (-2, -1) for 2-D tiles); `key` switches element
     rounding from RNE to stochastic. impl: "xla", "pallas" (interpreted on CPU) or "auto" (Pallas on GPU).
     Differentiating through quantize raises (use fake_quant for a straight-through gradient)."""
@@ -48,7 +51,7 @@ def quantize(x, fmt: Format | str, axis=None, *, key=None, impl: str = "xla") ->
     return codec.quantize_jit(x, fmt, axes, key)
 
 
-def dequantize(q: QArray, dtype=None) -> jax.Array:
+def dequantize(q: QArray, dtype: DTypeLike | None = None) -> jax.Array:
     """Values of a QArray in `dtype` (default: the original input dtype), cropped to the original shape."""
     if not isinstance(q, QArray):
         raise TypeError(f"dequantize takes a QArray, got {type(q).__name__}")
@@ -56,7 +59,7 @@ def dequantize(q: QArray, dtype=None) -> jax.Array:
     return codec.dequantize_jit(q, jnp.dtype(q.dtype if dtype is None else dtype))
 
 
-def block_choices(x, fmt: Format | str, axis=None) -> jax.Array:
+def block_choices(x: ArrayLike, fmt: Format | str, axis: Axis | None = None) -> jax.Array:
     """The candidate (int32 index into fmt.candidates) each block of an adaptive format chooses, in the shape of
     quantize(x, fmt, axis).scales; ValueError for other formats."""
     x, fmt, axes = check_input(x, fmt, axis)
@@ -65,7 +68,9 @@ def block_choices(x, fmt: Format | str, axis=None) -> jax.Array:
     return codec.block_choices_jit(x, fmt, axes)
 
 
-def fake_quant(x, fmt: Format | str, axis=None, *, key=None, impl: str = "xla") -> jax.Array:
+def fake_quant(
+    x: ArrayLike, fmt: Format | str, axis: Axis | None = None, *, key: Key | None = None, impl: str = "xla"
+) -> jax.Array:
     """dequantize(quantize(x)) in one pass, same shape and dtype as x; the gradient passes straight through.
 
     axis: default -1, or (-2, -1) for 2-D tiles. impl: "xla", "pallas" (interpreted on CPU) or "auto".

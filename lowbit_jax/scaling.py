@@ -17,13 +17,14 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lowbit_jax.elements import FPElem, check_choice, fp
+from lowbit_jax._types import DTypeLike
+from lowbit_jax.elements import ElemType, FPElem, check_choice, fp
 from lowbit_jax.rounding import (
     F32_MIN_NORMAL,
     div_exact,
@@ -78,16 +79,16 @@ def _sqrt2_thresholds(q_sig: int) -> tuple[int, int]:
     return up, down
 
 
-def _significand_bits(elem) -> int:
+def _significand_bits(elem: ElemType) -> int:
     """Mantissa bits of the element's magnitude (FP: m; INT(b): b - 2, since 2^(b-1) - 1 = 1.1..1 x 2^(b-2))."""
     if getattr(elem, "kind", None) == "fp":
-        return elem.man_bits
+        return cast(FPElem, elem).man_bits
     if getattr(elem, "kind", None) == "int":
         return elem.bits - 2
     raise ValueError(f"scale_rounding='even' rounds amax to the element's mantissa width; {elem.name} has none")
 
 
-def pow2_exponent(amax: jnp.ndarray, qmax: float, rule: str, mbits: int | None = None) -> jnp.ndarray:
+def pow2_exponent(amax: jax.Array, qmax: float, rule: str, mbits: int | None = None) -> jax.Array:
     """The unclamped exponent e (int32) of a power-of-two scale 2^e mapping `amax` to `qmax`.
 
     ceil:      the smallest e with amax <= qmax * 2^e (paper Eq. 9, "RCEIL"): no element ever clips.
@@ -108,6 +109,7 @@ def pow2_exponent(amax: jnp.ndarray, qmax: float, rule: str, mbits: int | None =
         a_sig = a_man | 1 << 23
         return e + (a_sig >= up).astype(jnp.int32) - (a_sig < down).astype(jnp.int32)
     if rule == "even":
+        assert mbits is not None, "scale_rounding='even' needs the element's mantissa bits"
         rounded = f32_bits(amax) + jnp.uint32(1 << (22 - mbits))  # half an ulp of the element's mantissa
         return ((rounded >> 23) & 0xFF).astype(jnp.int32) - 127 - q_exp
     if rule == "ceil_amax":
@@ -117,7 +119,7 @@ def pow2_exponent(amax: jnp.ndarray, qmax: float, rule: str, mbits: int | None =
     raise ValueError(f"scale_rounding must be one of {list(UE8M0_ROUNDINGS)}, got {rule!r}")
 
 
-def ue8m0_exponent(amax: jnp.ndarray, elem, rule: str) -> jnp.ndarray:
+def ue8m0_exponent(amax: jax.Array, elem: ElemType, rule: str) -> jax.Array:
     """Exponent e (int32) of the UE8M0 scale 2^e of the element values for a block with this amax, clamped so
     that the stored OCP scale X = 2^(e + elem.scale_shift) lies in [2^-127, 2^127]."""
     mbits = _significand_bits(elem) if rule == "even" else None
@@ -125,7 +127,7 @@ def ue8m0_exponent(amax: jnp.ndarray, elem, rule: str) -> jnp.ndarray:
     return jnp.clip(e, E8M0_MIN_EXP - elem.scale_shift, E8M0_MAX_EXP - elem.scale_shift).astype(jnp.int32)
 
 
-def ue8m0_exponent_bf16(amax: jnp.ndarray, elem, rule: str) -> jnp.ndarray:
+def ue8m0_exponent_bf16(amax: jax.Array, elem: ElemType, rule: str) -> jax.Array:
     """The authors' BF16 arithmetic: s = amax / Qmax and log2(s) in bfloat16, then ceil/floor/round.
 
     A negative control: log2 in bf16 can land on an integer and undo the ceil (docs/formats.md).
@@ -139,17 +141,17 @@ def ue8m0_exponent_bf16(amax: jnp.ndarray, elem, rule: str) -> jnp.ndarray:
     return jnp.clip(e, E8M0_MIN_EXP - elem.scale_shift, E8M0_MAX_EXP - elem.scale_shift).astype(jnp.int32)
 
 
-def e8m0_encode(e: jnp.ndarray, finite: jnp.ndarray, shift: int = 0) -> jnp.ndarray:
+def e8m0_encode(e: jax.Array, finite: jax.Array, shift: int = 0) -> jax.Array:
     """Scale exponents -> float8_e8m0fnu scales 2^(e + shift), built from bits (0xFF = NaN for non-finite)."""
     return lax.bitcast_convert_type(e8m0_bytes(e, finite, shift), jnp.float8_e8m0fnu)
 
 
-def e8m0_bytes(e: jnp.ndarray, finite: jnp.ndarray, shift: int = 0) -> jnp.ndarray:
+def e8m0_bytes(e: jax.Array, finite: jax.Array, shift: int = 0) -> jax.Array:
     """The uint8 E8M0 codes e + shift + 127 (0xFF for non-finite blocks)."""
     return jnp.where(finite, e + (shift + 127), E8M0_NAN).astype(jnp.uint8)
 
 
-def e8m0_decode(scales_e8m0: jnp.ndarray, shift: int = 0) -> tuple[jnp.ndarray, jnp.ndarray]:
+def e8m0_decode(scales_e8m0: jax.Array, shift: int = 0) -> tuple[jax.Array, jax.Array]:
     """float8_e8m0fnu scales -> (exponent of the element scale (int32), finite mask)."""
     code = lax.bitcast_convert_type(scales_e8m0, jnp.uint8).astype(jnp.int32)
     return code - (127 + shift), code != E8M0_NAN
@@ -172,37 +174,39 @@ class UE8M0:
     byte_dtype = jnp.uint8  # dtype of scale_bytes
     has_tensor_scale = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_choice("scale_rounding", self.rounding, UE8M0_ROUNDINGS)
         check_choice("scale_dtype", self.dtype, SCALE_DTYPES)
 
-    def check(self, elem) -> None:
+    def check(self, elem: ElemType) -> None:
         """ValueError if this rule cannot scale `elem`."""
         if self.rounding == "even":
             _significand_bits(elem)
         if self.dtype == "bfloat16" and self.rounding not in ("ceil", "floor", "round"):
             raise ValueError(f"scale_dtype='bfloat16' supports scale_rounding ceil/floor/round, not {self.rounding!r}")
 
-    def block_scales(self, amax, elem, g=None) -> Scales:
+    def block_scales(self, amax: jax.Array, elem: ElemType, g: jax.Array | None = None) -> Scales:
         rule = ue8m0_exponent_bf16 if self.dtype == "bfloat16" else ue8m0_exponent
         return Scales(rule(amax, elem, self.rounding), None, None, jnp.isfinite(amax))
 
-    def encode(self, sc: Scales, elem) -> jax.Array:
+    def encode(self, sc: Scales, elem: ElemType) -> jax.Array:
+        assert sc.exp is not None  # UE8M0 scales are powers of two
         return e8m0_encode(sc.exp, sc.finite, elem.scale_shift)
 
-    def scale_bytes(self, sc: Scales, elem) -> jax.Array:
+    def scale_bytes(self, sc: Scales, elem: ElemType) -> jax.Array:
+        assert sc.exp is not None
         return e8m0_bytes(sc.exp, sc.finite, elem.scale_shift)
 
-    def from_bytes(self, scales_u8) -> jax.Array:
+    def from_bytes(self, scales_u8: jax.Array) -> jax.Array:
         return lax.bitcast_convert_type(scales_u8, jnp.float8_e8m0fnu)
 
-    def decode(self, stored, elem, tensor=None) -> Scales:
+    def decode(self, stored: jax.Array, elem: ElemType, tensor: jax.Array | None = None) -> Scales:
         exp, finite = e8m0_decode(stored, elem.scale_shift)
         return Scales(exp, None, None, finite)
 
 
 # --------------------------------------------------------------------------------------------- float scales
-def tensor_scale_fp32(amax_tensor: jnp.ndarray, qmax_total: float) -> jnp.ndarray:
+def tensor_scale_fp32(amax_tensor: jax.Array, qmax_total: float) -> jax.Array:
     """FP32 second-level scale g = amax / qmax_total (NV: Qmax * 448); 1 for an all-zero tensor.
 
     Clamped below at the smallest normal float32 so that a tiny tensor never gets a flushed (zero) g.
@@ -211,14 +215,16 @@ def tensor_scale_fp32(amax_tensor: jnp.ndarray, qmax_total: float) -> jnp.ndarra
     return jnp.where(amax_tensor > 0, jnp.maximum(g, F32_MIN_NORMAL), 1.0).astype(jnp.float32)
 
 
-def tensor_scale_pow2(amax_tensor: jnp.ndarray, qmax_total: float) -> jnp.ndarray:
+def tensor_scale_pow2(amax_tensor: jax.Array, qmax_total: float) -> jax.Array:
     """Power-of-two second-level scale: the smallest 2^e >= amax / qmax_total (the ceil rule; normal float32);
     1 for an all-zero tensor."""
     e = jnp.clip(pow2_exponent(amax_tensor, qmax_total, "ceil"), -126, 127)
     return jnp.where(amax_tensor > 0, pow2(e), 1.0).astype(jnp.float32)
 
 
-def grid_block_scale(amax_block: jnp.ndarray, g, elem, grid: FPElem, qmax: float | None = None) -> jnp.ndarray:
+def grid_block_scale(
+    amax_block: jax.Array, g: jax.Array | None, elem: ElemType, grid: FPElem, qmax: float | None = None
+) -> jax.Array:
     """Block scale = grid_RNE_saturating(amax / Qmax / g) as float32 (g None: amax / Qmax; Qmax: `qmax`, default
     the element's max); 0 for a zero or underflowing block, NaN for a block holding NaN/Inf."""
     # Two correctly rounded divisions: XLA rewrites (a / b) / c into a / (b * c), which rounds differently; the
@@ -231,7 +237,7 @@ def grid_block_scale(amax_block: jnp.ndarray, g, elem, grid: FPElem, qmax: float
     return jnp.where(jnp.isfinite(amax_block), round_fp(s, grid), jnp.nan)
 
 
-def fp32_scale(amax: jnp.ndarray, elem, scale_dtype: str = "float32", qmax: float | None = None) -> jnp.ndarray:
+def fp32_scale(amax: jax.Array, elem: ElemType, scale_dtype: str = "float32", qmax: float | None = None) -> jax.Array:
     """Unrounded scale amax / Qmax (paper Eq. 7) in `scale_dtype`, returned as float32; at least the smallest
     normal float32 for a non-zero block, because XLA flushes a subnormal scale to zero, which would zero a block
     of normal values (such a block then uses fewer codes instead). `qmax`: the value amax maps to (default
@@ -244,7 +250,7 @@ def fp32_scale(amax: jnp.ndarray, elem, scale_dtype: str = "float32", qmax: floa
     return jnp.where(amax > 0, jnp.maximum(s, F32_MIN_NORMAL), s)
 
 
-def finite_tensor_amax(amax_blocks: jnp.ndarray) -> jnp.ndarray:
+def finite_tensor_amax(amax_blocks: jax.Array) -> jax.Array:
     """The tensor amax behind a second-level scale: the largest finite block amax (NaN/Inf blocks left out;
     0 for an empty array, whose tensor scale is then 1)."""
     return jnp.max(jnp.where(jnp.isfinite(amax_blocks), amax_blocks, 0.0), initial=0.0)
@@ -274,7 +280,7 @@ class FloatScale:
     bound: float | None = None
     target: float | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_choice("scale", self.kind, tuple(_GRIDS))
         check_choice("scale_dtype", self.dtype, SCALE_DTYPES)
         check_choice("tensor_scale", self.tensor, TENSOR_SCALES)
@@ -300,52 +306,54 @@ class FloatScale:
         return 8 if self.grid is not None else 8 * jnp.dtype(self.dtype).itemsize
 
     @property
-    def storage_dtype(self):
+    def storage_dtype(self) -> DTypeLike:
         return _STORAGE.get(self.kind, jnp.dtype(self.dtype))
 
     @property
-    def byte_dtype(self):
+    def byte_dtype(self) -> DTypeLike:
         return jnp.uint8 if self.kind == "e4m3" else self.storage_dtype
 
     @property
     def has_tensor_scale(self) -> bool:
         return self.tensor != "none"
 
-    def check(self, elem) -> None:
+    def check(self, elem: ElemType) -> None:
         """ValueError if the target lies above the element's max (its blocks would clip)."""
         if self.target is not None and self.target > elem.max:
             raise ValueError(f"target {self.target} exceeds the largest {elem.name} value {elem.max}")
 
-    def tensor_scale(self, amax_blocks, elem):
+    def tensor_scale(self, amax_blocks: jax.Array, elem: ElemType) -> jax.Array | None:
         """The second-level scale g from the blocks' amaxes (None without a second level)."""
         if not self.has_tensor_scale:
             return None
+        assert self.grid is not None  # __post_init__: an FP32 block scale has no second level
         total = elem.max * (self.grid.max if self.bound is None else self.bound)
         make = tensor_scale_fp32 if self.tensor == "fp32" else tensor_scale_pow2
         return make(finite_tensor_amax(amax_blocks), total)
 
-    def block_scales(self, amax, elem, g=None) -> Scales:
+    def block_scales(self, amax: jax.Array, elem: ElemType, g: jax.Array | None = None) -> Scales:
         if self.grid is None:
             return Scales(None, fp32_scale(amax, elem, self.dtype, self.target), None, jnp.isfinite(amax))
         g = self.tensor_scale(amax, elem) if g is None else g
         return Scales(None, grid_block_scale(amax, g, elem, self.grid, self.target), g, jnp.isfinite(amax))
 
-    def encode(self, sc: Scales, elem) -> jax.Array:
+    def encode(self, sc: Scales, elem: ElemType) -> jax.Array:
+        assert sc.value is not None  # float scales carry their values
         if self.kind == "e4m3":
             return sc.value.astype(jnp.float8_e4m3fn)  # already on the E4M3 grid: an exact cast (NaN kept)
         return jnp.where(sc.finite, sc.value, jnp.nan).astype(self.storage_dtype)
 
-    def scale_bytes(self, sc: Scales, elem) -> jax.Array:
+    def scale_bytes(self, sc: Scales, elem: ElemType) -> jax.Array:
         if self.kind == "e4m3":
             return lax.bitcast_convert_type(self.encode(sc, elem), jnp.uint8)
         return self.encode(sc, elem)
 
-    def from_bytes(self, scales_bytes) -> jax.Array:
+    def from_bytes(self, scales_bytes: jax.Array) -> jax.Array:
         if self.kind == "e4m3":
             return lax.bitcast_convert_type(scales_bytes, jnp.float8_e4m3fn)
         return scales_bytes
 
-    def decode(self, stored, elem, tensor=None) -> Scales:
+    def decode(self, stored: jax.Array, elem: ElemType, tensor: jax.Array | None = None) -> Scales:
         s = stored.astype(jnp.float32)
         return Scales(None, s, tensor if self.has_tensor_scale else None, jnp.isfinite(s))
 
@@ -371,7 +379,7 @@ def default_tensor_scale(scale: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- applying scales
-def divide(x: jnp.ndarray, sc: Scales, dtype: str = "float32", may_overflow: bool = False) -> jnp.ndarray:
+def divide(x: jax.Array, sc: Scales, dtype: str = "float32", may_overflow: bool = False) -> jax.Array:
     """x / scale in float32 (exact for powers of two, correctly rounded otherwise; 0 where the scale is 0), or
     in bf16 if asked. may_overflow: the block scale times the tensor scale can pass float32's max (element
     grids with Qmax < 2); where it does, x is divided by the two in turn."""
@@ -379,6 +387,7 @@ def divide(x: jnp.ndarray, sc: Scales, dtype: str = "float32", may_overflow: boo
         x = round_bf16_satfinite(x)
     if sc.exp is not None:
         return mul_pow2(x, -sc.exp)
+    assert sc.value is not None  # Scales hold either exponents or values
     divisor = sc.value if sc.tensor is None else sc.value * sc.tensor
     v = jnp.where(divisor > 0, div_exact(x, divisor), jnp.copysign(0.0, x))
     if may_overflow and sc.tensor is not None:
@@ -387,23 +396,25 @@ def divide(x: jnp.ndarray, sc: Scales, dtype: str = "float32", may_overflow: boo
     return round_bf16(v) if dtype == "bfloat16" else v
 
 
-def multiply(values: jnp.ndarray, sc: Scales, may_overflow: bool = False) -> jnp.ndarray:
+def multiply(values: jax.Array, sc: Scales, may_overflow: bool = False) -> jax.Array:
     """values x scale in float32; NaN for blocks that held NaN or Inf. may_overflow: as for `divide`; where the
     product of the two scales passes float32's max, the values are multiplied by them in turn."""
     if sc.exp is not None:
         y = mul_pow2(values, sc.exp)
-    elif sc.tensor is None:
-        y = values * sc.value
     else:
-        both = sc.value * sc.tensor
-        y = values * both
-        if may_overflow:
-            by_s = lax.optimization_barrier(values * sc.value)  # kept apart from the product of the scales
-            y = jnp.where(jnp.isinf(both), by_s * sc.tensor, y)
+        assert sc.value is not None  # Scales hold either exponents or values
+        if sc.tensor is None:
+            y = values * sc.value
+        else:
+            both = sc.value * sc.tensor
+            y = values * both
+            if may_overflow:
+                by_s = lax.optimization_barrier(values * sc.value)  # kept apart from the product of the scales
+                y = jnp.where(jnp.isinf(both), by_s * sc.tensor, y)
     return jnp.where(sc.finite, y, jnp.nan)
 
 
-def scales_may_overflow(fmt) -> bool:
+def scales_may_overflow(fmt: Any) -> bool:  # fmt: a Format (lowbit_jax.formats imports this module)
     """Whether a format's block scale times its tensor scale can pass float32's max: s * g is about
     amax / Qmax (rounded up to at most 2x by a UE8M0 tensor scale), so only element grids with Qmax < 2 can."""
     formats = fmt.candidates if fmt.is_adaptive else (fmt,)

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from lowbit_jax._types import DTypeLike
 from lowbit_jax.elements import ElemType, check_choice
 from lowbit_jax.scaling import FloatScale, ScaleRule, Scales
 
@@ -54,7 +56,9 @@ def tree_sum(a: jax.Array) -> jax.Array:
     return a[..., 0]
 
 
-def block_error(x_blocks: jax.Array, y_blocks: jax.Array, axes: tuple[int, ...], select: str, valid=None) -> jax.Array:
+def block_error(
+    x_blocks: jax.Array, y_blocks: jax.Array, axes: tuple[int, ...], select: str, valid: jax.Array | None = None
+) -> jax.Array:
     """The `select` error of every block of y against x (float32, keepdims over `axes`; NaN for blocks that
     hold NaN or Inf); elements outside `valid` (padding) count as exact."""
     check_choice("select", select, SELECTS)
@@ -91,9 +95,9 @@ def pick(choice: jax.Array, options: list[jax.Array]) -> jax.Array:
 
 def pick_scales(choice: jax.Array, scales: list[Scales]) -> Scales:
     """The chosen candidate's Scales per block (exp or value), the shared tensor scale, and the choice."""
-    first = scales[0]
-    exp = None if first.exp is None else pick(choice, [s.exp for s in scales])
-    value = None if first.value is None else pick(choice, [s.value for s in scales])
+    first = scales[0]  # the candidates share one scale type: all hold exponents, or all values
+    exp = None if first.exp is None else pick(choice, cast(list[jax.Array], [s.exp for s in scales]))
+    value = None if first.value is None else pick(choice, cast(list[jax.Array], [s.value for s in scales]))
     return Scales(exp, value, first.tensor, first.finite, None, choice)
 
 
@@ -122,7 +126,7 @@ class AdaptiveElem:
     kind = "adaptive"
     zero_point = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if len(self.elems) < 2:
             raise ValueError(f"an adaptive element needs at least two candidate grids, got {len(self.elems)}")
         widths = {e.bits for e in self.elems}
@@ -155,36 +159,37 @@ class AdaptiveElem:
         return self.elems[0] if all(e == self.elems[0] for e in self.elems) else None
 
     @property
-    def storage_dtype(self):
+    def storage_dtype(self) -> DTypeLike:
         """The shared grid's own storage dtype; else uint4 (4-bit patterns) or uint8."""
         if self.shared is not None:
             return self.shared.storage_dtype
         return jnp.uint4 if self.bits <= 4 else jnp.uint8
 
     @property
-    def byte_dtype(self):
+    def byte_dtype(self) -> DTypeLike:
         return jnp.uint8 if self.shared is None else self.shared.byte_dtype
 
     @property
     def scale_shift(self) -> int:
         raise TypeError("an adaptive element has one scale shift per candidate; use its candidates' elements")
 
-    def round(self, v, uniform=None):
+    def round(self, v: jax.Array, uniform: jax.Array | None = None) -> jax.Array:
         raise TypeError("an adaptive element rounds per candidate; quantize through lowbit_jax.codec")
 
-    def code_bytes(self, values, choice) -> jax.Array:
+    def code_bytes(self, values: jax.Array, choice: jax.Array | None) -> jax.Array:
         """Chosen candidates' values -> uint8 code patterns (choice broadcasts against values); a shared grid's
         own code bytes."""
         if self.shared is not None:
             return self.shared.code_bytes(values)
+        assert choice is not None, "codes of different candidate grids need the per-block choice"
         return pick(choice, [_pattern(e, values) for e in self.elems]).astype(jnp.uint8)
 
-    def encode(self, values, choice) -> jax.Array:
+    def encode(self, values: jax.Array, choice: jax.Array | None) -> jax.Array:
         if self.shared is not None:
             return self.shared.encode(values)
         return self.code_bytes(values, choice).astype(self.storage_dtype)
 
-    def decode(self, codes, choice) -> jax.Array:
+    def decode(self, codes: jax.Array, choice: jax.Array | None) -> jax.Array:
         """Codes -> float32 values of the chosen candidates (a shared grid needs no choice)."""
         if self.shared is not None:
             return self.shared.decode(codes)
@@ -193,7 +198,7 @@ class AdaptiveElem:
         pattern = codes.astype(jnp.int32)
         return pick(choice, [_from_pattern(e, pattern) for e in self.elems])
 
-    def codes_from_bytes(self, codes_u8) -> jax.Array:
+    def codes_from_bytes(self, codes_u8: jax.Array) -> jax.Array:
         if self.shared is not None:
             return self.shared.codes_from_bytes(codes_u8)
         return codes_u8.astype(self.storage_dtype)
@@ -223,7 +228,7 @@ class AdaptiveScale:
     rules: tuple[ScaleRule, ...]
     mode: str
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_choice("selector mode", self.mode, SELECTOR_MODES)
         first = self.rules[0]
         if any(type(r) is not type(first) or r.name != first.name for r in self.rules):
@@ -241,11 +246,11 @@ class AdaptiveScale:
         return self.rules[0].bits
 
     @property
-    def storage_dtype(self):
+    def storage_dtype(self) -> DTypeLike:
         return self.rules[0].storage_dtype
 
     @property
-    def byte_dtype(self):
+    def byte_dtype(self) -> DTypeLike:
         return self.rules[0].byte_dtype
 
     @property
@@ -256,12 +261,13 @@ class AdaptiveScale:
     def dtype(self) -> str:
         return self.rules[0].dtype
 
-    def check(self, elem) -> None:
+    def check(self, elem: object) -> None:
         return None
 
     def scale_bytes(self, sc: Scales, elem: AdaptiveElem) -> jax.Array:
         """Stored scales of the chosen candidates as bytes (8-bit scale types) or their storage dtype."""
         per = [r.scale_bytes(sc, e) for r, e in zip(self.rules, elem.elems)]
+        assert sc.choice is not None  # the codec's adaptive Scales carry the choice
         stored = pick(sc.choice, per)
         if self.mode != "scale_sign":
             return stored
@@ -271,10 +277,16 @@ class AdaptiveScale:
     def encode(self, sc: Scales, elem: AdaptiveElem) -> jax.Array:
         return self.from_bytes(self.scale_bytes(sc, elem))
 
-    def from_bytes(self, scales_bytes) -> jax.Array:
+    def from_bytes(self, scales_bytes: jax.Array) -> jax.Array:
         return self.rules[0].from_bytes(scales_bytes)
 
-    def decode(self, stored, elem: AdaptiveElem, tensor=None, selectors=None) -> Scales:
+    def decode(
+        self,
+        stored: jax.Array,
+        elem: AdaptiveElem,
+        tensor: jax.Array | None = None,
+        selectors: jax.Array | None = None,
+    ) -> Scales:
         """Stored scales (and, for "separate", the selectors) -> Scales of the chosen candidates with `choice`."""
         if self.mode == "scale":
             return self.rules[0].decode(stored, elem.elems[0], tensor)._replace(choice=None)

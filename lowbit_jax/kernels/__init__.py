@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import cast
 
 import jax
 import jax.numpy as jnp
 
 from lowbit_jax import blocks, codec
+from lowbit_jax._types import ArrayLike, Axis, Key
 from lowbit_jax.codec import check_input
 from lowbit_jax.elements import LUTElem
-from lowbit_jax.formats import Format
+from lowbit_jax.formats import AdaptiveFormat, Format
 from lowbit_jax.impls import IMPLS, resolve_impl
 from lowbit_jax.kernels import reference
 from lowbit_jax.kernels.pallas_qmatmul import MatTiles, qmatmul_pallas, qmatmul_ref
@@ -49,20 +51,20 @@ __all__ = [
 ]
 
 
-def rotation_signs(h: int, key) -> jax.Array:
+def rotation_signs(h: int, key: Key) -> jax.Array:
     """The h random +-1 signs of lowbit_jax.hadamard's rotation for `key`."""
     from lowbit_jax import hadamard
 
     return hadamard.random_signs(h, key)
 
 
-def _axes(shape, fmt: Format, axis) -> tuple[int, ...]:
+def _axes(shape: tuple[int, ...], fmt: Format, axis: Axis | None) -> tuple[int, ...]:
     ndim = max(len(shape), 1)
     axis = fmt.default_axis if axis is None else axis
     return tuple(a % ndim for a in ((axis,) if isinstance(axis, int) else axis))
 
 
-def sr_bits(key, shape: tuple[int, ...], fmt: Format, axis) -> jax.Array:
+def sr_bits(key: Key, shape: tuple[int, ...], fmt: Format, axis: Axis | None) -> jax.Array:
     """The core's stochastic-rounding bits for `key` (uint32), laid out in x's padded shape."""
     lay = blocks.layout(tuple(shape), fmt.block_size, _axes(shape, fmt, axis))
     return jax.random.bits(key, lay.blocked_shape, jnp.uint32).reshape(lay.padded_shape)
@@ -172,7 +174,7 @@ def _core_only(x: jax.Array, fmt: Format) -> bool:
 
 def _zero_is_exact(fmt: Format) -> bool:
     """Whether every candidate of an adaptive format rounds 0 to 0 (so padding adds nothing to a block error)."""
-    return all(0.0 in c.elem.values for c in fmt.candidates if isinstance(c.elem, LUTElem))
+    return all(0.0 in c.elem.values for c in cast(AdaptiveFormat, fmt).candidates if isinstance(c.elem, LUTElem))
 
 
 def _check_padding(x: jax.Array, fmt: Format, axes) -> None:
@@ -219,7 +221,17 @@ def _quantize_jit(x, key, signs, st: _Static):
     return _from_2d(codes, x.shape, st), scales, tensor, sel
 
 
-def fake_quant(x, fmt, axis=None, *, key=None, impl="auto", rotation=None, tiles=None, backend=None) -> jax.Array:
+def fake_quant(
+    x: ArrayLike,
+    fmt: Format | str,
+    axis: Axis | None = None,
+    *,
+    key: Key | None = None,
+    impl: str = "auto",
+    rotation: jax.Array | None = None,
+    tiles: Tiles | None = None,
+    backend: str | None = None,
+) -> jax.Array:
     """lb.fake_quant through `impl` (optionally after a block Hadamard rotation); straight-through gradient."""
     x, fmt, axes = check_input(x, fmt, axis)
     impl = resolve_impl(impl)
@@ -230,7 +242,17 @@ def fake_quant(x, fmt, axis=None, *, key=None, impl="auto", rotation=None, tiles
     return _fake_quant_jit(x, key, rotation, _Static(fmt, axes, impl, tiles or Tiles(), backend))
 
 
-def quantize(x, fmt, axis=None, *, key=None, impl="auto", rotation=None, tiles=None, backend=None) -> QArray:
+def quantize(
+    x: ArrayLike,
+    fmt: Format | str,
+    axis: Axis | None = None,
+    *,
+    key: Key | None = None,
+    impl: str = "auto",
+    rotation: jax.Array | None = None,
+    tiles: Tiles | None = None,
+    backend: str | None = None,
+) -> QArray:
     """lb.quantize through `impl` (optionally after a block Hadamard rotation); codes and scales as the core's."""
     x, fmt, axes = check_input(x, fmt, axis)
     impl = resolve_impl(impl)
@@ -243,7 +265,9 @@ def quantize(x, fmt, axis=None, *, key=None, impl="auto", rotation=None, tiles=N
     return QArray(codes, scales, tensor, fmt, axis_field, x.shape, x.dtype, selectors=sel)
 
 
-def qmatmul(a: QArray, b: QArray, *, impl="auto", tiles=None, backend=None) -> jax.Array:
+def qmatmul(
+    a: QArray, b: QArray, *, impl: str = "auto", tiles: MatTiles | None = None, backend: str | None = None
+) -> jax.Array:
     """a (M, K) . b (N, K)^T in float32 for QArrays quantized along K: qdot_general's forward on stored operands."""
     if resolve_impl(impl) == "xla":
         return jax.jit(qmatmul_ref)(a, b)

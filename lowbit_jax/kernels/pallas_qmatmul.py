@@ -57,12 +57,14 @@ def qmatmul_ref(a: QArray, b: QArray) -> jax.Array:
 
 def _stored_block(fmt: Format, k: int) -> Format:
     """fmt with the block its QArrays of length k store: a block longer than K is clamped to K (blocks.layout)."""
+    assert isinstance(fmt.block_size, int)  # check_operands: blocked formats only
     return fmt if fmt.block_size <= k else fmt.replace(block_size=k)
 
 
-def _kernel_operand(q: QArray, fmt: Format, rows: int, k: int):
+def _kernel_operand(q: QArray, fmt: Format, rows: int, k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(codes, scales, tensor) padded to (rows, k) / (rows, k / block), as dtypes every backend loads."""
     codes, scales = q.codes, q.scales
+    assert scales is not None and isinstance(fmt.block_size, int)  # check_operands: blocked formats only
     if isinstance(fmt.elem, FPElem) and fmt.elem.bits < 8 and codes.dtype != jnp.uint8:
         codes = fmt.elem.code_bytes(fmt.elem.decode(codes))  # float4 -> uint8 bit patterns
     elif not isinstance(fmt.elem, FPElem):
@@ -98,6 +100,7 @@ def qmatmul_pallas(a: QArray, b: QArray, *, tiles: MatTiles = MatTiles(), backen
     k = check_operands(a, b)
     backend = pallas_quantize.default_backend() if backend is None else backend
     fa, fb = _stored_block(a.fmt, k), _stored_block(b.fmt, k)
+    assert isinstance(fa.block_size, int) and isinstance(fb.block_size, int)  # check_operands: blocked formats
     tk = math.lcm(tiles.k, fa.block_size, fb.block_size)
     nk = -(-k // tk)
     tm, tn = pallas_quantize._fit(a.shape[0], tiles.m), pallas_quantize._fit(b.shape[0], tiles.n)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +37,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from lowbit_jax import blocks, codec, rounding
+from lowbit_jax._types import DTypeLike
 from lowbit_jax.formats import Format
 from lowbit_jax.kernels import reference, substitute
 
@@ -140,7 +142,7 @@ def _rules(backend: str):
 def varying_like(struct: jax.ShapeDtypeStruct, arrays, backend: str) -> jax.ShapeDtypeStruct:
     """`struct` typed to vary along the shard_map axes its inputs vary along (unchanged outside shard_map), as
     pallas_call needs inside a shard_map that checks them."""
-    types = [getattr(jax.typeof(a), "manual_axis_type", None) for a in arrays]
+    types: list[Any] = [getattr(jax.typeof(a), "manual_axis_type", None) for a in arrays]
     types = [t for t in types if t is not None and getattr(t, "varying", None)]
     if not types:
         return struct
@@ -181,21 +183,25 @@ def _amax_rows(x) -> jax.Array:
     return blocks.amax_along(x.astype(jnp.float32), 1)
 
 
-def _code_dtype(fmt: Format, byte_outputs: bool):
+def _code_dtype(fmt: Format, byte_outputs: bool) -> DTypeLike:
+    assert fmt.elem is not None  # kernels run block formats only
     return fmt.elem.byte_dtype if byte_outputs else fmt.elem.storage_dtype
 
 
-def _scale_dtype(fmt: Format, byte_outputs: bool):
+def _scale_dtype(fmt: Format, byte_outputs: bool) -> DTypeLike:
+    assert fmt.scale_rule is not None  # kernels run block formats only
     return fmt.scale_rule.byte_dtype if byte_outputs else fmt.scale_rule.storage_dtype
 
 
-def _codes_out(codes, fmt: Format):
+def _codes_out(codes: jax.Array, fmt: Format) -> jax.Array:
     """Kernel codes (bytes or the storage dtype) -> the element's storage dtype."""
+    assert fmt.elem is not None  # kernels run block formats only
     return codes if codes.dtype == fmt.elem.storage_dtype else fmt.elem.codes_from_bytes(codes)
 
 
-def _scales_out(scales, fmt: Format):
+def _scales_out(scales: jax.Array, fmt: Format) -> jax.Array:
     rule = fmt.scale_rule
+    assert rule is not None  # kernels run block formats only
     return scales if scales.dtype == rule.storage_dtype else rule.from_bytes(scales)
 
 
