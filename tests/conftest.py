@@ -13,7 +13,7 @@ import functools
 import jax
 import ml_dtypes
 import numpy as np
-from gfloat import Domain, FormatInfo, RoundMode, round_ndarray
+from gfloat import FormatInfo, RoundMode, round_ndarray
 from gfloat.formats import (
     format_info_ocp_e2m1,
     format_info_ocp_e2m3,
@@ -33,6 +33,7 @@ settings.register_profile(
 settings.load_profile("lowbit")
 
 import lowbit_jax as lb  # noqa: E402  (after the config updates)
+from tests.fuzz_oracle import gfloat_elem  # noqa: E402
 
 # --- element types: (exp_bits, man_bits) -> ml_dtypes dtype and gfloat format info --------------------------------
 
@@ -49,18 +50,7 @@ ML_DTYPES = {  # (exp_bits, man_bits, special) -> ml_dtypes dtype with the same 
 
 def gfloat_fp(exp_bits: int, man_bits: int, special: str) -> FormatInfo:
     """gfloat description of FP(e, m) with lowbit_jax's special-value convention ("none", "fn" or "ieee")."""
-    return FormatInfo(
-        f"e{exp_bits}m{man_bits}_{special}",
-        1 + exp_bits + man_bits,
-        man_bits + 1,
-        bias=2 ** (exp_bits - 1) - 1,
-        is_signed=True,
-        domain=Domain.Extended if special == "ieee" else Domain.Finite,
-        has_nz=True,
-        num_high_nans={"none": 0, "fn": 1, "ieee": 2**man_bits - 1}[special],
-        has_subnormals=True,
-        is_twos_complement=False,
-    )
+    return gfloat_elem(exp_bits, man_bits, special)
 
 
 def gfloat_int(bits: int):

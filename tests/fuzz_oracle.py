@@ -107,6 +107,21 @@ class FuzzSpec:
         return "fp32" if self.scale == "e4m3" else "none"
 
 
+DISTRIBUTIONS = ("normal", "t", "uniform", "grid")
+
+
+def sample_values(rng: np.random.Generator, dist: str, shape) -> np.ndarray:
+    """float64 values of one of DISTRIBUTIONS: normal, Student t(1.5), uniform(-1, 1), or "grid": multiples of 1/8
+    in [-8, 8] (exact grid points and midpoints under power-of-two scales)."""
+    if dist == "normal":
+        return rng.normal(size=shape)
+    if dist == "t":
+        return rng.standard_t(1.5, size=shape)
+    if dist == "uniform":
+        return rng.uniform(-1, 1, size=shape)
+    return rng.integers(-64, 65, size=shape) / 8.0
+
+
 def gfloat_elem(e: int, m: int, special: str, signed: bool = True) -> FormatInfo:
     """gfloat's FP(e, m): bias 2^(e-1) - 1, subnormals, specials "none", "fn" (only S.1..1.1..1 NaN) or "ieee"."""
     return FormatInfo(

@@ -118,15 +118,8 @@ def inputs(draw, shape: tuple[int, ...], dtype: str) -> np.ndarray:
     npdt = fo.DTYPES[dtype]
     fi = ml_dtypes.finfo(npdt)
     lo_exp, hi_exp = int(np.log2(float(fi.smallest_subnormal))), int(np.log2(float(fi.max)))
-    dist = draw(st.sampled_from(["normal", "t", "uniform", "grid"]))
-    if dist == "normal":
-        x = rng.normal(size=shape)
-    elif dist == "t":
-        x = rng.standard_t(1.5, size=shape)
-    elif dist == "uniform":
-        x = rng.uniform(-1, 1, size=shape)
-    else:  # multiples of 1/8: exact grid points and midpoints under power-of-two scales
-        x = rng.integers(-64, 65, size=shape) / 8.0
+    dist = draw(st.sampled_from(fo.DISTRIBUTIONS))
+    x = fo.sample_values(rng, dist, shape)
     base = draw(st.integers(lo_exp, hi_exp))
     spread = draw(st.sampled_from([0, 2, 8, 40, hi_exp - lo_exp]))
     exps = np.clip(base + rng.integers(0, spread + 1, size=shape), lo_exp, hi_exp)

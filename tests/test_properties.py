@@ -28,6 +28,7 @@ from tests.conftest import (
     mx_scale_exponent,
     nv_reference,
 )
+from tests.fuzz_oracle import DISTRIBUTIONS, sample_values
 
 ROWS, COLS = 4, 64
 NV_FORMATS = ["nvfp4", "nvint4"]
@@ -40,16 +41,9 @@ def arrays(draw, lo=-30, hi=20):
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     base = draw(st.integers(lo, hi))
     spread = draw(st.integers(0, 12))
-    dist = draw(st.sampled_from(["normal", "t", "uniform", "grid"]))
+    dist = draw(st.sampled_from(DISTRIBUTIONS))
     shape = (ROWS, COLS)
-    if dist == "normal":
-        x = rng.normal(size=shape)
-    elif dist == "t":
-        x = rng.standard_t(1.5, size=shape)
-    elif dist == "uniform":
-        x = rng.uniform(-1, 1, size=shape)
-    else:  # small integers / 8: many exact grid points and midpoints
-        x = rng.integers(-64, 65, size=shape) / 8.0
+    x = sample_values(rng, dist, shape)
     mag = 2.0 ** (base + rng.integers(0, spread + 1, size=(ROWS, COLS // 16)))
     x = x * mag.repeat(16, axis=1)
     x[rng.random(shape) < draw(st.sampled_from([0.0, 0.1, 0.5]))] = 0.0

@@ -177,16 +177,8 @@ def _zero_is_exact(fmt: Format) -> bool:
     return all(0.0 in c.elem.values for c in cast(AdaptiveFormat, fmt).candidates if isinstance(c.elem, LUTElem))
 
 
-def _check_padding(x: jax.Array, fmt: Format, axes) -> None:
-    if fmt.is_adaptive and blocks.layout(x.shape, fmt.block_size, axes).padded_shape != x.shape:
-        if not _zero_is_exact(fmt):
-            raise NotImplementedError(
-                f"{fmt.label}: a lookup-table candidate without 0 makes the kernels' zero padding count in the block "
-                "error of a partial block; use impl='xla' (which leaves padding out) or whole blocks"
-            )
-
-
-def _check_kernel(fmt: Format, axes, rotation) -> None:
+def _check_kernel(x: jax.Array, fmt: Format, axes, rotation) -> None:
+    """NotImplementedError for what the kernels do not cover, naming the alternative."""
     if getattr(fmt.elem, "zero_point", False):
         raise NotImplementedError(
             f"{fmt.label}: the Pallas kernels do not cover zero-point INT blocks (per-block min/max and stored "
@@ -195,6 +187,12 @@ def _check_kernel(fmt: Format, axes, rotation) -> None:
     if rotation is not None and len(axes) == 2:
         raise NotImplementedError(
             f"{fmt.label}: a Hadamard rotation of 2-D tiles is not defined; rotate along one axis"
+        )
+    padded = blocks.layout(x.shape, fmt.block_size, axes).padded_shape != x.shape
+    if fmt.is_adaptive and padded and not _zero_is_exact(fmt):
+        raise NotImplementedError(
+            f"{fmt.label}: a lookup-table candidate without 0 makes the kernels' zero padding count in the block "
+            "error of a partial block; use impl='xla' (which leaves padding out) or whole blocks"
         )
 
 
@@ -237,8 +235,7 @@ def fake_quant(
     impl = resolve_impl(impl)
     if _core_only(x, fmt) or (impl == "xla" and rotation is None):
         return codec.fake_quant_jit(x, fmt, axes, key)
-    _check_kernel(fmt, axes, rotation)
-    _check_padding(x, fmt, axes)
+    _check_kernel(x, fmt, axes, rotation)
     return _fake_quant_jit(x, key, rotation, _Static(fmt, axes, impl, tiles or Tiles(), backend))
 
 
@@ -258,8 +255,7 @@ def quantize(
     impl = resolve_impl(impl)
     if _core_only(x, fmt) or (impl == "xla" and rotation is None):
         return codec.quantize_jit(x, fmt, axes, key)
-    _check_kernel(fmt, axes, rotation)
-    _check_padding(x, fmt, axes)
+    _check_kernel(x, fmt, axes, rotation)
     codes, scales, tensor, sel = _quantize_jit(x, key, rotation, _Static(fmt, axes, impl, tiles or Tiles(), backend))
     axis_field = axes[0] if len(axes) == 1 else axes
     return QArray(codes, scales, tensor, fmt, axis_field, x.shape, x.dtype, selectors=sel)
