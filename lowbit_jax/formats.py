@@ -63,6 +63,24 @@ __all__ = [
 ]
 
 SCALE_TYPES = ("ue8m0", "e4m3", "ue5m3", "fp32", "none")
+# The named formats by name, filled below once their parts exist; a new Format checks its name against it.
+_FORMATS: dict[str, Format] = {}
+_ALIASES = {"mxfp8": "mxfp8_e4m3", "mxfp6": "mxfp6_e2m3", "mxfp4_e2m1": "mxfp4"}
+
+
+def _kind(fmt: Format) -> str:
+    return "an adaptive" if fmt.is_adaptive else "an identity" if fmt.elem is None else "a block"
+
+
+def _check_name_kind(fmt: Format) -> None:
+    """Refuse a name that a named format of another kind holds: labels describe a format relative to its name."""
+    named = _FORMATS.get(_ALIASES.get(fmt.name, fmt.name))
+    if named is not None and _kind(named) != _kind(fmt):
+        raise ValueError(
+            f"{fmt.name!r} names {_kind(named)} format; {_kind(fmt)} format needs a name of its own (name=...)"
+        )
+
+
 SCALE_ROUNDINGS = UE8M0_ROUNDINGS
 
 
@@ -100,6 +118,7 @@ class Format:
             )
         if (self.elem is None) != (self.scale == "none"):
             raise ValueError("identity formats (scale='none') have no element type, and only they")
+        _check_name_kind(self)
         if self.elem is None:
             return
         if not isinstance(self.scale, str):
@@ -209,6 +228,7 @@ class AdaptiveFormat(Format):
             if c.is_identity or c.is_adaptive:
                 raise ValueError(f"candidate {c.name} must be a plain block format (not identity or adaptive)")
         check_choice("select", self.select, SELECTS)
+        _check_name_kind(self)
         first = cands[0]
         if any(c.block_size != first.block_size for c in cands):
             sizes = ", ".join(f"{c.name}: {_show(c.block_size)}" for c in cands)
@@ -363,8 +383,8 @@ SF4_VALUES = (
     1.0,
 )
 
-_FORMATS: dict[str, Format] = {
-    f.name: f
+_FORMATS.update(
+    (f.name, f)
     for f in [
         _mx("mxfp8_e4m3", fp(4, 3)),
         _mx("mxfp8_e5m2", fp(5, 2)),
@@ -393,7 +413,7 @@ _FORMATS: dict[str, Format] = {
         Format("bf16", None, block_size=PER_TENSOR, scale="none", passthrough_dtype="bfloat16"),
         Format("fp32", None, block_size=PER_TENSOR, scale="none", passthrough_dtype="float32"),
     ]
-}
+)
 _FORMATS.update(
     (f.name, f)
     for f in [
@@ -405,7 +425,6 @@ _FORMATS.update(
         adaptive([_FORMATS["nvfp4_to6"], _FORMATS["nvfp4_to4"]], name="nvfp4_4over6"),
     ]
 )
-_ALIASES = {"mxfp8": "mxfp8_e4m3", "mxfp6": "mxfp6_e2m3", "mxfp4_e2m1": "mxfp4"}
 _OVERRIDABLE = ("block_size", "scale", "scale_rounding", "scale_dtype", "int_range", "tensor_scale", "select")
 _ELEMENT_SPEC = re.compile(r"^(fp|int)\(([^()]*)\)$")
 

@@ -4,6 +4,7 @@ any block size the library takes, format names in any case, figures that stay re
 import dataclasses
 import importlib
 import math
+import re
 import subprocess
 import sys
 
@@ -35,6 +36,14 @@ EXPERIMENTS = (
 
 def _module(name: str):
     return importlib.import_module(f"experiments.{name}")
+
+
+def test_every_experiment_is_listed_here_and_in_the_readme():
+    root = common.repo_root()
+    on_disk = {p.stem for p in (root / "experiments").glob("*.py")} - {"__init__", "common"}
+    assert set(EXPERIMENTS) == on_disk
+    rows = re.findall(r"^\| `(\w+)` \|", (root / "README.md").read_text(), re.M)
+    assert sorted(rows) == sorted(EXPERIMENTS)
 
 
 # ------------------------------------------------------------------------------------------------ --help

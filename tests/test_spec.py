@@ -260,6 +260,23 @@ def test_labels_show_the_overrides(spec, label):
     assert lb.get_format(spec).label == label
 
 
+@pytest.mark.parametrize(
+    ("make", "held_by"),
+    [
+        (lambda: lb.adaptive(["mxfp4", "mxint4"], name="mxint8"), "a block"),
+        (lambda: lb.adaptive(["mxfp4", "mxint4"], name="mxfp8"), "a block"),  # an alias counts
+        (lambda: lb.get_format("mxint8").replace(name="if4"), "an adaptive"),
+        (lambda: lb.get_format("mxint8").replace(name="bf16"), "an identity"),
+    ],
+)
+def test_a_name_held_by_a_named_format_of_another_kind_is_refused(make, held_by):
+    # A label describes a format by its differences from the named format of its name; across kinds there is
+    # no such description, so the name is refused rather than labelled with the other format's name.
+    with pytest.raises(ValueError, match=f"names {held_by} format"):
+        make()
+    assert lb.adaptive(["mxfp4", "mxint4"], name="mine").label == "mine"
+
+
 # ------------------------------------------------------------------------------------------------ consumers
 @pytest.mark.parametrize(
     ("value", "preset", "spec"),
