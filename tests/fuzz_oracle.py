@@ -403,15 +403,24 @@ def block_scale_values(amax: np.ndarray, sp: FuzzSpec, finite: np.ndarray):
     return d, s, g
 
 
-def divide(x: np.ndarray, sp: FuzzSpec, e=None, d=None) -> np.ndarray:
+def divide(x: np.ndarray, sp: FuzzSpec, e=None, d=None, s=None, g=None) -> np.ndarray:
     """x (float32, rows) over the block scale 2^e or d (float32, 0 where d is not positive: a zero of x's sign);
-    bfloat16 scale arithmetic rounds x first (and, for float scales, the quotient)."""
+    bfloat16 scale arithmetic rounds x first (and, for float scales, the quotient). A two-level divisor d = s g
+    that overflows to Inf divides by g, then by s (each step rounded)."""
     if sp.scale_dtype == "bfloat16":
         x = bf16_sat(x)
     if e is not None:
         return ftz(f64(x) * np.ldexp(1.0, -e))
     v = np.where(d > 0, fdiv(x, np.where(d > 0, d, 1.0)), np.copysign(np.float32(0), x)).astype(np.float32)
+    if g is not None:
+        v = np.where(np.isinf(d), fdiv(fdiv(x, g), s), v).astype(np.float32)
     return bf16(v) if sp.scale_dtype == "bfloat16" else v
+
+
+def multiply(q: np.ndarray, d: np.ndarray, s=None, g=None) -> np.ndarray:
+    """Element values q times the divisor d (float32); an overflowing two-level d = s g multiplies by s, then g."""
+    y = fmul(q, d)
+    return y if g is None else np.where(np.isinf(d), fmul(fmul(q, s), g), y).astype(np.float32)
 
 
 def expected(x: np.ndarray, sp: FuzzSpec, axis) -> Expected:
@@ -441,7 +450,7 @@ def expected(x: np.ndarray, sp: FuzzSpec, axis) -> Expected:
     else:
         d, stored, tensor = block_scale_values(stat, sp, finite)
         d = np.where(finite, d, np.float32(0))
-        scale_args = {"d": d}
+        scale_args = {"d": d, "s": np.where(finite, stored, np.float32(0)), "g": tensor}
     z = None
     if sp.zero_point:
         z = round_elements(divide(-lo, sp, **scale_args), sp, lo=0.0, hi=sp.qmax)
@@ -451,7 +460,7 @@ def expected(x: np.ndarray, sp: FuzzSpec, axis) -> Expected:
     if "e" in scale_args:
         y = ftz(q.astype(np.float64) * np.ldexp(1.0, e))
     else:
-        y = fmul(q, scale_args["d"])
+        y = multiply(q, **scale_args)
     y = np.where(finite, y, np.nan).astype(np.float32)
     big = np.float32(float(ml_dtypes.finfo(dtype).max))
     y = np.clip(y, -big, big).astype(dtype)
