@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import os
+import platform
+from pathlib import Path
 
 import jax
 import ml_dtypes
 import numpy as np
+import pytest
 from gfloat import FormatInfo, RoundMode, round_ndarray
 from gfloat.formats import (
     format_info_ocp_e2m1,
@@ -26,6 +31,24 @@ from hypothesis import HealthCheck, settings
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+def _compilation_cache_dir() -> Path:
+    """A persistent XLA cache folder per jax version and host CPU (model and feature flags), under .pytest_cache/."""
+    cpu = ""
+    if Path("/proc/cpuinfo").exists():
+        lines = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
+        cpu = "\n".join(sorted({ln for ln in lines if ln.startswith(("model name", "flags"))}))
+    host = hashlib.sha256(f"{platform.machine()} {platform.processor()} {cpu}".encode()).hexdigest()[:12]
+    return Path(__file__).resolve().parents[1] / ".pytest_cache" / f"jax-{jax.__version__}-{host}"
+
+
+# Compiled executables persist between runs, so the second run of the fast loop skips most XLA compilation (about
+# half its time); the key covers the computation, the jax version and the CPU. LOWBIT_JAX_TEST_CACHE=0 turns it off.
+if os.environ.get("LOWBIT_JAX_TEST_CACHE", "1") != "0":
+    jax.config.update("jax_compilation_cache_dir", str(_compilation_cache_dir()))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 settings.register_profile(
     "lowbit", max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
@@ -233,3 +256,29 @@ def heavy_blocks(rng: np.random.Generator, rows: int, n: int, block: int, lo: in
     nb = -(-n // block)
     mag = 2.0 ** rng.integers(lo, hi, size=(rows, nb)).repeat(block, axis=1)[:, :n]
     return (vals * mag).astype(np.float32)
+
+
+# --- the fast loop ------------------------------------------------------------------------------------------------
+FAST_PARAMS = 3  # parameter sets of one test that `-m "not slow"` runs: the first, the middle and the last
+
+
+def _spread(n: int, k: int) -> set[int]:
+    """k indices spread evenly over range(n), both ends included (all of them when n <= k)."""
+    if n <= k:
+        return set(range(n))
+    return {round(i * (n - 1) / (k - 1)) for i in range(k)}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark slow every parameter set of a parametrized test beyond FAST_PARAMS spread over its list, so the fast loop
+    samples each test's cases while the whole suite runs all of them."""
+    groups: dict[tuple[str, str], list[pytest.Item]] = {}
+    for item in items:
+        if getattr(item, "callspec", None) is not None:
+            groups.setdefault((str(item.path), item.originalname), []).append(item)
+    for members in groups.values():
+        keep = _spread(len(members), FAST_PARAMS)
+        for i, item in enumerate(members):
+            if i not in keep:
+                item.add_marker(pytest.mark.slow)

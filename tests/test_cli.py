@@ -108,6 +108,7 @@ def test_user_errors_are_one_line(name, argv, message, capsys):
     assert error.startswith(f"python -m experiments.{name}: error: ") and message in error
 
 
+@pytest.mark.slow
 def test_a_missing_checkpoint_stops_the_process_without_a_traceback(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "experiments.grad_bias", "--checkpoint", str(tmp_path / "none")],
@@ -120,6 +121,7 @@ def test_a_missing_checkpoint_stops_the_process_without_a_traceback(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ block sizes
+@pytest.mark.slow
 def test_crossover_measures_any_block_size(tmp_path):
     """Block 33 (not a power of two): the measurement rows hold whole blocks; the library pads nothing here."""
     argv = ["--preset", "tiny", "--block-size", "33", "--pairs", "MXINT4/MXFP4", "--formats", "mxint4"]

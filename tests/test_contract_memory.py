@@ -172,6 +172,7 @@ def test_tiles_larger_than_the_matrix_are_clamped(name, tile, shape):
     assert_same_bits(lb.dequantize(lb.quantize(x, fmt)), y, "dequantize(quantize)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mxfp4", "nvfp4_2d"])
 def test_clamped_blocks_through_the_kernels_codecs_and_serialization(name):
     """The Pallas kernels (interpreted) store and return what the core does, with and without a key; FP4 codes
@@ -257,6 +258,7 @@ def test_rotate_matches_a_float64_reference_within_its_error_bound(h, inverse):
     assert (err <= tol).all(), (err / tol).max()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("h", [512, 4096])
 def test_fwht_rotation_is_the_matrix_and_the_kernels_butterflies(h):
     """From FWHT_MIN_H on, rotate runs the butterflies: rotating the identity gives random_hadamard bit for bit (one

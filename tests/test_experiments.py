@@ -8,6 +8,7 @@ import pytest
 from experiments import bench, crossover, tune_kernels
 
 
+@pytest.mark.slow
 def test_crossover_tiny(tmp_path, capsys):
     result = crossover.main(["--preset", "tiny", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "crossover.json").read_text())
@@ -27,6 +28,7 @@ def test_crossover_tiny(tmp_path, capsys):
     assert np.isfinite(result["theory"]["paper"]["NVINT4/NVFP4"]["kappa"])
 
 
+@pytest.mark.slow
 def test_crossover_custom_pair(tmp_path):
     result = crossover.main(
         [
@@ -69,6 +71,7 @@ def test_bench_tiny(tmp_path):
     assert json.loads((tmp_path / "bench.json").read_text())["rows"]
 
 
+@pytest.mark.slow
 def test_tune_kernels_tiny(tmp_path):
     """The tile sweep end to end (interpret mode on the CPU): a copy row, an XLA row and one row per tiling."""
     result = tune_kernels.main(["--preset", "tiny", "--out", str(tmp_path)])

@@ -128,6 +128,7 @@ def test_linen_mlp_coverage_and_equivalence_with_qdot_general():
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_linen_block_coverage_identity_equivalence_and_training_step():
     m, x = Encoder(), data((B, T, D))
     v = jax.jit(m.init)(jax.random.key(0), x)
@@ -220,6 +221,7 @@ def test_nnx_context_surgery_coverage_equivalence_and_restore():
     np.testing.assert_allclose(y, m.head(h), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_nnx_block_coverage_and_training_step_inside_nnx_jit():
     m, x = NEncoder(nnx.Rngs(0)), data((B, T, D))
 
@@ -240,6 +242,7 @@ def test_nnx_block_coverage_and_training_step_inside_nnx_jit():
     assert np.isfinite(val) and all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
 
 
+@pytest.mark.slow
 def test_quantize_nnx_permanent_with_keys_from_context():
     m, x = NMLP(nnx.Rngs(0)), data((8, 16))
     y_fp = m(x)

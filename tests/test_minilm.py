@@ -45,6 +45,7 @@ def _torch_embeddings(sentences, ids, mask):
     return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
 
 
+@pytest.mark.slow
 def test_matches_pytorch_bert_oracle():
     """The full 6-layer model against transformers' BertModel (same weights, CPU torch): cosine >= 0.99999."""
     model, params, tokenizer = minilm.load()
@@ -55,6 +56,7 @@ def test_matches_pytorch_bert_oracle():
     assert np.all(cos >= 0.99999), cos
 
 
+@pytest.mark.slow
 def test_params_match_init_tree(two_layers):
     model, params, _ = two_layers
     init = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))["params"]
@@ -73,6 +75,7 @@ def test_encode_normalised_and_padding_invariant(two_layers):
     assert minilm.encode(model, params, tokenizer, []).shape == (0, 384)
 
 
+@pytest.mark.slow
 def test_quantized_encode(two_layers):
     model, params, tokenizer = two_layers
     ref = minilm.encode(model, params, tokenizer, SENTENCES)
@@ -87,6 +90,7 @@ def test_quantized_encode(two_layers):
     np.testing.assert_array_equal(minilm.encode(model, params, tokenizer, SENTENCES), ref)  # context left
 
 
+@pytest.mark.slow
 def test_capture_gives_six_tensors_per_dense(two_layers):
     model, params, tokenizer = two_layers
     train, _ = text.load_split(tokenizer, length=32)

@@ -51,6 +51,7 @@ def test_direct_cast_matches_explicit_windows():
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_pointwise_conv_is_exactly_the_gemm_with_all_six_quantizers():
     """A 1x1 convolution is the GEMM over channels: forward, dX and dW equal qdot_general's bit for bit."""
     x, w, c = normal((2, 4, 4, 64), 4), normal((1, 1, 64, 32), 5), normal((2, 4, 4, 32), 6)
@@ -123,6 +124,7 @@ class NCNN(nnx.Module):
         return self.head(self.up(self.conv(x)).mean((1, 2)))
 
 
+@pytest.mark.slow
 def test_interceptor_quantizes_conv_and_reports_transposed_conv():
     """linen and NNX: Conv goes through qconv (same result as calling it by hand), ConvTranspose is listed as
     unsupported, capture leaves convolutions alone, and NNX hooks are restored."""

@@ -166,6 +166,7 @@ def general_outputs() -> dict:
     return {e: (*i, *(np.asarray(t) for t in r)) for e, i, r in zip(GENERAL_FP, ins, results, strict=True)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("elem", GENERAL_FP, ids=ids(GENERAL_FP))
 def test_every_code_point_round_trips_general(elem):
     """Every finite value of FP(e, m) (from the bit fields, both signs) is a fixed point of rounding and codes."""
