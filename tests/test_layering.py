@@ -1,6 +1,7 @@
 """Imports flow one way: experiments -> analysis -> lowbit_jax (README.md, section "Layout")."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,24 @@ def test_experiments_are_independent_entry_points():
         if m not in SHARED and (bad := {d for d in _internal_imports(p, "experiments") if d in files} - SHARED)
     }
     assert not offenders, f"experiments entry points import other entry points: {offenders}"
+
+
+def _layout_section() -> str:
+    readme = (ROOT / "README.md").read_text()
+    return readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_readme_layout_names_every_module():
+    """Each module of the three packages (and each subpackage folder) appears in backticks in README's Layout."""
+    layout = _layout_section()
+    named = set(re.findall(r"`([^`]+)`", layout))
+    missing = []
+    for package in ("lowbit_jax", "analysis", "experiments"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path.name == "__init__.py":
+                folder = str(path.parent.relative_to(ROOT)) + "/"
+                if folder.count("/") > 1 and folder not in named:
+                    missing.append(folder)
+            elif path.stem not in named:
+                missing.append(str(path.relative_to(ROOT)))
+    assert not missing, f"README.md, section Layout, does not name: {missing}"
