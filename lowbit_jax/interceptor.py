@@ -246,6 +246,11 @@ def _sessions() -> list[Session]:
     return _STACK.sessions
 
 
+def active() -> bool:
+    """Whether a `quantized` or `capture` context is open in this thread (a trace made now would see it)."""
+    return bool(_sessions())
+
+
 # ---------------------------------------------------------------------------------------------- dispatch
 @dataclass(frozen=True)
 class Cover:
