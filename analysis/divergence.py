@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 PAPER_TOP_K = 25
+WINDOW = ("kl", "kl_full", "nll")  # the per-window metrics of window_metrics, in its order
 
 
 def topk_kl(ref_logits: jax.Array, q_logits: jax.Array, k: int = PAPER_TOP_K) -> jax.Array:
@@ -29,3 +30,12 @@ def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """Per-token negative log-likelihood (nats)."""
     log_q = jax.nn.log_softmax(logits, axis=-1)
     return -jnp.take_along_axis(log_q, targets[..., None], axis=-1)[..., 0]
+
+
+def window_metrics(ref_logits: jax.Array, q_logits: jax.Array, targets: jax.Array, k: int = PAPER_TOP_K) -> tuple:
+    """Per window (mean over its tokens): top-k KL, full-vocabulary KL and the quantized model's NLL (WINDOW)."""
+    return (
+        jnp.mean(topk_kl(ref_logits, q_logits, k), axis=-1),
+        jnp.mean(full_kl(ref_logits, q_logits), axis=-1),
+        jnp.mean(token_nll(q_logits, targets), axis=-1),
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import csv
 import dataclasses
 import inspect
@@ -18,10 +19,11 @@ import textwrap
 import tokenize
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import lowbit_jax as lb
+from lowbit_jax.models import hf
 
 try:
     from tqdm.auto import tqdm
@@ -191,6 +193,31 @@ def require_checkpoint(folder: str, flag: str) -> None:
         raise FileNotFoundError(
             f"{flag} {folder}: {where}; train one first, e.g. python -m experiments.train --precision none"
         )
+
+
+def require_model_folder(folder: str, flag: str = "--model") -> None:
+    """Unless `folder` is empty: FileNotFoundError naming `flag` without a config.json there, ValueError naming
+    the config field this loader does not support (lowbit_jax.models.hf)."""
+    if not folder:
+        return
+    if not (Path(folder) / "config.json").is_file():
+        where = "no such folder" if not Path(folder).is_dir() else "no config.json in it"
+        raise FileNotFoundError(f"{flag} {folder}: {where} (a local Hugging Face checkpoint folder)")
+    try:
+        hf.config_from_hf(json.loads((Path(folder) / "config.json").read_text()))
+    except ValueError as err:
+        raise ValueError(f"{flag} {folder}: {err}") from None
+
+
+@contextlib.contextmanager
+def user_errors(module: str) -> Iterator[None]:
+    """Expected user errors raised after parsing (a checkpoint or text that turns out unusable) end the program
+    with one error line and exit code 2, as bad flags do."""
+    try:
+        yield
+    except USER_ERRORS as err:
+        print(f"python -m {module}: error: {_one_line(err)}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def lower_all(specs: Iterable[str]) -> tuple[str, ...]:

@@ -19,6 +19,17 @@ block crest factor at the format's block size (rotated like the run) is below th
 formats (--adaptive: IF4/IF6, MXIF4/6/8, NVFP4 Four Over Six; every block picks its candidate by MSE) run the same
 way after the pairs' formats; each is compared with the plain formats of its element width that were run.
 
+Any local Hugging Face Llama / Mistral / Qwen2 / Qwen3 checkpoint instead of MiniLM (lowbit_jax.models.hf), the
+paper's own LLM protocol and Table 3 metrics:
+    python -m experiments.direct_cast --model PATH [--text FILE] [--passages 64 --seq-len 512 --batch 8]
+`passages` windows of `seq_len` + 1 consecutive tokens of FILE (default: the pydoc_data text) in the checkpoint's
+tokenizer; every linear layer but the head quantized per format (with and without rotation), against the model as
+loaded: KL over the unquantized model's top-25 tokens x 10^6 ("kl_paper": the paper's mean over the 25 as well,
+"kl_per_token": 25 times that), full-vocabulary KL x 10^6 and perplexity. Winner of a pair: the lower kl_paper.
+Output in that case: direct_cast.json with results [{"format", "rotation", "kl_paper", "kl_per_token", "kl_full",
+"ppl"}], float_ppl, wins {rotation: {pair: {"winner", "int_window_wins", "fp_window_wins", "paper"}}}, model,
+n_tokens, config, machine, runtime_s; direct_cast.csv; direct_cast.png (KL per format, with and without rotation).
+
 Output (--out, default results/direct_cast/):
   direct_cast.json  stable keys:
     metrics   {rotation: {format: {"cos_mean", "cos_p10", "top1", "top10", "kl"}}}  rotation "none" | "hadamard";
@@ -39,17 +50,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
 
 import lowbit_jax as lb
-from analysis import embedding, real_plots, real_tensors
+from analysis import checkpoint, embedding, plotting, real_plots, real_tensors
 from analysis.crest import crest_factor
 from analysis.plotting import save
 from experiments import common
 from experiments.common import PAPER_PAIRS, pair_formats, parse_pair
-from lowbit_jax.models import minilm, text
+from lowbit_jax.models import hf, minilm, text
 
 METRICS = ("cos_mean", "cos_p10", "top1", "top10", "kl")
 ADAPTIVE = ("if4", "nvfp4_4over6", "mxif4", "mxif6", "mxif8", "if6")
@@ -86,9 +98,11 @@ def check_rotation(fmt: lb.Format) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    layers: int = 6  # MiniLM transformer layers run (1-6)
-    passages: int = 128  # held-out windows (at most the split's 243 at seq_len 128)
-    batch: int = 32  # forward batch and the in-batch KL batch
+    model: str = ""  # a local Hugging Face checkpoint folder (Llama, Mistral, Qwen2, Qwen3); empty: MiniLM
+    text: str = ""  # with --model: a UTF-8 text file to cut the windows from (empty: CPython's pydoc topics)
+    layers: int = 6  # MiniLM transformer layers run (1-6; --model runs every layer)
+    passages: int = 128  # held-out windows (MiniLM: at most the split's 243 at seq_len 128; --model: text windows)
+    batch: int = 32  # forward batch (and, for MiniLM, the in-batch KL batch)
     seq_len: int = 128  # tokens per passage
     pairs: tuple[str, ...] = PAPER_PAIRS  # INT/FP format pairs, e.g. mxint8/mxfp8 (any case)
     adaptive: tuple[str, ...] = ADAPTIVE  # adaptive formats run after the pairs' formats
@@ -111,6 +125,14 @@ class Config:
         if self.rotate:  # the rotation's size is each format's block size: a power of two
             for fmt in self.formats:
                 check_rotation(fmt)
+        if self.text and not self.model:
+            raise ValueError("--text needs --model (MiniLM reads its own pydoc_data split)")
+
+    def check_paths(self) -> None:
+        """FileNotFoundError naming --model or --text when the folder or file is not there (before any work)."""
+        common.require_model_folder(self.model)
+        if self.text and not Path(self.text).is_file():
+            raise FileNotFoundError(f"--text {self.text}: no such file")
 
     @property
     def formats(self) -> tuple[lb.Format, ...]:
@@ -296,8 +318,70 @@ def flat_tables(result: dict) -> tuple[list[dict], list[dict]]:
     return metrics, wins
 
 
+def decoder_wins(cfg: Config, per_window: dict, rows: list[dict]) -> dict:
+    """{rotation: {pair: winner by kl_paper, per-window win counts, the paper's winner}} of a --model run."""
+    kl = {(r["format"], r["rotation"]): r["kl_paper"] for r in rows}
+    wins = {}
+    for rot in cfg.rotations:
+        wins[rot] = {}
+        for p in cfg.pairs:
+            name, i, f = parse_pair(p)
+            ri, rf = rotation_of(i, rot), rotation_of(f, rot)
+            ki, kf = per_window[(i.label, ri)], per_window[(f.label, rf)]
+            wins[rot][name] = {
+                "winner": _better(kl[(i.label, ri)], kl[(f.label, rf)], higher=False),
+                "int_window_wins": int(np.sum(ki < kf)),
+                "fp_window_wins": int(np.sum(kf < ki)),
+                "paper": PAPER_TABLE3.get((rot, name), "-"),
+            }
+    return wins
+
+
+def main_decoder(cfg: Config, out) -> dict:
+    """Direct cast of a --model checkpoint: the paper's Table 3 metrics for every format and rotation."""
+    t0 = time.perf_counter()
+    with common.user_errors("experiments.direct_cast"):
+        lm = hf.load_pretrained(cfg.model)
+        windows = checkpoint.text_windows(lm, cfg.text or None, cfg.seq_len, cfg.passages)
+    runs = [(f.label, f, rotation_of(f, rot)) for rot in cfg.rotations for f in cfg.formats]
+    bar = lambda it: common.progress(it, desc="formats")
+    rows, float_ppl, per_window = checkpoint.direct_cast(lm, windows, runs, cfg.batch, progress=bar)
+    result = {
+        "results": rows,
+        "float_ppl": float_ppl,
+        "wins": decoder_wins(cfg, per_window, rows),
+        "model": {"name": Path(cfg.model).name, "family": lm.config.family, "dtype": lm.config.dtype},
+        "n_tokens": int(windows.shape[0] * (windows.shape[1] - 1)),
+        "config": cfg,
+        "machine": common.machine_description(),
+    }
+    result["runtime_s"] = time.perf_counter() - t0
+    folder = common.output_dir("direct_cast", out)
+    common.write_json(folder / "direct_cast.json", result)
+    common.write_csv(folder / "direct_cast.csv", rows)
+    labels = [f.label for f in cfg.formats]
+    save(plotting.direct_cast_lm_figure(rows, labels), folder / "direct_cast.png")
+    print(f"\n{result['model']['name']} ({lm.config.family}, {lm.config.dtype}): float perplexity {float_ppl:.4f}")
+    table = [
+        (r["format"], r["rotation"] or "-", r["kl_paper"], r["kl_per_token"], r["kl_full"], r["ppl"]) for r in rows
+    ]
+    heads = ["format", "rot", "KL paper x1e6", "KL/token x1e6", "KL full x1e6", "ppl"]
+    print(common.format_table(heads, table, ".4g"))
+    print("\nINT vs FP (paper Table 3 layout; winner by KL; paper = most of its 12 LLMs):")
+    wins = [
+        (rot, pair, w["winner"].upper(), w["paper"].upper(), f"{w['int_window_wins']}/{w['fp_window_wins']}")
+        for rot, by_pair in result["wins"].items()
+        for pair, w in by_pair.items()
+    ]
+    print(common.format_table(["rotation", "pair", "winner", "paper", "windows I/F"], wins))
+    print(f"\n{result['n_tokens']} tokens; wrote {folder}/direct_cast.json, CSV, PNG ({result['runtime_s']:.0f} s)")
+    return result
+
+
 def main(argv=None) -> dict:
     cfg, out = common.parse_config(Config, argv, __doc__, PRESETS)
+    if cfg.model:
+        return main_decoder(cfg, out)
     t0 = time.perf_counter()
     model, params, tokenizer = minilm.load(cfg.layers)
     ids = held_out_ids(cfg, tokenizer)

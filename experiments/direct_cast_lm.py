@@ -25,13 +25,11 @@ Output (--out, default results/direct_cast_lm/):
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import lowbit_jax as lb
@@ -101,20 +99,14 @@ def logits_fn(mcfg: llama.LlamaConfig, qconfig: lb.QDotConfig | None):
     return jax.jit(f)
 
 
-@functools.partial(jax.jit, static_argnames="k")
-def _window_metrics(ref, q, targets, k: int):
-    return (
-        jnp.mean(divergence.topk_kl(ref, q, k), axis=-1),
-        jnp.mean(divergence.full_kl(ref, q), axis=-1),
-        jnp.mean(divergence.token_nll(q, targets), axis=-1),
-    )
+_window_metrics = jax.jit(divergence.window_metrics, static_argnames="k")
 
 
 def evaluate(params, mcfg, chunks, ref_logits, qconfig, top_k: int) -> dict[str, np.ndarray]:
     """Per-window top-k KL, full KL and NLL of the model under `qconfig` against the float logits."""
     f = logits_fn(mcfg, qconfig)
     parts = [_window_metrics(r, f(params, c), c[:, 1:], top_k) for c, r in zip(chunks, ref_logits)]
-    return {name: np.concatenate([np.asarray(p[i]) for p in parts]) for i, name in enumerate(("kl", "kl_full", "nll"))}
+    return {name: np.concatenate([np.asarray(p[i]) for p in parts]) for i, name in enumerate(divergence.WINDOW)}
 
 
 def run_checkpoint(path: str, cfg: Config, data: lm_data.TextData) -> tuple[list[dict], float, dict]:

@@ -13,6 +13,13 @@ batch; its numbers are computed once). Per tensor: mean block crest factor at ea
 tensor QSNR of every format of the pairs, and the theory's predicted QSNR (reference variant), all also after a
 random Hadamard rotation of size `rotation` along K.
 
+Any local Hugging Face Llama / Mistral / Qwen2 / Qwen3 checkpoint instead of MiniLM (lowbit_jax.models.hf):
+    python -m experiments.tensor_stats --model PATH [--text FILE] [--layers N] [--batches 8 --sequences 8]
+Each batch is `sequences` windows of `seq_len` + 1 consecutive tokens of FILE (default: the pydoc_data text) in
+the checkpoint's own tokenizer; X and W come from the forward pass and dY from the backward pass of the next-token
+loss, captured one decoder layer at a time (the pass is repeated per layer, so memory holds one layer's operands);
+every linear layer but the head: q/k/v/o_proj and gate/up/down_proj of the first `layers` layers (0 = all).
+
 Output (--out, default results/tensor_stats/):
   tensor_stats.json  stable keys:
     crest      {rotation: {role: {block: {"min","q1","median","q3","max"}}}}  rotation "none" | "hadamard";
@@ -22,7 +29,8 @@ Output (--out, default results/tensor_stats/):
                taken at the format's own block size; theory_agree: predicted-QSNR winner == measured winner;
                kappa_rule_agree: (crest < kappa*) == (INT won)
     mean_qsnr_db {rotation: {format: float}}
-    n_tensors  {role: int}, config, machine, runtime_s
+    n_tensors  {role: int}, n_tokens (tokens per captured pass x batches), model (what was studied: name,
+               family, layers, dtype, text), config, machine, runtime_s
   tensors.csv        one row per tensor and rotation: batch, path, layer, kind, operand, rotation, rows, k,
                      crest_<block>, qsnr_<format>, pred_<format>
   crest.csv, pairs.csv   the two summary tables, flat
@@ -34,16 +42,17 @@ from __future__ import annotations
 import dataclasses
 import time
 import zlib
+from pathlib import Path
 
 import jax
 import numpy as np
 
 import lowbit_jax as lb
-from analysis import real_plots, real_tensors
+from analysis import checkpoint, real_plots, real_tensors
 from analysis.plotting import save
 from experiments import common
 from experiments.common import PAPER_PAIRS, pair_formats, parse_pair
-from lowbit_jax.models import minilm, text
+from lowbit_jax.models import hf, minilm, text
 
 PAPER_TABLE2 = {  # arXiv 2510.25602 Table 2 (Llama-3.1-8B): (rotation, block) -> Q3
     ("none", "channel"): 11.97,
@@ -67,9 +76,12 @@ PAPER_FIG4 = {  # arXiv 2510.25602 Fig. 4: (rotation, pair) -> INT win share
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    layers: int = 6  # MiniLM transformer layers run (1-6)
+    model: str = ""  # a local Hugging Face checkpoint folder (Llama, Mistral, Qwen2, Qwen3); empty: MiniLM
+    text: str = ""  # with --model: a UTF-8 text file to cut the windows from (empty: CPython's pydoc topics)
+    layers: int = 0  # transformer layers studied, the first N (0 = all: MiniLM's 6, or every layer of --model)
     batches: int = 8  # batches captured (every batch, layer and operand is one tensor)
-    pairs_per_batch: int = real_tensors.PAIRS_PER_BATCH  # a batch holds 2 * pairs_per_batch windows
+    pairs_per_batch: int = real_tensors.PAIRS_PER_BATCH  # MiniLM: a batch holds 2 * pairs_per_batch windows
+    sequences: int = 8  # with --model: windows per batch
     seq_len: int = real_tensors.SEQ_LEN  # tokens per text window
     pairs: tuple[str, ...] = PAPER_PAIRS  # INT/FP format pairs, e.g. mxint8/mxfp8 (any case)
     blocks: tuple[int, ...] = (-1, 256, 128, 64, 32, 16)  # crest-factor block sizes (-1 = per channel)
@@ -81,10 +93,21 @@ class Config:
         for p in self.pairs:
             parse_pair(p)
         lb.hadamard.check_size(self.rotation)
-        if not 1 <= self.layers <= 6 or self.batches < 1 or self.pairs_per_batch < 2 or self.seq_len < 8:
-            raise ValueError("--layers in 1..6, --batches >= 1, --pairs-per-batch >= 2, --seq-len >= 8")
+        top = None if self.model else 6
+        if self.layers < 0 or (top and self.layers > top) or self.batches < 1 or self.seq_len < 8:
+            raise ValueError(f"--layers in 0..{top or 'its layer count'}, --batches >= 1, --seq-len >= 8")
+        if self.pairs_per_batch < 2 or self.sequences < 1:
+            raise ValueError("--pairs-per-batch >= 2, --sequences >= 1")
         if any(b != -1 and b < 1 for b in self.blocks):
             raise ValueError("--blocks are positive sizes or -1 (per channel)")
+        if self.text and not self.model:
+            raise ValueError("--text needs --model (MiniLM reads its own pydoc_data split)")
+
+    def check_paths(self) -> None:
+        """FileNotFoundError naming --model or --text when the folder or file is not there (before any work)."""
+        common.require_model_folder(self.model)
+        if self.text and not Path(self.text).is_file():
+            raise FileNotFoundError(f"--text {self.text}: no such file")
 
     @property
     def formats(self) -> tuple[lb.Format, ...]:
@@ -97,7 +120,17 @@ PRESETS = {
 }
 
 
-def tensor_rows(cfg: Config, b: int, records, key, cache: dict) -> list[dict]:
+def minilm_layer_kind(path: str) -> tuple[int, str]:
+    """(layer index, projection name) of a MiniLM Dense path ('encoder/layer_3/attn/query' -> (3, 'q'))."""
+    return int(path.split("/")[1].removeprefix("layer_")), minilm.linear_kind(path)
+
+
+def decoder_layer_kind(path: str) -> tuple[int, str]:
+    """(layer index, projection name) of a decoder path ('layers_3/mlp/up_proj' -> (3, 'up'))."""
+    return int(path.split("/")[0].removeprefix("layers_")), path.rsplit("/", 1)[1].removesuffix("_proj")
+
+
+def tensor_rows(cfg: Config, b: int, records, key, cache: dict, layer_kind=minilm_layer_kind) -> list[dict]:
     """One row per tensor and rotation for the records of batch b (W tensors computed once, from `cache`)."""
     rows = []
     for path, operand, mat in real_tensors.operand_matrices(records):
@@ -106,9 +139,9 @@ def tensor_rows(cfg: Config, b: int, records, key, cache: dict) -> list[dict]:
         if tag not in cache or not operand.startswith("w"):
             blocks = cfg.blocks + (32, 16) + tuple(f.block_size for f in cfg.formats)  # each pair's own block too
             cache[tag] = real_tensors.measure(mat, cfg.formats, blocks, cfg.rotation, k, cfg.variant)
-        layer = int(path.split("/")[1].removeprefix("layer_"))
+        layer, kind = layer_kind(path)
         for rot, m in cache[tag].items():
-            row = dict(batch=b, path=path, layer=layer, kind=minilm.linear_kind(path), operand=operand, rotation=rot)
+            row = dict(batch=b, path=path, layer=layer, kind=kind, operand=operand, rotation=rot)
             row |= {"rows": mat.shape[0], "k": mat.shape[1]}
             row |= {f"crest_{blk}": v for blk, v in m["crest"].items()}
             row |= {f"qsnr_{f}": v for f, v in m["qsnr"].items()} | {f"pred_{f}": v for f, v in m["predicted"].items()}
@@ -220,16 +253,53 @@ def flat_tables(result: dict) -> tuple[list[dict], list[dict]]:
     return crest, pairs
 
 
-def main(argv=None) -> dict:
-    cfg, out = common.parse_config(Config, argv, __doc__, PRESETS)
-    t0 = time.perf_counter()
-    model, params, tokenizer = minilm.load(cfg.layers)
+def minilm_rows(cfg: Config) -> tuple[list[dict], dict]:
+    """Rows of every MiniLM tensor, and what was studied."""
+    layers = cfg.layers or 6
+    model, params, tokenizer = minilm.load(layers)
     train, _ = text.load_split(tokenizer, cfg.seq_len)
     batches = text.pair_batches(train, cfg.pairs_per_batch, cfg.batches, cfg.seed)
     key, cache, rows = jax.random.key(cfg.seed), {}, []
     bar = common.progress(real_tensors.capture_batches(model, params, batches), total=len(batches), desc="batches")
     for b, records in bar:
         rows += tensor_rows(cfg, b, records, key, cache)
+    tokens = cfg.batches * 2 * cfg.pairs_per_batch * cfg.seq_len
+    return rows, {
+        "name": "all-MiniLM-L6-v2",
+        "layers": layers,
+        "dtype": "float32",
+        "text": "pydoc_data",
+        "tokens": tokens,
+    }
+
+
+def decoder_rows(cfg: Config) -> tuple[list[dict], dict]:
+    """Rows of every linear-layer tensor of the --model checkpoint (one decoder layer captured at a time)."""
+    with common.user_errors("experiments.tensor_stats"):
+        lm = hf.load_pretrained(cfg.model)
+        windows = checkpoint.text_windows(lm, cfg.text or None, cfg.seq_len, cfg.batches * cfg.sequences)
+    n_layers = min(cfg.layers or lm.config.n_layers, lm.config.n_layers)
+    key, cache, rows = jax.random.key(cfg.seed), {}, []
+    steps = [(b, i) for b in range(cfg.batches) for i in range(n_layers)]
+    for b, i in common.progress(steps, desc="batch x layer"):
+        batch = windows[b * cfg.sequences : (b + 1) * cfg.sequences]
+        (_, records), *_ = checkpoint.capture_layers(lm, batch, [i])
+        rows += tensor_rows(cfg, b, records, key, cache, decoder_layer_kind)
+    about = {
+        "name": Path(cfg.model).name,
+        "family": lm.config.family,
+        "layers": n_layers,
+        "dtype": lm.config.dtype,
+        "text": cfg.text or "pydoc_data",
+        "tokens": cfg.batches * cfg.sequences * cfg.seq_len,
+    }
+    return rows, about
+
+
+def main(argv=None) -> dict:
+    cfg, out = common.parse_config(Config, argv, __doc__, PRESETS)
+    t0 = time.perf_counter()
+    rows, about = decoder_rows(cfg) if cfg.model else minilm_rows(cfg)
     result = {
         "crest": crest_table(cfg, rows),
         "pairs": pair_table(cfg, rows),
@@ -238,6 +308,8 @@ def main(argv=None) -> dict:
             for rot in real_tensors.ROTATIONS
         },
         "n_tensors": {op: len(_col(rows, "k", operand=op, rotation="none")) for op in real_tensors.OPERANDS},
+        "n_tokens": about.pop("tokens"),
+        "model": about,
         "config": cfg,
         "machine": common.machine_description(),
     }
@@ -253,7 +325,8 @@ def main(argv=None) -> dict:
     save(real_plots.crest_quantiles_figure(result["crest"], roles), folder / "crest.png")
     print_summary(result)
     n = sum(result["n_tensors"].values())
-    print(f"\n{n} tensors; wrote {folder}/tensor_stats.json, CSVs, PNGs ({result['runtime_s']:.0f} s)")
+    print(f"\n{result['model']['name']}: {n} tensors, {result['n_tokens']} tokens")
+    print(f"wrote {folder}/tensor_stats.json, CSVs, PNGs ({result['runtime_s']:.0f} s)")
     return result
 
 

@@ -439,6 +439,8 @@ class PretrainedLM:
 
         Outside any lb.quantized / lb.capture context the compiled function is cached; inside one it is traced
         afresh, so that the context acts on it (a trace made outside would keep the unquantized GEMMs)."""
+        if not isinstance(tokens_BxT, jax.core.Tracer):
+            self._check_ids(np.asarray(tokens_BxT))
         tokens = jnp.asarray(tokens_BxT, jnp.int32)
         mask = None if mask_BxT is None else jnp.asarray(mask_BxT, jnp.int32)
         if interceptor.active():
@@ -450,7 +452,16 @@ class PretrainedLM:
         """Token ids (int32) of `text` with the checkpoint's own tokenizer."""
         if self.tokenizer is None:
             raise ValueError(f"{self.path} has no tokenizer.json")
-        return np.asarray(self.tokenizer.encode(text).ids, np.int32)
+        return self._check_ids(np.asarray(self.tokenizer.encode(text).ids, np.int32))
+
+    def _check_ids(self, ids: np.ndarray) -> np.ndarray:
+        """ids, or ValueError if one lies outside the embedding (a gather would clamp it silently)."""
+        if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+            raise ValueError(
+                f"token ids in [{ids.min()}, {ids.max()}] but the model has {self.config.vocab_size} embeddings "
+                "(a tokenizer that does not belong to this checkpoint?)"
+            )
+        return ids
 
 
 def load_pretrained(path: str | Path, dtype: str | None = None) -> PretrainedLM:

@@ -1,0 +1,134 @@
+"""The paper's studies on a loaded Hugging Face decoder (lowbit_jax.models.load_pretrained): text windows from the
+checkpoint's own tokenizer, the six GEMM operands of every linear layer streamed layer by layer (paper §5.1), and
+direct-cast inference against the unquantized model (paper §5.2: top-25 KL x 10^6 and perplexity, Table 3).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from analysis import divergence
+from lowbit_jax.formats import Format
+from lowbit_jax.interceptor import capture, quantized
+from lowbit_jax.models.hf import LM_HEAD_RULE, PROJECTIONS, PretrainedLM
+from lowbit_jax.qdot_config import QDotConfig
+
+
+def default_text() -> str:
+    """Real English text that ships with CPython: every pydoc topic, sorted by name, separated by blank lines."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[k].strip() for k in sorted(topics))
+
+
+def text_windows(lm: PretrainedLM, text_file: str | None, seq_len: int, n: int) -> np.ndarray:
+    """(n, seq_len + 1) int32 windows of consecutive tokens (the text of `text_file`, else default_text()),
+    tokenized with the checkpoint's tokenizer and cut from the start; ValueError if the text is too short."""
+    body = Path(text_file).read_text(encoding="utf-8") if text_file else default_text()
+    ids = lm.encode(body)
+    need = n * (seq_len + 1)
+    if ids.size < need:
+        source = text_file or "the default text"
+        raise ValueError(f"{source} gives {ids.size} tokens; {n} windows of {seq_len} + 1 tokens need {need}")
+    return ids[:need].reshape(n, seq_len + 1)
+
+
+def layer_paths(lm: PretrainedLM, layer: int) -> list[str]:
+    """Module paths of the linear layers of decoder layer `layer`."""
+    return [f"layers_{layer}/{p}" for p in PROJECTIONS]
+
+
+def next_token_loss(lm: PretrainedLM, params: dict, windows: jax.Array) -> jax.Array:
+    """Mean next-token cross-entropy (nats) of windows (N, T + 1) under `params`."""
+    logits = lm.model.apply({"params": params}, windows[:, :-1])
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, windows[:, 1:]))
+
+
+def capture_layers(lm: PretrainedLM, windows: np.ndarray, layers: Sequence[int]) -> Iterator[tuple[int, list]]:
+    """Yield (layer, captured X / W / dY records of its linear layers) from a forward and backward pass of the
+    next-token loss on `windows`, one decoder layer at a time: only that layer's operands are ever held, so memory
+    stays that of one layer (the pass is repeated per layer)."""
+    batch = jnp.asarray(windows, jnp.int32)
+    for i in layers:
+        with capture("|".join(layer_paths(lm, i))) as cap:
+            grad = jax.jit(jax.grad(functools.partial(next_token_loss, lm)))  # traced inside the capture
+            jax.block_until_ready(grad(lm.params, batch))
+            jax.effects_barrier()
+            records = list(cap.records)
+        yield i, records
+
+
+def lm_rules(qconfig: QDotConfig | None) -> list:
+    """Interceptor rules: the head (tied or not) unquantized, every other linear layer with `qconfig`."""
+    return [] if qconfig is None else [LM_HEAD_RULE, (".*", qconfig)]
+
+
+_window_metrics = jax.jit(divergence.window_metrics, static_argnames="k")
+
+
+def direct_cast(
+    lm: PretrainedLM,
+    windows: np.ndarray,
+    runs: Iterable[tuple[str, Format, int | None]],
+    chunk: int,
+    top_k: int = divergence.PAPER_TOP_K,
+    progress: Callable[[Iterable], Iterable] = lambda it: it,
+) -> tuple[list[dict], float, dict]:
+    """(rows, float perplexity, per-window top-k KL by (label, rotation)) of direct-cast inference: every run is
+    (label, format, rotation size or None), all linear layers but the head quantize X and W in that format."""
+    chunks = [jnp.asarray(windows[i : i + chunk], jnp.int32) for i in range(0, len(windows), chunk)]
+    ref = [lm.logits(c[:, :-1]) for c in chunks]
+
+    def evaluate(qconfig: QDotConfig | None) -> dict[str, np.ndarray]:
+        with quantized(lm_rules(qconfig)):
+            logits = jax.jit(lambda p, x: lm.model.apply({"params": p}, x))  # one trace inside the context
+            parts = [_window_metrics(r, logits(lm.params, c[:, :-1]), c[:, 1:], top_k) for c, r in zip(chunks, ref)]
+        return {name: np.concatenate([np.asarray(p[j]) for p in parts]) for j, name in enumerate(divergence.WINDOW)}
+
+    float_ppl = math.exp(float(evaluate(None)["nll"].mean()))
+    rows, per_window = [], {}
+    for label, fmt, rotation in progress(list(runs)):
+        m = evaluate(QDotConfig.direct_cast(fmt, rotation=rotation))
+        per_window[(label, rotation)] = m["kl"]
+        rows.append(
+            {
+                "format": label,
+                "rotation": rotation,
+                "kl_paper": 1e6 * float(m["kl"].mean()) / top_k,
+                "kl_per_token": 1e6 * float(m["kl"].mean()),
+                "kl_full": 1e6 * float(m["kl_full"].mean()),
+                "ppl": math.exp(float(m["nll"].mean())),
+            }
+        )
+    return rows, float_ppl, per_window
+
+
+def make_tiny_checkpoint(folder: str | Path, family: str = "llama", vocab_size: int = 320, seed: int = 0) -> Path:
+    """Write a tiny random-initialised `family` checkpoint (transformers' own save_pretrained; needs torch and
+    transformers, as the test extras install) and a byte-level BPE tokenizer.json trained on default_text() with at
+    most `vocab_size` tokens into `folder`: a stand-in for a real checkpoint, for trying the studies offline."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    folder = Path(folder)
+    fields = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+    cfg = transformers.AutoConfig.for_model(family, vocab_size=vocab_size, num_key_value_heads=2, **fields)
+    torch.manual_seed(seed)
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator([default_text()[:200_000]], trainer)  # 200 kB: enough merges, trains in 1 s
+    if tokenizer.get_vocab_size() > vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens for a vocabulary of {vocab_size}")
+    tokenizer.save(str(folder / "tokenizer.json"))
+    return folder
