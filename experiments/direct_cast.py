@@ -100,6 +100,7 @@ def check_rotation(fmt: lb.Format) -> None:
 class Config:
     model: str = ""  # a local Hugging Face checkpoint folder (Llama, Mistral, Qwen2, Qwen3); empty: MiniLM
     text: str = ""  # with --model: a UTF-8 text file to cut the windows from (empty: CPython's pydoc topics)
+    devices: int = 1  # with --model: shard it over this many devices (tensor parallel, lowbit_jax.models.hf)
     layers: int = 6  # MiniLM transformer layers run (1-6; --model runs every layer)
     passages: int = 128  # held-out windows (MiniLM: at most the split's 243 at seq_len 128; --model: text windows)
     batch: int = 32  # forward batch (and, for MiniLM, the in-batch KL batch)
@@ -127,6 +128,8 @@ class Config:
                 check_rotation(fmt)
         if self.text and not self.model:
             raise ValueError("--text needs --model (MiniLM reads its own pydoc_data split)")
+        if self.devices < 1 or (self.devices > 1 and not self.model):
+            raise ValueError("--devices >= 1, and more than one only with --model")
 
     def check_paths(self) -> None:
         """FileNotFoundError naming --model or --text when the folder or file is not there (before any work)."""
@@ -341,7 +344,8 @@ def main_decoder(cfg: Config, out) -> dict:
     """Direct cast of a --model checkpoint: the paper's Table 3 metrics for every format and rotation."""
     t0 = time.perf_counter()
     with common.user_errors("experiments.direct_cast"):
-        lm = hf.load_pretrained(cfg.model)
+        mesh = hf.tensor_parallel_mesh(cfg.devices) if cfg.devices > 1 else None
+        lm = hf.load_pretrained(cfg.model, mesh=mesh)
         windows = checkpoint.text_windows(lm, cfg.text or None, cfg.seq_len, cfg.passages)
     runs = [(f.label, f, rotation_of(f, rot)) for rot in cfg.rotations for f in cfg.formats]
     bar = lambda it: common.progress(it, desc="formats")

@@ -78,6 +78,7 @@ PAPER_FIG4 = {  # arXiv 2510.25602 Fig. 4: (rotation, pair) -> INT win share
 class Config:
     model: str = ""  # a local Hugging Face checkpoint folder (Llama, Mistral, Qwen2, Qwen3); empty: MiniLM
     text: str = ""  # with --model: a UTF-8 text file to cut the windows from (empty: CPython's pydoc topics)
+    devices: int = 1  # with --model: shard it over this many devices (tensor parallel, lowbit_jax.models.hf)
     layers: int = 0  # transformer layers studied, the first N (0 = all: MiniLM's 6, or every layer of --model)
     batches: int = 8  # batches captured (every batch, layer and operand is one tensor)
     pairs_per_batch: int = real_tensors.PAIRS_PER_BATCH  # MiniLM: a batch holds 2 * pairs_per_batch windows
@@ -102,6 +103,8 @@ class Config:
             raise ValueError("--blocks are positive sizes or -1 (per channel)")
         if self.text and not self.model:
             raise ValueError("--text needs --model (MiniLM reads its own pydoc_data split)")
+        if self.devices < 1 or (self.devices > 1 and not self.model):
+            raise ValueError("--devices >= 1, and more than one only with --model")
 
     def check_paths(self) -> None:
         """FileNotFoundError naming --model or --text when the folder or file is not there (before any work)."""
@@ -276,7 +279,8 @@ def minilm_rows(cfg: Config) -> tuple[list[dict], dict]:
 def decoder_rows(cfg: Config) -> tuple[list[dict], dict]:
     """Rows of every linear-layer tensor of the --model checkpoint (one decoder layer captured at a time)."""
     with common.user_errors("experiments.tensor_stats"):
-        lm = hf.load_pretrained(cfg.model)
+        mesh = hf.tensor_parallel_mesh(cfg.devices) if cfg.devices > 1 else None
+        lm = hf.load_pretrained(cfg.model, mesh=mesh)
         windows = checkpoint.text_windows(lm, cfg.text or None, cfg.seq_len, cfg.batches * cfg.sequences)
     n_layers = min(cfg.layers or lm.config.n_layers, lm.config.n_layers)
     key, cache, rows = jax.random.key(cfg.seed), {}, []

@@ -4,6 +4,10 @@ random Llama written by transformers (analysis.checkpoint.make_tiny_checkpoint),
 from __future__ import annotations
 
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -89,6 +93,7 @@ def test_user_errors_are_one_line(module, folder, tmp_path, capsys):
         (["--model", str(tmp_path / "none")], "no such folder"),
         (["--text", str(folder / "config.json")], "--text needs --model"),
         (["--model", str(folder), "--text", str(tmp_path / "none.txt")], "no such file"),
+        (["--model", str(folder), "--devices", "64"], "64 devices asked for"),
     ]
     bad = tmp_path / "gpt2"
     bad.mkdir()
@@ -103,3 +108,13 @@ def test_user_errors_are_one_line(module, folder, tmp_path, capsys):
         assert stop.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert err.startswith(f"python -m {name}: error: ") and message in err, err
+
+
+@pytest.mark.slow
+def test_tensor_parallel_on_8_devices_matches_one(folder):
+    """tests/hf_sharding_check.py in a process with 8 virtual CPU devices (XLA_FLAGS must precede JAX's start)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    script = pathlib.Path(__file__).with_name("hf_sharding_check.py")
+    argv = [sys.executable, str(script), str(folder)]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stdout + out.stderr[-3000:]

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from lowbit_jax import interceptor
 
@@ -375,9 +376,35 @@ def _param_path(name: str, cfg: DecoderConfig) -> tuple[tuple[str, ...], bool] |
     raise ValueError(f"checkpoint tensor {name!r} does not belong to a {cfg.family} decoder")
 
 
-def load_params(folder: Path, cfg: DecoderConfig, dtype: str | None) -> dict:
+COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")  # output features split over devices
+ROW_PARALLEL = ("o_proj", "down_proj")  # input features split: partial products summed across devices
+
+
+def tensor_parallel_mesh(devices: int) -> Mesh:
+    """A one-axis ('model') GSPMD mesh over the first `devices` devices."""
+    if not 1 <= devices <= jax.device_count():
+        raise ValueError(f"{devices} devices asked for; {jax.device_count()} are available")
+    return jax.make_mesh((devices,), ("model",), axis_types=(AxisType.Auto,), devices=jax.devices()[:devices])
+
+
+def tensor_parallel_spec(path: tuple[str, ...], axis: str = "model") -> PartitionSpec:
+    """Megatron-style tensor parallelism over mesh axis `axis`: column-parallel q/k/v/gate/up (kernel and bias
+    split along output features), row-parallel o/down (split along input features), the embedding and an untied
+    head split along the hidden and vocabulary dims; norms and row-parallel biases replicated."""
+    module, leaf = path[-2], path[-1]
+    if module in COLUMN_PARALLEL:
+        return PartitionSpec(None, axis) if leaf == "kernel" else PartitionSpec(axis)
+    if module in ROW_PARALLEL:
+        return PartitionSpec(axis, None) if leaf == "kernel" else PartitionSpec()
+    if path == ("embed_tokens", "embedding") or path == ("lm_head", "kernel"):
+        return PartitionSpec(None, axis)
+    return PartitionSpec()
+
+
+def load_params(folder: Path, cfg: DecoderConfig, dtype: str | None, mesh: Mesh | None = None) -> dict:
     """The Flax parameter tree of a checkpoint (kernels transposed to (in, out)), each tensor copied to the device
-    once; every parameter the model needs must be present, and no tensor may be left unused."""
+    once (with a mesh: straight to its tensor_parallel_spec shards); every parameter the model needs must be
+    present, and no tensor may be left unused."""
     want = jax.eval_shape(lambda: Decoder(cfg).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))["params"]
     expected = {tuple(getattr(k, "key", k) for k in p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(want)}
     params: dict = {}
@@ -401,7 +428,9 @@ def load_params(folder: Path, cfg: DecoderConfig, dtype: str | None) -> dict:
             node = params
             for key in path[:-1]:
                 node = node.setdefault(key, {})
-            node[path[-1]] = jnp.asarray(value, dtype=dtype or value.dtype)
+            value = value.astype(dtype or value.dtype, copy=False)
+            where = None if mesh is None else NamedSharding(mesh, tensor_parallel_spec(path))
+            node[path[-1]] = jax.device_put(value, where)
     missing = sorted("/".join(p) for p in expected if not _has(params, p))
     if missing:
         raise ValueError(f"{folder}: the checkpoint lacks {len(missing)} parameters, e.g. {missing[:4]}")
@@ -464,15 +493,20 @@ class PretrainedLM:
         return ids
 
 
-def load_pretrained(path: str | Path, dtype: str | None = None) -> PretrainedLM:
-    """Load a local Llama / Mistral / Qwen2 / Qwen3 checkpoint folder; dtype None keeps the stored dtype."""
+def load_pretrained(path: str | Path, dtype: str | None = None, mesh: Mesh | None = None) -> PretrainedLM:
+    """Load a local Llama / Mistral / Qwen2 / Qwen3 checkpoint folder; dtype None keeps the stored dtype; with a
+    mesh that has a 'model' axis, every tensor is placed in tensor-parallel shards (tensor_parallel_spec)."""
+    if mesh is not None and "model" not in mesh.axis_names:
+        raise ValueError(f"load_pretrained shards over a mesh axis named 'model'; this mesh has {mesh.axis_names}")
+    if mesh is not None and any(a != AxisType.Auto for a in mesh.axis_types):
+        raise ValueError("load_pretrained needs a mesh of AxisType.Auto axes (GSPMD propagates the shardings)")
     folder = Path(path).expanduser()
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"{folder} is not a checkpoint folder (no config.json)")
     hf_config = json.loads((folder / "config.json").read_text())
     stored = _stored_dtype(folder)
     cfg = config_from_hf(hf_config, dtype=dtype or stored)
-    params = load_params(folder, cfg, dtype)
+    params = load_params(folder, cfg, dtype, mesh)
     tokenizer = None
     if (folder / "tokenizer.json").exists():
         from tokenizers import Tokenizer
