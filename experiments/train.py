@@ -3,25 +3,37 @@
     python -m experiments.train                       # none, mxfp8, mxint8: ~17 min on 2 idle CPU cores, 46 min loaded
     python -m experiments.train --precision mxint8 --steps 200   # one precision
     python -m experiments.train --precision none,mxint8:int_range=asymmetric:scale_dtype=bfloat16
+    python -m experiments.train --text corpus.txt                # any UTF-8 text file, byte-level (vocabulary 256)
+    python -m experiments.train --text corpus.txt --tokenizer tok/   # tok/tokenizer.json (or the json file itself)
+    python -m experiments.train --preset gpu --text corpus.txt --tokenizer tok/   # 76M parameters, for one GPU
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m experiments.train --devices 8 --preset tiny
     python -m experiments.train --preset tiny                    # seconds; what the test suite runs
 
-Model: lowbit_jax.models.llama (RMSNorm, RoPE, GQA, SwiGLU), 1.6M parameters by default, byte-level tokens of
-CPython's pydoc_data.topics (analysis.lm.data: last 10 % held out). Every Dense GEMM except the output head goes
-through the six-operand qdot_general (QDotConfig.train: forward X and W, dY and W for dX, X and dY for dW) with the
-format's own rule (MX: block 32, UE8M0 ceil scale, symmetric INT); attention score/value products, embeddings and
-norms stay in the compute dtype. The unquantized baseline ('none') computes in float32 on CPU and bfloat16 on GPU
-(--dtype auto); results record which. AdamW (0.9, 0.95), weight decay 0.1 on matrices, clip 1.0, linear warmup then
-cosine to 0.1x. Every precision starts from the same initialisation (--seed) and sees the same batches
-(--data-seed). Validation loss uses the full held-out split with the forward pass quantized as in training.
+Model: lowbit_jax.models.llama (RMSNorm, RoPE, GQA, SwiGLU), 1.6M parameters by default. Data (analysis.lm.data, last
+10 % of the tokens held out): byte-level tokens of CPython's pydoc_data.topics, or of the UTF-8 file --text; with
+--tokenizer, the ids of a Hugging Face tokenizer.json (`tokenizers` package, no special tokens added) and the model's
+vocabulary from its get_vocab_size() (--vocab-size 0). Preset `gpu`: 12 layers of width 768 (75.9M parameters with
+bytes, 124.7M with a 32,000-token tokenizer), 10,000 steps of 32 x 1024 tokens (328M tokens), the paper's lr 6e-4 and
+500 warmup steps; meant for a large --text (docs/training.md, "Resolving a 0.003 gap"). Every Dense GEMM except the
+output head goes through the six-operand qdot_general (QDotConfig.train: forward X and W, dY and W for dX, X and dY
+for dW) with the format's own rule (MX: block 32, UE8M0 ceil scale, symmetric INT); attention score/value products,
+embeddings and norms stay in the compute dtype. The unquantized baseline ('none') computes in float32 on CPU and
+bfloat16 on GPU (--dtype auto); results record which. AdamW (0.9, 0.95), weight decay 0.1 on matrices, clip 1.0,
+linear warmup then cosine to 0.1x. Every precision starts from the same initialisation (--seed) and sees the same
+batches (--data-seed). Validation loss uses the held-out split (--eval-windows of it; 0 = all) with the forward pass
+quantized as in training.
 
 Output (--out, default results/train/):
   <precision>/metrics.jsonl       train and eval rows (analysis.lm.run documents the keys)
-  <precision>/checkpoint.msgpack  final parameters; <precision>/model.json: LlamaConfig and meta
+  <precision>/checkpoint.msgpack  final parameters; <precision>/model.json: LlamaConfig and meta (meta.text: the data)
   train.json  stable keys:
     runs   {precision: {"final_val_loss", "final_val_ppl", "final_train_loss_ema", "seconds", "tokens_per_s",
             "folder", "curve": {"step": [...], "loss_ema": [...], "val_step": [...], "val_loss": [...]}}}
-    baseline_dtype ("float32" | "bfloat16"), n_params, n_params_non_embedding, data, config, machine
+    baseline_dtype ("float32" | "bfloat16"), n_params, n_params_non_embedding, flops_per_token (training, 6N plus
+    attention), epochs (training tokens / training split), config, machine,
+    data {"source", "sha256" (of the text's bytes), "path" (the --text file, resolved; null for pydoc_data), "bytes",
+          "tokens", "train_tokens", "val_tokens", "tokenizer" (the tokenizer.json path or "utf-8 bytes"),
+          "tokenizer_sha256", "vocab_size"}
   loss_curves.png  training loss (EMA 0.9) and validation loss per precision
 """
 
@@ -34,7 +46,6 @@ from analysis.lm import data as lm_data
 from analysis.lm import run as lm_run
 from analysis.lm import train as lm_train
 from experiments import common
-from lowbit_jax.models import llama
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +53,8 @@ class Config(lm_train.TrainConfig):
     precision: tuple[str, ...] = ("none", "mxfp8", "mxint8")  # none or format specs, each trained in turn
     seed: int = 0  # initialisation seed (the same for every precision)
     devices: int = 1  # data-parallel devices (batches sharded over them)
+    text: str = ""  # UTF-8 text file to train on ('' = CPython's pydoc_data topics); its last 10 % is held out
+    tokenizer: str = ""  # Hugging Face tokenizer.json or a folder holding one ('' = UTF-8 bytes, vocabulary 256)
 
     def __post_init__(self):
         super().__post_init__()
@@ -50,10 +63,28 @@ class Config(lm_train.TrainConfig):
         if self.devices < 1 or self.batch_size % self.devices:
             raise ValueError(f"--batch-size {self.batch_size} must be a multiple of --devices {self.devices}")
 
+    def check_paths(self) -> None:
+        """The --text file exists and is not empty; --tokenizer names a tokenizer.json that parses."""
+        if self.text:
+            lm_data.check_text_file(self.text)
+        if self.tokenizer:
+            lm_data.load_tokenizer(self.tokenizer)
+
 
 TINY = dict(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64, seq_len=32, batch_size=8, steps=12)
 TINY |= dict(warmup_steps=2, eval_every=6, eval_windows=16, log_every=2)
-PRESETS = {"tiny": Config(precision=("none", "mxint8"), **TINY)}
+# One GPU: 75.9M parameters with bytes (12 x 6.29M in the blocks), 328M training tokens, the paper's lr and warmup.
+GPU = dict(dim=768, n_layers=12, n_heads=12, n_kv_heads=4, ffn_dim=2048, seq_len=1024, batch_size=32, steps=10_000)
+GPU |= dict(lr=6e-4, warmup_steps=500, eval_every=500, eval_windows=512, log_every=50)
+PRESETS = {"tiny": Config(precision=("none", "mxint8"), **TINY), "gpu": Config(**GPU)}
+
+
+def load_data(cfg: Config) -> lm_data.TextData:
+    """The text of --text (or pydoc_data) as bytes or --tokenizer ids; ValueError if too short for --seq-len."""
+    tok = cfg.tokenizer or None
+    data = lm_data.load_file(cfg.text, tok) if cfg.text else lm_data.load_text(tokenizer=tok)
+    lm_data.require_windows(data, cfg.seq_len)
+    return data
 
 
 def curve(result: lm_run.RunResult, seed: int) -> dict:
@@ -83,7 +114,7 @@ def train_one(cfg: Config, precision: str, data: lm_data.TextData, folder) -> di
     )
     val = float(res.final("val_loss")[0])
     meta = {"precision": precision, "seed": cfg.seed, "steps": cfg.steps, "seq_len": cfg.seq_len, "val_loss": val}
-    meta["data"] = data.sha256
+    meta["data"], meta["text"] = data.sha256, data.describe()
     lm_run.save_checkpoint(sub, lm_run.replica(res.params), cfg.model(), meta)
     return {
         "final_val_loss": val,
@@ -102,21 +133,31 @@ def print_summary(result: dict) -> None:
         for p, r in result["runs"].items()
     ]
     headers = ["precision", "val loss", "val ppl", "train EMA", "tokens/s", "seconds"]
-    print(f"\nbaseline compute dtype: {result['baseline_dtype']}; {result['machine']}")
+    d = result["data"]
+    print(f"\ndata: {d['source']}: {d['bytes']:,} bytes, {d['tokens']:,} tokens (vocabulary {d['vocab_size']})")
+    print(f"model: {result['n_params']:,} parameters ({result['n_params_non_embedding']:,} without embedding and head)")
+    print(f"baseline compute dtype: {result['baseline_dtype']}; {result['machine']}")
     print(common.format_table(headers, rows, ".4f"))
 
 
 def main(argv=None) -> dict:
     cfg, out = common.parse_config(Config, argv, __doc__, PRESETS)
+    try:  # a text too short for --seq-len, not UTF-8, or a --vocab-size below the tokenizer's: one error line
+        data = load_data(cfg)
+        cfg = lm_train.for_data(cfg, data)
+    except common.USER_ERRORS as err:
+        common.build_parser(Config, __doc__, PRESETS).error(" ".join(str(err).split()))
     folder = common.output_dir("train", out)
-    data = lm_data.load_text()
-    params = lm_run.init_replicas(cfg, (cfg.seed,))
+    epochs = cfg.steps * cfg.batch_size * cfg.seq_len / data.train.size
+    print(f"{data.source}: {data.train.size:,} training tokens; {cfg.steps} steps make {epochs:.2f} passes")
     runs = {p: train_one(cfg, p, data, folder) for p in cfg.precision}
     result = {
         "runs": runs,
         "baseline_dtype": lm_train.resolve_dtype(cfg.dtype),
-        "n_params": llama.n_params(lm_run.replica(params)),
-        "n_params_non_embedding": llama.n_params(lm_run.replica(params), ("embed", "lm_head")),
+        "n_params": lm_train.n_params(cfg),
+        "n_params_non_embedding": lm_train.n_params(cfg, ("embed", "lm_head")),
+        "flops_per_token": lm_train.train_flops_per_token(cfg),
+        "epochs": epochs,
         "data": data.describe(),
         "config": cfg,
         "machine": common.machine_description(),

@@ -95,7 +95,13 @@ def run(
     progress: Callable | None = None,
 ) -> RunResult:
     """Train one precision for every seed (same data order), evaluating on the validation split. `progress` wraps
-    the step range in a progress bar (progress(steps, desc=..., unit="step"), e.g. tqdm; None: no bar)."""
+    the step range in a progress bar (progress(steps, desc=..., unit="step"), e.g. tqdm; None: no bar). ValueError
+    if the data's ids do not fit the model's vocabulary or its splits are shorter than a window."""
+    if cfg.model().vocab_size < data.vocab_size:
+        raise ValueError(
+            f"the model's vocabulary {cfg.model().vocab_size} is smaller than the data's {data.vocab_size}"
+        )
+    lm_data.require_windows(data, cfg.seq_len)
     qconfig = lm_train.qdot_config(precision, cfg.stochastic_grads)
     opt = lm_train.optimizer(cfg)
     mesh = lm_train.data_mesh(devices)

@@ -9,6 +9,7 @@ Precision strings: "none" or a lowbit_jax format name with ':'-separated overrid
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -46,6 +47,7 @@ class TrainConfig:
     data_seed: int = 0  # seed of the batch order
     dtype: str = "auto"  # unquantized compute dtype: float32, bfloat16 or auto (float32 on CPU, bfloat16 on GPU)
     stochastic_grads: bool = False  # stochastic rounding of the two dY operands
+    vocab_size: int = 0  # model vocabulary (0 = the data's: 256 for UTF-8 bytes, else the tokenizer's get_vocab_size())
 
     def __post_init__(self):
         self.model()
@@ -53,12 +55,14 @@ class TrainConfig:
             raise ValueError("--seq-len, --batch-size, --steps, --eval-every and --log-every must be positive")
         if not 0 <= self.warmup_steps < self.steps or not 0 < self.min_lr_ratio <= 1 or self.lr <= 0:
             raise ValueError("need 0 <= --warmup-steps < --steps, 0 < --min-lr-ratio <= 1 and --lr > 0")
+        if self.vocab_size < 0:
+            raise ValueError(f"--vocab-size must be 0 (the data's) or positive, got {self.vocab_size}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"--dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
 
     def model(self) -> llama.LlamaConfig:
         return llama.LlamaConfig(
-            vocab_size=lm_data.VOCAB_SIZE,
+            vocab_size=self.vocab_size or lm_data.VOCAB_SIZE,
             dim=self.dim,
             n_layers=self.n_layers,
             n_heads=self.n_heads,
@@ -66,6 +70,37 @@ class TrainConfig:
             ffn_dim=self.ffn_dim,
             dtype=resolve_dtype(self.dtype),
         )
+
+
+def for_data(cfg: TrainConfig, data: lm_data.TextData) -> TrainConfig:
+    """`cfg` with vocab_size set to the data's if it is 0; ValueError if an explicit one is too small for the data."""
+    if not cfg.vocab_size:
+        return dataclasses.replace(cfg, vocab_size=data.vocab_size)
+    if cfg.vocab_size < data.vocab_size:
+        raise ValueError(f"--vocab-size {cfg.vocab_size} is smaller than the data's vocabulary {data.vocab_size}")
+    return cfg
+
+
+def param_shapes(cfg: TrainConfig) -> dict:
+    """The parameter tree of cfg's model as jax.ShapeDtypeStruct leaves (jax.eval_shape: nothing is allocated)."""
+    mcfg = cfg.model()
+    init = lambda k: llama.Llama(mcfg).init(k, jnp.zeros((1, 8), jnp.int32))["params"]
+    return jax.eval_shape(init, jax.random.key(0))
+
+
+def n_params(cfg: TrainConfig, exclude: tuple[str, ...] = ()) -> int:
+    """Parameter count of cfg's model (llama.n_params, optionally without top-level modules such as
+    ('embed', 'lm_head')), from shapes alone."""
+    return llama.n_params(param_shapes(cfg), exclude)
+
+
+def train_flops_per_token(cfg: TrainConfig) -> float:
+    """Training FLOPs per token, forward and backward: 6 x the weights of the matrix products (every 2-D parameter
+    but the embedding table) plus the attention score and value products, 12 x n_layers x seq_len x dim (a full
+    T x T product; causal masking is not subtracted)."""
+    shapes = {k: v for k, v in param_shapes(cfg).items() if k != "embed"}
+    matmul = sum(int(v.size) for v in jax.tree.leaves(shapes) if v.ndim == 2)
+    return 6.0 * matmul + 12.0 * cfg.n_layers * cfg.seq_len * cfg.dim
 
 
 @dataclass(frozen=True)
@@ -145,7 +180,8 @@ def make_step(cfg: TrainConfig, qconfig: lb.QDotConfig | None, opt: optax.Gradie
     def step(params, opt_state, batch, key):
         value, grads = jax.value_and_grad(loss)(params, batch, key if use_key else None)
         updates, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value, optax.global_norm(grads)
+        gnorm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))  # optax.global_norm (deprecated)
+        return optax.apply_updates(params, updates), opt_state, value, gnorm
 
     return jax.vmap(step, in_axes=(0, 0, None, 0))
 
