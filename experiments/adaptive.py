@@ -18,6 +18,12 @@ path matches `capture`, and so the six GEMM operands (analysis.real_tensors.OPER
 x_dw, dy_dw), each a (rows, K) matrix quantized in blocks along K, without and with a random Hadamard rotation
 along K (size `rotation`, 0: each format's block size). W is measured in the first batch only.
 
+Real, any local Hugging Face Llama / Mistral / Qwen2 / Qwen3 checkpoint instead (lowbit_jax.models.hf):
+    python -m experiments.adaptive --model PATH [--text FILE] [--layers N] [--batches 1 --sequences 4]
+X, W and dY of its linear layers (all but the head) from the next-token loss on `sequences` windows of `seq_len`
++ 1 tokens of FILE (default: the pydoc_data text) in the checkpoint's tokenizer, one decoder layer at a time
+(memory holds one layer's operands); `capture` matches paths such as "layers_0/self_attn/q_proj".
+
 Per block: crest factor kappa = amax / RMS (paper Eq. 11), rho = candidate 0's scale x Qmax / amax (Eq. 17), the
 chosen candidate (lb.block_choices) and each fixed candidate's squared error. The theory (analysis.theory,
 `variant`) predicts each block's choice from its kappa (predict_choice: candidate 1 iff kappa < kappa*,
@@ -66,15 +72,17 @@ import math
 import re
 import time
 import zlib
+from collections.abc import Iterator
+from pathlib import Path
 
 import jax
 import numpy as np
 
 import lowbit_jax as lb
-from analysis import adaptive, adaptive_plots, real_tensors, synthetic, theory
+from analysis import adaptive, adaptive_plots, checkpoint, real_tensors, synthetic, theory
 from analysis.plotting import save
 from experiments import common
-from lowbit_jax.models import minilm, text
+from lowbit_jax.models import hf, minilm, text
 
 FORMATS = ("if4", "if6", "mxif4", "mxif6", "mxif8", "nvfp4_4over6")
 DISTRIBUTIONS = ("gaussian", "laplace", "student_t", "outliers")
@@ -87,10 +95,14 @@ class Config:
     distributions: tuple[str, ...] = DISTRIBUTIONS  # synthetic distributions (analysis.synthetic)
     rows: int = 192  # rows of 4096 per distribution
     dither: bool = True  # scale each synthetic block by 2^U, U ~ U(0, 1) (crest factors unchanged)
-    real: bool = True  # also measure the real all-MiniLM-L6-v2 operands
-    layers: int = 6  # MiniLM transformer layers run (1-6)
-    batches: int = 1  # MiniLM batches captured
-    pairs_per_batch: int = 2  # a batch holds 2 * pairs_per_batch windows of seq_len tokens
+    real: bool = True  # also measure real operands (all-MiniLM-L6-v2, or the --model checkpoint)
+    model: str = ""  # a local Hugging Face checkpoint folder (Llama, Mistral, Qwen2, Qwen3); empty: MiniLM
+    text: str = ""  # with --model: a UTF-8 text file to cut the windows from (empty: CPython's pydoc topics)
+    devices: int = 1  # with --model: shard it over this many devices (tensor parallel, lowbit_jax.models.hf)
+    layers: int = 0  # transformer layers run, the first N (0 = all: MiniLM's 6, or every layer of --model)
+    batches: int = 1  # batches captured
+    pairs_per_batch: int = 2  # MiniLM: a batch holds 2 * pairs_per_batch windows of seq_len tokens
+    sequences: int = 4  # with --model: windows per batch
     seq_len: int = 128  # tokens per text window
     capture: str = ".*"  # regex (fullmatch) of the Dense-layer paths captured, e.g. "encoder/layer_0/.*"
     rotation: int = 0  # Hadamard rotation size along K (0 = each format's block size)
@@ -122,8 +134,15 @@ class Config:
             re.compile(self.capture)
         except re.error as err:
             raise ValueError(f"--capture is not a regex: {err}") from None
-        if self.rows < 1 or not 1 <= self.layers <= 6 or self.batches < 1 or self.pairs_per_batch < 2:
-            raise ValueError("--rows >= 1, --layers in 1..6, --batches >= 1, --pairs-per-batch >= 2")
+        top = None if self.model else 6
+        if self.rows < 1 or self.layers < 0 or (top and self.layers > top) or self.batches < 1:
+            raise ValueError(f"--rows >= 1, --layers in 0..{top or 'its layer count'}, --batches >= 1")
+        if self.pairs_per_batch < 2 or self.sequences < 1:
+            raise ValueError("--pairs-per-batch >= 2, --sequences >= 1")
+        if self.text and not self.model:
+            raise ValueError("--text needs --model (MiniLM reads its own pydoc_data split)")
+        if self.devices < 1 or (self.devices > 1 and not self.model):
+            raise ValueError("--devices >= 1, and more than one only with --model")
         if self.seq_len < 8 or self.min_blocks < 1:
             raise ValueError("--seq-len >= 8 and --min-blocks >= 1")
         if not 2.0 <= self.kappa_max <= 64 or not FINE_BIN <= self.bin_width <= 1.0:
@@ -132,6 +151,12 @@ class Config:
     @property
     def fmts(self) -> tuple[lb.Format, ...]:
         return tuple(lb.get_format(f) for f in self.formats)
+
+    def check_paths(self) -> None:
+        """FileNotFoundError naming --model or --text when the folder or file is not there (before any work)."""
+        common.require_model_folder(self.model)
+        if self.text and not Path(self.text).is_file():
+            raise FileNotFoundError(f"--text {self.text}: no such file")
 
 
 PRESETS = {
@@ -223,19 +248,40 @@ def _flat_row(summary: dict, labels) -> dict:
     return {k: v for k, v in row.items() if not (k == "n_tensors" and v is None)}
 
 
-def real_groups(cfg: Config, key: jax.Array) -> tuple[dict, list[dict]]:
-    """({rotation: {operand: {format label: Group}}}, per-tensor CSV rows) over the captured MiniLM operands."""
-    model, params, tokenizer = minilm.load(cfg.layers)
+def minilm_records(cfg: Config) -> Iterator[tuple[int, list]]:
+    """(batch, captured records) of MiniLM, one forward and backward pass per batch."""
+    model, params, tokenizer = minilm.load(cfg.layers or 6)
     train, _ = text.load_split(tokenizer, cfg.seq_len)
     batches = text.pair_batches(train, cfg.pairs_per_batch, cfg.batches, cfg.seed)
+    captured = real_tensors.capture_batches(model, params, batches, cfg.capture)
+    yield from common.progress(captured, total=len(batches), desc="batches")
+
+
+def decoder_records(cfg: Config) -> Iterator[tuple[int, list]]:
+    """(batch, captured records of one decoder layer, those matching --capture) of the --model checkpoint."""
+    with common.user_errors("experiments.adaptive"):
+        mesh = hf.tensor_parallel_mesh(cfg.devices) if cfg.devices > 1 else None
+        lm = hf.load_pretrained(cfg.model, mesh=mesh)
+        windows = checkpoint.text_windows(lm, cfg.text or None, cfg.seq_len, cfg.batches * cfg.sequences)
+    n_layers = min(cfg.layers or lm.config.n_layers, lm.config.n_layers)
+    pattern = re.compile(cfg.capture)
+    steps = [(b, i) for b in range(cfg.batches) for i in range(n_layers)]
+    for b, i in common.progress(steps, desc="batch x layer"):
+        if not any(pattern.fullmatch(p) for p in checkpoint.layer_paths(lm, i)):
+            continue
+        batch = windows[b * cfg.sequences : (b + 1) * cfg.sequences]
+        (_, records), *_ = checkpoint.capture_layers(lm, batch, [i])
+        yield b, [r for r in records if pattern.fullmatch(r.path)]
+
+
+def real_groups(cfg: Config, key: jax.Array) -> tuple[dict, list[dict]]:
+    """({rotation: {operand: {format label: Group}}}, per-tensor CSV rows) over the captured real operands."""
     groups = {
         r: {op: {f.label: new_group(cfg, f) for f in cfg.fmts} for op in real_tensors.OPERANDS}
         for r in real_tensors.ROTATIONS
     }
     rows = []
-    for b, records in common.progress(
-        real_tensors.capture_batches(model, params, batches, cfg.capture), total=len(batches), desc="batches"
-    ):
+    for b, records in decoder_records(cfg) if cfg.model else minilm_records(cfg):
         mats = [t for t in real_tensors.operand_matrices(records) if b == 0 or not t[1].startswith("w")]
         for path, operand, mat in common.progress(mats, desc=f"batch {b} tensors", leave=False):
             k = jax.random.fold_in(key, zlib.crc32(f"{path}/{operand}".encode()) & 0x7FFFFFFF)

@@ -15,7 +15,7 @@ import pytest
 
 import lowbit_jax as lb
 from analysis import checkpoint
-from experiments import direct_cast, tensor_stats
+from experiments import adaptive, direct_cast, tensor_stats
 from lowbit_jax.models import hf
 
 pytest.importorskip("torch")
@@ -77,6 +77,16 @@ def test_direct_cast_on_a_checkpoint(folder, tmp_path):
     assert (tmp_path / "direct_cast.png").stat().st_size > 0
 
 
+def test_adaptive_on_a_checkpoint(folder, tmp_path):
+    """The per-block choice study on the checkpoint's operands; --capture narrows it to one projection."""
+    argv = ["--model", str(folder), "--distributions", "gaussian", "--rows", "8", "--seq-len", "32"]
+    argv += ["--sequences", "2", "--formats", "if4", "--capture", "layers_1/mlp/down_proj", "--out", str(tmp_path)]
+    result = adaptive.main(argv)
+    assert result["n_tensors"] == dict.fromkeys(lb.qdot_config.OPERANDS, 1)
+    summary = result["real"]["none"]["all"]["if4"]
+    assert summary["n_tensors"] == 6 and 0 < summary["frac_int"] < 1
+
+
 def test_direct_cast_reference_is_the_unquantized_model(folder):
     """With identity formats (bf16 rounding of float32 weights and inputs is not the identity, fp32 is) the KL
     to the reference is exactly zero and the perplexity that of the float model."""
@@ -86,7 +96,7 @@ def test_direct_cast_reference_is_the_unquantized_model(folder):
     assert rows[0]["kl_full"] == 0.0 and rows[0]["ppl"] == pytest.approx(float_ppl, rel=1e-6)
 
 
-@pytest.mark.parametrize("module", [tensor_stats, direct_cast], ids=["tensor_stats", "direct_cast"])
+@pytest.mark.parametrize("module", [tensor_stats, direct_cast, adaptive], ids=lambda m: m.__name__.split(".")[-1])
 def test_user_errors_are_one_line(module, folder, tmp_path, capsys):
     name = module.__name__
     cases = [
