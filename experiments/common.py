@@ -186,12 +186,23 @@ def _one_line(err: Exception) -> str:
 
 
 def require_checkpoint(folder: str, flag: str) -> None:
-    """FileNotFoundError naming `flag` unless `folder` holds a checkpoint written by analysis.lm.run."""
+    """FileNotFoundError naming `flag` unless `folder` holds a checkpoint written by analysis.lm.run; ValueError if
+    it was trained with a tokenizer (the experiments that take checkpoints read byte-level text)."""
     path = Path(folder)
     if not (path / "checkpoint.msgpack").is_file() or not (path / "model.json").is_file():
         where = "no such folder" if not path.is_dir() else "no checkpoint.msgpack and model.json in it"
         raise FileNotFoundError(
             f"{flag} {folder}: {where}; train one first, e.g. python -m experiments.train --precision none"
+        )
+    try:
+        info = json.loads((path / "model.json").read_text())
+    except ValueError:
+        raise ValueError(f"{flag} {folder}: model.json is not valid JSON") from None
+    tokenizer = info.get("meta", {}).get("text", {}).get("tokenizer")
+    if tokenizer not in (None, "utf-8 bytes"):  # the evaluations read byte-level pydoc_data text
+        raise ValueError(
+            f"{flag} {folder}: trained with the tokenizer {tokenizer}; this experiment evaluates byte-level text, "
+            "whose ids would mean other tokens to this model"
         )
 
 

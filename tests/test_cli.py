@@ -3,6 +3,7 @@ any block size the library takes, format names in any case, figures that stay re
 
 import dataclasses
 import importlib
+import json
 import math
 import re
 import subprocess
@@ -120,6 +121,16 @@ def test_a_missing_checkpoint_stops_the_process_without_a_traceback(tmp_path):
     assert out.stderr.strip().splitlines()[-1].endswith("python -m experiments.train --precision none")
 
 
+@pytest.mark.parametrize(("name", "flag"), [("direct_cast_lm", "--checkpoints"), ("grad_bias", "--checkpoint")])
+def test_a_checkpoint_trained_with_a_tokenizer_is_refused(name, flag, tmp_path, capsys):
+    """These experiments evaluate byte-level text: a model trained on a tokenizer's ids would read other tokens."""
+    (tmp_path / "checkpoint.msgpack").write_bytes(b"")
+    meta = {"text": {"tokenizer": "/data/tokenizer.json"}}
+    (tmp_path / "model.json").write_text(json.dumps({"model": {}, "meta": meta}))
+    _, error = _error_lines(capsys, _module(name).main, [flag, str(tmp_path)])
+    assert error.startswith(f"python -m experiments.{name}: error: ") and "trained with the tokenizer" in error
+
+
 # ------------------------------------------------------------------------------------------------ block sizes
 @pytest.mark.slow
 def test_crossover_measures_any_block_size(tmp_path):
@@ -170,8 +181,8 @@ def test_format_names_in_upper_case(name):
 
 def test_upper_case_names_mean_the_same_runs(tmp_path):
     assert grad_bias.parse_case("MXFP4+SR") == (lb.get_format("mxfp4"), True)
-    for f in ("checkpoint.msgpack", "model.json"):
-        (tmp_path / f).write_text("")
+    (tmp_path / "checkpoint.msgpack").write_text("")
+    (tmp_path / "model.json").write_text("{}")
     cfg, _ = common.parse_config(
         direct_cast_lm.Config, ["--formats", "MXINT8,MXFP8", "--checkpoints", str(tmp_path)], ""
     )
