@@ -18,7 +18,7 @@ import optax
 from analysis import divergence
 from lowbit_jax.formats import Format
 from lowbit_jax.interceptor import capture, quantized
-from lowbit_jax.models.hf import LM_HEAD_RULE, PROJECTIONS, PretrainedLM
+from lowbit_jax.models.hf import LM_HEAD_RULE, PROJECTIONS, Decoder, PretrainedLM
 from lowbit_jax.qdot_config import QDotConfig
 
 
@@ -52,15 +52,23 @@ def next_token_loss(lm: PretrainedLM, params: dict, windows: jax.Array) -> jax.A
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, windows[:, 1:]))
 
 
+def _layer_loss(lm: PretrainedLM, layer: int, layer_params: dict, params: dict, windows: jax.Array) -> jax.Array:
+    """The next-token loss as a function of one decoder layer's parameters; every other layer is rematerialised."""
+    model = Decoder(lm.config, remat=tuple(j for j in range(lm.config.n_layers) if j != layer))
+    logits = model.apply({"params": {**params, f"layers_{layer}": layer_params}}, windows[:, :-1])
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, windows[:, 1:]))
+
+
 def capture_layers(lm: PretrainedLM, windows: np.ndarray, layers: Sequence[int]) -> Iterator[tuple[int, list]]:
     """Yield (layer, captured X / W / dY records of its linear layers) from a forward and backward pass of the
-    next-token loss on `windows`, one decoder layer at a time: only that layer's operands are ever held, so memory
-    stays that of one layer (the pass is repeated per layer)."""
+    next-token loss on `windows`, one decoder layer at a time (the pass is repeated per layer). Memory stays that of
+    one layer: the records hold only its operands, the gradient is taken with respect to its parameters alone (the
+    backward pass stops there), and the other layers keep only their inputs for the backward pass (remat)."""
     batch = jnp.asarray(windows, jnp.int32)
     for i in layers:
         with capture("|".join(layer_paths(lm, i))) as cap:
-            grad = jax.jit(jax.grad(functools.partial(next_token_loss, lm)))  # traced inside the capture
-            jax.block_until_ready(grad(lm.params, batch))
+            grad = jax.jit(jax.grad(functools.partial(_layer_loss, lm, i)))  # traced inside the capture
+            jax.block_until_ready(grad(lm.params[f"layers_{i}"], lm.params, batch))
             jax.effects_barrier()
             records = list(cap.records)
         yield i, records

@@ -28,7 +28,10 @@ def folder(tmp_path_factory):
 
 
 def test_layer_by_layer_capture_equals_one_pass_over_all_layers(folder):
-    """Each yield holds exactly one decoder layer's X, W and dY, equal to a capture of the whole model at once."""
+    """Each yield holds exactly one decoder layer's X, W and dY, equal to a capture of the whole model at once.
+    The two are different XLA programs (one differentiates every parameter and stores every activation, the other
+    one layer's parameters with the others rematerialised), whose fusions round reductions differently: W is
+    identical, X and dY agree to 2e-6 of the tensor's largest magnitude (measured: at most 2.6e-7, 4 ulp of it)."""
     lm = hf.load_pretrained(folder)
     windows = checkpoint.text_windows(lm, None, 16, 2)
     per_layer = dict(checkpoint.capture_layers(lm, windows, [0, 1]))
@@ -40,7 +43,11 @@ def test_layer_by_layer_capture_equals_one_pass_over_all_layers(folder):
         assert {r.path for r in records} == set(checkpoint.layer_paths(lm, i))
         assert {r.name for r in records} == {"x", "w", "dy"}
         for r in records:
-            np.testing.assert_array_equal(r.value, whole[(r.path, r.name)])
+            want = whole[(r.path, r.name)]
+            if r.name == "w":
+                np.testing.assert_array_equal(r.value, want)
+            else:
+                np.testing.assert_allclose(r.value, want, rtol=0, atol=2e-6 * np.abs(want).max())
 
 
 def test_tensor_stats_on_a_checkpoint(folder, tmp_path):

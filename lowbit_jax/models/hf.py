@@ -300,9 +300,13 @@ class DecoderLayer(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Token ids (B, T) and an optional padding mask (B, T; 1 = token) -> next-token logits (B, T, vocab) float32."""
+    """Token ids (B, T) and an optional padding mask (B, T; 1 = token) -> next-token logits (B, T, vocab) float32.
+
+    remat: decoder layers whose activations are recomputed in the backward pass instead of stored (nn.remat; the
+    forward values are the same), e.g. every layer but one whose operands a capture records."""
 
     cfg: DecoderConfig
+    remat: tuple[int, ...] = ()
 
     @nn.compact
     def __call__(self, tokens_BxT: jax.Array, mask_BxT: jax.Array | None = None) -> jax.Array:
@@ -310,7 +314,8 @@ class Decoder(nn.Module):
         embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.dtype, name="embed_tokens")
         x = embed(tokens_BxT)
         for i in range(cfg.n_layers):
-            x = DecoderLayer(cfg, cfg.window(i), name=f"layers_{i}")(x, mask_BxT)
+            layer = nn.remat(DecoderLayer) if i in self.remat else DecoderLayer
+            x = layer(cfg, cfg.window(i), name=f"layers_{i}")(x, mask_BxT)
         x = RMSNorm(cfg.rms_norm_eps, cfg.dtype, name="norm")(x)
         logits = embed.attend(x) if cfg.tie_word_embeddings else _dense(cfg, cfg.vocab_size, "lm_head", False)(x)
         return logits.astype(jnp.float32)
