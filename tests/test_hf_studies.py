@@ -50,6 +50,7 @@ def test_layer_by_layer_capture_equals_one_pass_over_all_layers(folder):
                 np.testing.assert_allclose(r.value, want, rtol=0, atol=2e-6 * np.abs(want).max())
 
 
+@pytest.mark.slow
 def test_tensor_stats_on_a_checkpoint(folder, tmp_path):
     argv = ["--model", str(folder), "--batches", "2", "--sequences", "2", "--seq-len", "16", "--rotation", "16"]
     argv += ["--pairs", "mxint8/mxfp8,nvint4/nvfp4", "--blocks=-1,32,16", "--out", str(tmp_path)]
@@ -70,6 +71,7 @@ def test_tensor_stats_on_a_checkpoint(folder, tmp_path):
     assert (tmp_path / "qsnr_vs_crest.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_direct_cast_on_a_checkpoint(folder, tmp_path):
     argv = ["--model", str(folder), "--passages", "4", "--batch", "2", "--seq-len", "16", "--adaptive", ""]
     argv += ["--pairs", "mxint8/mxfp8,mxint4/mxfp4", "--out", str(tmp_path)]
@@ -84,6 +86,7 @@ def test_direct_cast_on_a_checkpoint(folder, tmp_path):
     assert (tmp_path / "direct_cast.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_adaptive_on_a_checkpoint(folder, tmp_path):
     """The per-block choice study on the checkpoint's operands; --capture narrows it to one projection."""
     argv = ["--model", str(folder), "--distributions", "gaussian", "--rows", "8", "--seq-len", "32"]
