@@ -18,7 +18,7 @@ import optax
 from analysis import divergence
 from lowbit_jax.formats import Format
 from lowbit_jax.interceptor import capture, quantized
-from lowbit_jax.models.hf import LM_HEAD_RULE, PROJECTIONS, Decoder, PretrainedLM
+from lowbit_jax.models.hf import LM_HEAD_RULE, PROJECTIONS, Decoder, DecoderConfig, PretrainedLM, head_logits
 from lowbit_jax.qdot_config import QDotConfig
 
 
@@ -52,18 +52,38 @@ def next_token_loss(lm: PretrainedLM, params: dict, windows: jax.Array) -> jax.A
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, windows[:, 1:]))
 
 
+CHUNK = 512  # queries per attention block and tokens per loss block of the tensor studies' passes
+
+
+def chunked_loss(cfg: DecoderConfig, params: dict, hidden_BxTxD: jax.Array, targets_BxT: jax.Array) -> jax.Array:
+    """Mean next-token cross-entropy from the final hidden states, the head applied CHUNK tokens at a time (each
+    block rematerialised), so the float32 logits of one block exist at a time; the same per-token values as
+    next_token_loss."""
+
+    def block_sum(h, y):
+        logits = head_logits(cfg, params, h)
+        return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+
+    block_sum = jax.checkpoint(block_sum)
+    t = hidden_BxTxD.shape[1]
+    total = sum(block_sum(hidden_BxTxD[:, s : s + CHUNK], targets_BxT[:, s : s + CHUNK]) for s in range(0, t, CHUNK))
+    return total / jnp.float32(targets_BxT.size)
+
+
 def _layer_loss(lm: PretrainedLM, layer: int, layer_params: dict, params: dict, windows: jax.Array) -> jax.Array:
     """The next-token loss as a function of one decoder layer's parameters; every other layer is rematerialised."""
-    model = Decoder(lm.config, remat=tuple(j for j in range(lm.config.n_layers) if j != layer))
-    logits = model.apply({"params": {**params, f"layers_{layer}": layer_params}}, windows[:, :-1])
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, windows[:, 1:]))
+    model = Decoder(lm.config, remat=tuple(j for j in range(lm.config.n_layers) if j != layer), query_chunk=CHUNK)
+    full = {**params, f"layers_{layer}": layer_params}
+    hidden = model.apply({"params": full}, windows[:, :-1], hidden=True)
+    return chunked_loss(lm.config, full, hidden, windows[:, 1:])
 
 
 def capture_layers(lm: PretrainedLM, windows: np.ndarray, layers: Sequence[int]) -> Iterator[tuple[int, list]]:
     """Yield (layer, captured X / W / dY records of its linear layers) from a forward and backward pass of the
     next-token loss on `windows`, one decoder layer at a time (the pass is repeated per layer). Memory stays that of
     one layer: the records hold only its operands, the gradient is taken with respect to its parameters alone (the
-    backward pass stops there), and the other layers keep only their inputs for the backward pass (remat)."""
+    backward pass stops there), the other layers keep only their inputs for the backward pass (remat), and the
+    attention scores and logits exist CHUNK queries / tokens at a time."""
     batch = jnp.asarray(windows, jnp.int32)
     for i in layers:
         with capture("|".join(layer_paths(lm, i))) as cap:
@@ -91,20 +111,33 @@ def direct_cast(
     progress: Callable[[Iterable], Iterable] = lambda it: it,
 ) -> tuple[list[dict], float, dict]:
     """(rows, float perplexity, per-window top-k KL by (label, rotation)) of direct-cast inference: every run is
-    (label, format, rotation size or None), all linear layers but the head quantize X and W in that format."""
-    chunks = [jnp.asarray(windows[i : i + chunk], jnp.int32) for i in range(0, len(windows), chunk)]
-    ref = [lm.logits(c[:, :-1]) for c in chunks]
+    (label, format, rotation size or None), all linear layers but the head quantize X and W in that format.
 
-    def evaluate(qconfig: QDotConfig | None) -> dict[str, np.ndarray]:
-        with quantized(lm_rules(qconfig)):
-            logits = jax.jit(lambda p, x: lm.model.apply({"params": p}, x))  # one trace inside the context
-            parts = [_window_metrics(r, logits(lm.params, c[:, :-1]), c[:, 1:], top_k) for c, r in zip(chunks, ref)]
-        return {name: np.concatenate([np.asarray(p[j]) for p in parts]) for j, name in enumerate(divergence.WINDOW)}
-
-    float_ppl = math.exp(float(evaluate(None)["nll"].mean()))
+    Chunks of `chunk` windows are the outer loop: one chunk's reference logits are computed, every run is compared
+    with them, and they are dropped, so memory holds two chunks' logits whatever the number of windows. Each run
+    keeps one function traced inside its own `quantized` context (and only called inside it). Attention runs CHUNK
+    queries at a time."""
+    runs = list(runs)
+    configs = [None] + [QDotConfig.direct_cast(fmt, rotation=rotation) for _, fmt, rotation in runs]
+    model = Decoder(lm.config, query_chunk=CHUNK)  # the same logits, T x T scores never whole
+    fns = [jax.jit(lambda p, x: model.apply({"params": p}, x)) for _ in configs]
+    parts: list[list] = [[] for _ in configs]
+    starts = range(0, len(windows), chunk)
+    for start in progress([(s, j) for s in starts for j in range(len(configs))]):
+        s, j = start
+        c = jnp.asarray(windows[s : s + chunk], jnp.int32)
+        if j == 0:
+            ref = q = fns[0](lm.params, c[:, :-1])
+        else:
+            with quantized(lm_rules(configs[j])):
+                q = fns[j](lm.params, c[:, :-1])
+        parts[j].append(jax.device_get(_window_metrics(ref, q, c[:, 1:], top_k)))
+    metrics = [
+        {name: np.concatenate([p[k] for p in chunks]) for k, name in enumerate(divergence.WINDOW)} for chunks in parts
+    ]
+    float_ppl = math.exp(float(metrics[0]["nll"].mean()))
     rows, per_window = [], {}
-    for label, fmt, rotation in progress(list(runs)):
-        m = evaluate(QDotConfig.direct_cast(fmt, rotation=rotation))
+    for (label, _, rotation), m in zip(runs, metrics[1:], strict=True):
         per_window[(label, rotation)] = m["kl"]
         rows.append(
             {

@@ -104,6 +104,17 @@ def test_padding_changes_nothing_for_the_real_tokens(checkpoint):
     np.testing.assert_allclose(np.asarray(lm.logits(tokens, mask))[1, :7], alone[0], rtol=0, atol=1e-5)
 
 
+def test_query_chunks_give_the_same_logits(checkpoint):
+    """Attention in blocks of 4 queries (each against the keys up to its last query) computes every score row as
+    the whole-matrix attention does: logits agree to float32 rounding, padding and sliding windows included."""
+    _, folder, _ = checkpoint
+    tokens, mask = padded_batch()
+    lm = hf.load_pretrained(folder)
+    chunked = hf.Decoder(lm.config, query_chunk=4).apply({"params": lm.params}, tokens, mask)
+    real = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(chunked)[real], np.asarray(lm.logits(tokens, mask))[real], rtol=0, atol=2e-6)
+
+
 def test_config_features_reach_the_model():
     """Each family's distinguishing config ends up in DecoderConfig (else the parity tests would not test it)."""
     cfgs = {f: hf.config_from_hf(tiny_model(f).config.to_dict()) for f in FAMILIES}

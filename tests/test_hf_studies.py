@@ -27,11 +27,14 @@ def folder(tmp_path_factory):
     return checkpoint.make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_llama"), "llama")
 
 
-def test_layer_by_layer_capture_equals_one_pass_over_all_layers(folder):
+@pytest.mark.parametrize("chunk", [checkpoint.CHUNK, 5], ids=["one-block", "blocks-of-5"])
+def test_layer_by_layer_capture_equals_one_pass_over_all_layers(folder, chunk, monkeypatch):
     """Each yield holds exactly one decoder layer's X, W and dY, equal to a capture of the whole model at once.
     The two are different XLA programs (one differentiates every parameter and stores every activation, the other
-    one layer's parameters with the others rematerialised), whose fusions round reductions differently: W is
+    one layer's parameters with the others rematerialised, attention and loss in CHUNK blocks), whose fusions round
+    reductions differently: W is
     identical, X and dY agree to 2e-6 of the tensor's largest magnitude (measured: at most 2.6e-7, 4 ulp of it)."""
+    monkeypatch.setattr(checkpoint, "CHUNK", chunk)  # 5: attention and loss blocks of 5 over 16 tokens
     lm = hf.load_pretrained(folder)
     windows = checkpoint.text_windows(lm, None, 16, 2)
     per_layer = dict(checkpoint.capture_layers(lm, windows, [0, 1]))

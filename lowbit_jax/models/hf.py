@@ -243,11 +243,26 @@ def attention_mask(t: int, window: int | None, mask_BxT: jax.Array | None) -> ja
     return visible
 
 
+def attend(
+    q_BxCxKxGxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax.Array, visible: jax.Array, dtype: str
+) -> jax.Array:
+    """softmax(q k^T / sqrt(E)) v over the visible keys, in float32 (the probabilities rounded to the model dtype
+    first, as transformers does): (B, C, K, G, E) for C queries against S keys."""
+    e = q_BxCxKxGxE.shape[-1]
+    scores = jnp.einsum("bckge,bske->bkgcs", q_BxCxKxGxE, k_BxSxKxE, precision=HIGHEST) * jnp.float32(e**-0.5)
+    scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype).astype(jnp.float32)
+    return jnp.einsum("bkgcs,bske->bckge", probs, v_BxSxKxE, precision=HIGHEST)
+
+
 class Attention(nn.Module):
-    """Grouped-query causal self-attention with RoPE (and Qwen3's per-head q/k norms before it)."""
+    """Grouped-query causal self-attention with RoPE (and Qwen3's per-head q/k norms before it). query_chunk > 0:
+    the scores of that many queries at a time (against the keys up to the chunk's last query), each chunk
+    rematerialised in the backward pass, so memory holds one chunk's scores instead of T x T."""
 
     cfg: DecoderConfig
     window: int | None
+    query_chunk: int = 0
 
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array, mask_BxT: jax.Array | None) -> jax.Array:
@@ -263,11 +278,18 @@ class Attention(nn.Module):
         cos, sin = rope_tables(cfg, t)
         q, kk = apply_rope(q, cos, sin), apply_rope(kk, cos, sin)
         q_BxTxKxGxE = q.reshape(b, t, k, h // k, e).astype(jnp.float32)
-        scores = jnp.einsum("btkge,bske->bkgts", q_BxTxKxGxE, kk.astype(jnp.float32), precision=HIGHEST)
-        scores = scores * jnp.float32(e**-0.5)
-        scores = jnp.where(attention_mask(t, self.window, mask_BxT), scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype).astype(jnp.float32)
-        out = jnp.einsum("bkgts,bske->btkge", probs, v.astype(jnp.float32), precision=HIGHEST)
+        k32, v32 = kk.astype(jnp.float32), v.astype(jnp.float32)
+        visible = attention_mask(t, self.window, mask_BxT)
+        if self.query_chunk <= 0 or self.query_chunk >= t:
+            out = attend(q_BxTxKxGxE, k32, v32, visible, cfg.dtype)
+        else:
+            chunked = jax.checkpoint(attend, static_argnums=4)
+            outs = []
+            for s in range(0, t, self.query_chunk):
+                end = min(s + self.query_chunk, t)  # causal: keys past the chunk's last query are never visible
+                seen = visible[..., s:end, :end]
+                outs.append(chunked(q_BxTxKxGxE[:, s:end], k32[:, :end], v32[:, :end], seen, cfg.dtype))
+            out = jnp.concatenate(outs, axis=1)
         return _dense(cfg, cfg.hidden_size, "o_proj", cfg.o_bias)(out.reshape(b, t, h * e).astype(cfg.dtype))
 
 
@@ -289,12 +311,13 @@ class DecoderLayer(nn.Module):
 
     cfg: DecoderConfig
     window: int | None
+    query_chunk: int = 0
 
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array, mask_BxT: jax.Array | None) -> jax.Array:
         cfg = self.cfg
         h = RMSNorm(cfg.rms_norm_eps, cfg.dtype, name="input_layernorm")(x_BxTxD)
-        x = x_BxTxD + Attention(cfg, self.window, name="self_attn")(h, mask_BxT)
+        x = x_BxTxD + Attention(cfg, self.window, self.query_chunk, name="self_attn")(h, mask_BxT)
         h = RMSNorm(cfg.rms_norm_eps, cfg.dtype, name="post_attention_layernorm")(x)
         return x + MLP(cfg, name="mlp")(h)
 
@@ -303,22 +326,40 @@ class Decoder(nn.Module):
     """Token ids (B, T) and an optional padding mask (B, T; 1 = token) -> next-token logits (B, T, vocab) float32.
 
     remat: decoder layers whose activations are recomputed in the backward pass instead of stored (nn.remat; the
-    forward values are the same), e.g. every layer but one whose operands a capture records."""
+    forward values are the same), e.g. every layer but one whose operands a capture records. query_chunk: as for
+    Attention. hidden=True returns the final normed hidden states (B, T, D) instead of the logits (head_logits
+    applies the head to any slice of them)."""
 
     cfg: DecoderConfig
     remat: tuple[int, ...] = ()
+    query_chunk: int = 0
 
     @nn.compact
-    def __call__(self, tokens_BxT: jax.Array, mask_BxT: jax.Array | None = None) -> jax.Array:
+    def __call__(self, tokens_BxT: jax.Array, mask_BxT: jax.Array | None = None, hidden: bool = False) -> jax.Array:
         cfg = self.cfg
         embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.dtype, name="embed_tokens")
         x = embed(tokens_BxT)
         for i in range(cfg.n_layers):
             layer = nn.remat(DecoderLayer) if i in self.remat else DecoderLayer
-            x = layer(cfg, cfg.window(i), name=f"layers_{i}")(x, mask_BxT)
+            x = layer(cfg, cfg.window(i), self.query_chunk, name=f"layers_{i}")(x, mask_BxT)
         x = RMSNorm(cfg.rms_norm_eps, cfg.dtype, name="norm")(x)
+        if hidden:
+            return x
         logits = embed.attend(x) if cfg.tie_word_embeddings else _dense(cfg, cfg.vocab_size, "lm_head", False)(x)
         return logits.astype(jnp.float32)
+
+
+def head_logits(cfg: DecoderConfig, params: dict, hidden_BxTxD: jax.Array) -> jax.Array:
+    """The output head (tied: the embedding's transpose) on hidden states, float32 logits: the same product as the
+    module's lm_head / Embed.attend, for callers that apply it in token chunks."""
+    if cfg.tie_word_embeddings:
+        table = params["embed_tokens"]["embedding"].astype(cfg.dtype)
+        logits = jnp.dot(hidden_BxTxD.astype(cfg.dtype), table.T, precision=HIGHEST)
+    else:
+        kernel = params["lm_head"]["kernel"].astype(cfg.dtype)
+        dims = (((hidden_BxTxD.ndim - 1,), (0,)), ((), ()))
+        logits = jax.lax.dot_general(hidden_BxTxD.astype(cfg.dtype), kernel, dims, precision=HIGHEST)
+    return logits.astype(jnp.float32)
 
 
 # --------------------------------------------------------------------------------------------- safetensors
