@@ -115,6 +115,55 @@ def test_query_chunks_give_the_same_logits(checkpoint):
     np.testing.assert_allclose(np.asarray(chunked)[real], np.asarray(lm.logits(tokens, mask))[real], rtol=0, atol=2e-6)
 
 
+@pytest.mark.parametrize(
+    "scaling",
+    [
+        None,
+        {"rope_type": "linear", "factor": 4.0},
+        {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
+    ],
+    ids=["default", "linear", "llama3"],
+)
+def test_rope_frequencies_are_transformers_own(scaling):
+    """inv_frequencies equals transformers' own frequencies bit for bit (float32 on both sides), head_dim 128 and
+    theta 5e5 as in Llama 3, so that llama3's smoothing band holds some frequencies. (A float32 numpy power differs
+    from PyTorch's correctly rounded one in 13 of these 64 values.)"""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    fields = {"hidden_size": 512, "num_attention_heads": 4, "rope_theta": 5e5, "rope_scaling": scaling}
+    cfg = transformers.AutoConfig.for_model("llama", **fields)
+    ours = hf.inv_frequencies(hf.config_from_hf(cfg.to_dict()))
+    rope_type = (scaling or {}).get("rope_type", "default")
+    if rope_type == "default":
+        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+        theirs = LlamaRotaryEmbedding.compute_default_rope_parameters(cfg)[0]
+    else:
+        theirs = ROPE_INIT_FUNCTIONS[rope_type](cfg, "cpu")[0]
+    np.testing.assert_array_equal(ours, theirs.numpy())
+
+
+def test_sliding_windows_from_each_config_form():
+    """transformers 5's layer_types, Mistral's sliding_window, Qwen's use_sliding_window with max_window_layers."""
+    base = {"vocab_size": 8, "hidden_size": 8, "num_hidden_layers": 3, "num_attention_heads": 2}
+    base |= {"intermediate_size": 8, "rope_theta": 1e4}
+    cfg = lambda **kw: hf.config_from_hf(base | kw)
+    types = ["full_attention", "sliding_attention", "sliding_attention"]
+    assert cfg(model_type="qwen2", layer_types=types, sliding_window=4).sliding_windows == (None, 4, 4)
+    assert cfg(model_type="mistral", sliding_window=6).sliding_windows == (6, 6, 6)
+    assert cfg(model_type="mistral", sliding_window=None).sliding_windows == ()
+    qwen = {"model_type": "qwen3", "sliding_window": 5, "max_window_layers": 1}
+    assert cfg(**qwen, use_sliding_window=True).sliding_windows == (None, 5, 5)
+    assert cfg(**qwen, use_sliding_window=False).sliding_windows == ()
+    assert cfg(model_type="llama").sliding_windows == ()
+
+
 def test_config_features_reach_the_model():
     """Each family's distinguishing config ends up in DecoderConfig (else the parity tests would not test it)."""
     cfgs = {f: hf.config_from_hf(tiny_model(f).config.to_dict()) for f in FAMILIES}

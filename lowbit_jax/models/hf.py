@@ -181,18 +181,22 @@ def config_from_hf(cfg: Mapping[str, Any], dtype: str | None = None) -> DecoderC
 
 # --------------------------------------------------------------------------------------------- the model
 def inv_frequencies(cfg: DecoderConfig) -> np.ndarray:
-    """RoPE inverse frequencies (E/2,) in float32, computed as transformers computes them (float32 steps)."""
+    """RoPE inverse frequencies (E/2,) in float32, computed as transformers computes them: float32 steps, with the
+    power theta^(2i/E) correctly rounded to float32 (as PyTorch's pow is; numpy's float32 power is not always)."""
     e = cfg.head_dim
     exponents = np.arange(0, e, 2, dtype=np.int64).astype(np.float32) / np.float32(e)
-    inv = (np.float32(1.0) / np.power(np.float32(cfg.rope_theta), exponents)).astype(np.float32)
+    power = np.power(np.float64(np.float32(cfg.rope_theta)), exponents.astype(np.float64)).astype(np.float32)
+    inv = (np.float32(1.0) / power).astype(np.float32)
     if cfg.rope_type == "linear":
         return (inv / np.float32(cfg.rope_factor)).astype(np.float32)
     if cfg.rope_type == "llama3":
         factor, lo, hi = (np.float32(v) for v in (cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor))
         old = np.float32(cfg.rope_original_max_positions)
-        wavelen = (np.float32(2 * math.pi) / inv).astype(np.float32)
+        # PyTorch evaluates `scalar / tensor` as scalar * (1 / tensor), two roundings; so does this
+        recip = lambda a: (np.float32(1.0) / a).astype(np.float32)
+        wavelen = (np.float32(2 * math.pi) * recip(inv)).astype(np.float32)
         scaled = np.where(wavelen > old / lo, inv / factor, inv).astype(np.float32)
-        smooth = ((old / wavelen - lo) / (hi - lo)).astype(np.float32)
+        smooth = (((old * recip(wavelen)).astype(np.float32) - lo) / (hi - lo)).astype(np.float32)
         smoothed = ((1 - smooth) * scaled / factor + smooth * scaled).astype(np.float32)
         medium = ~(wavelen < old / hi) & ~(wavelen > old / lo)
         return np.where(medium, smoothed, scaled).astype(np.float32)
