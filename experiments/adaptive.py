@@ -73,7 +73,6 @@ import re
 import time
 import zlib
 from collections.abc import Iterator
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -139,10 +138,7 @@ class Config:
             raise ValueError(f"--rows >= 1, --layers in 0..{top or 'its layer count'}, --batches >= 1")
         if self.pairs_per_batch < 2 or self.sequences < 1:
             raise ValueError("--pairs-per-batch >= 2, --sequences >= 1")
-        if self.text and not self.model:
-            raise ValueError("--text needs --model (MiniLM reads its own pydoc_data split)")
-        if self.devices < 1 or (self.devices > 1 and not self.model):
-            raise ValueError("--devices >= 1, and more than one only with --model")
+        common.check_model_flags(self.model, self.text, self.devices)
         if self.seq_len < 8 or self.min_blocks < 1:
             raise ValueError("--seq-len >= 8 and --min-blocks >= 1")
         if not 2.0 <= self.kappa_max <= 64 or not FINE_BIN <= self.bin_width <= 1.0:
@@ -154,9 +150,7 @@ class Config:
 
     def check_paths(self) -> None:
         """FileNotFoundError naming --model or --text when the folder or file is not there (before any work)."""
-        common.require_model_folder(self.model)
-        if self.text and not Path(self.text).is_file():
-            raise FileNotFoundError(f"--text {self.text}: no such file")
+        common.check_model_paths(self.model, self.text)
 
 
 PRESETS = {

@@ -220,6 +220,21 @@ def require_model_folder(folder: str, flag: str = "--model") -> None:
         raise ValueError(f"{flag} {folder}: {err}") from None
 
 
+def check_model_flags(model: str, text: str, devices: int) -> None:
+    """ValueError for --text or --devices > 1 without --model (MiniLM reads its own split, on one device)."""
+    if text and not model:
+        raise ValueError("--text needs --model (MiniLM reads its own pydoc_data split)")
+    if devices < 1 or (devices > 1 and not model):
+        raise ValueError("--devices >= 1, and more than one only with --model")
+
+
+def check_model_paths(model: str, text: str) -> None:
+    """Before any work: the --model folder (require_model_folder) and the --text file exist."""
+    require_model_folder(model)
+    if text and not Path(text).is_file():
+        raise FileNotFoundError(f"--text {text}: no such file")
+
+
 @contextlib.contextmanager
 def user_errors(module: str) -> Iterator[None]:
     """Expected user errors raised after parsing (a checkpoint or text that turns out unusable) end the program

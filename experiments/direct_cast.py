@@ -126,16 +126,11 @@ class Config:
         if self.rotate:  # the rotation's size is each format's block size: a power of two
             for fmt in self.formats:
                 check_rotation(fmt)
-        if self.text and not self.model:
-            raise ValueError("--text needs --model (MiniLM reads its own pydoc_data split)")
-        if self.devices < 1 or (self.devices > 1 and not self.model):
-            raise ValueError("--devices >= 1, and more than one only with --model")
+        common.check_model_flags(self.model, self.text, self.devices)
 
     def check_paths(self) -> None:
         """FileNotFoundError naming --model or --text when the folder or file is not there (before any work)."""
-        common.require_model_folder(self.model)
-        if self.text and not Path(self.text).is_file():
-            raise FileNotFoundError(f"--text {self.text}: no such file")
+        common.check_model_paths(self.model, self.text)
 
     @property
     def formats(self) -> tuple[lb.Format, ...]:
