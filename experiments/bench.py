@@ -4,34 +4,42 @@
     python -m experiments.bench --formats mxfp4,nvfp4 --size 2048 --dtypes float32,bfloat16
     python -m experiments.bench --preset gpu         # GPU: 8192x8192 float32 and bfloat16, Pallas vs XLA vs copy
 
-Each row times `jit(fake_quant)` (median over --repeats batches of --batch back-to-back calls, after a warm-up;
-the GPU preset queues 10 calls per batch so that dispatch overlaps the device work) and reports GB/s as
-(bytes read + bytes written) / time, and the ratio quant_time / copy_time against `jit(jnp.copy)` on the same
-array in the same run. Targets on the 2-core CPU: ratio <= 1.6 for MX formats, <= 2.0 for NV
-formats (they read the tensor twice: tensor amax, then blocks). --impls: xla (the core), pallas (the kernel on
+Each row times `jit(fake_quant)` (median over --repeats rounds of one batch of --batch back-to-back calls, after
+a warm-up; the GPU preset queues 10 calls per batch so that dispatch overlaps the device work; each round times
+every case of a dtype in turn, and a ratio is the median over rounds of the ratio within a round) and reports GB/s as
+(bytes read + bytes written) / time, and the ratios of its time to two baselines timed on the same array in the
+same run: `jit(jnp.copy)` and `naive`, the minimal single-rule MXINT8 in plain jnp (analysis.timing.naive_mxint8:
+block amax, a power-of-two scale from exponent bits, round, clip, rescale; a yardstick that is not bit-exact for
+NaN, Inf or subnormal blocks). Targets on the 2-core CPU: time / copy <= 1.6 for MX formats, <= 2.0 for NV formats
+(they read the tensor twice: tensor amax, then blocks); time / naive <= 1.15 for MX, <= 1.35 for NV, <= 1.5 for
+per-channel formats (docs/benchmarks.md). --impls: xla (the core), pallas (the kernel on
 its default GPU backend, Triton); off a GPU the Pallas kernels only run interpreted
 (slow: use a small --size). GPU goal (docs/benchmarks.md): Pallas >= 80 % of copy GB/s and faster than XLA.
 
 Output (--out, default results/bench/): bench.json = {"machine": str, "rows": [{"format", "impl", "dtype",
-"size", "ms", "gbps", "ratio_to_copy", "error"}]}, bench.csv with the same rows; a row whose kernel failed to
-compile has NaN timings (null in JSON) and the error's first line. bench.png: GB/s per format and implementation,
-one panel per dtype, the device copy's GB/s dashed.
+"size", "ms", "gbps", "ratio_to_copy", "ratio_to_naive", "error"}]} (the baselines are the rows of format "copy"
+and "naive"), bench.csv with the same rows; a row whose kernel failed to compile has NaN timings (null in JSON) and
+the error's first line. bench.png: GB/s per format and implementation, one panel per dtype, the device copy's GB/s
+dashed and the naive MXINT8's dotted.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import lowbit_jax as lb
 from analysis import bench_plots, plotting
-from analysis.timing import bench_input, gbps, quant_fn, time_case
+from analysis.timing import bench_input, gbps, interleaved_seconds, naive_mxint8, quant_fn
 from experiments import common
 
 IMPLS = ("xla", "pallas")  # the core; the Pallas kernel on its default backend (Triton on a GPU)
+BASELINES = {"copy": jax.jit(jnp.copy), "naive": jax.jit(naive_mxint8)}  # timed first, on the same array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,46 +78,37 @@ PRESETS = {
 
 
 def bench_rows(cfg: Config) -> list[dict]:
-    """One row per (dtype, format, impl) plus the copy baseline per dtype."""
+    """One row per (dtype, format, impl) after the two baselines per dtype (copy, then naive)."""
     device = jax.devices(cfg.device)[0]
-    rows, inputs = [], {}
-    jobs = []
-    for d in cfg.dtypes:
-        jobs += [(d, "copy", "xla")] + [(d, f, i) for f in cfg.formats for i in cfg.impls]
-    for dtype, name, impl in common.progress(jobs, desc="bench", unit="case"):
-        if dtype not in inputs:  # one input per dtype, shared by its cases
-            inputs[dtype] = bench_input(cfg.size, dtype, cfg.seed, device)
-        x = inputs[dtype]
-        fn = jax.jit(jnp.copy) if name == "copy" else quant_fn(name, impl)
-        seconds, error = time_case(fn, x, cfg.repeats, cfg.batch)
-        if name == "copy":
-            copy_seconds = seconds
-        rows.append(
-            {
-                "format": name,
-                "impl": "copy" if name == "copy" else impl,
-                "dtype": dtype,
-                "size": cfg.size,
-                "ms": seconds * 1e3,
-                "gbps": gbps(x, seconds),
-                "ratio_to_copy": seconds / copy_seconds,
-                "error": error,
-            }
-        )
-        if cfg.device == "gpu":  # live record: a timeout guard must not lose the rows measured so far
-            print(f"{dtype} {name} {rows[-1]['impl']}: {rows[-1]['gbps']:.1f} GB/s {error}", flush=True)
+    rows = []
+    for dtype in cfg.dtypes:  # one input per dtype, shared by its cases, timed in interleaved rounds
+        x = bench_input(cfg.size, dtype, cfg.seed, device)
+        jobs = [(b, b) for b in BASELINES] + [(f, i) for f in cfg.formats for i in cfg.impls]
+        cases = [(BASELINES[name] if impl == name else quant_fn(name, impl), x) for name, impl in jobs]
+        timed = interleaved_seconds(cases, cfg.repeats, cfg.batch)
+        base = {b: np.asarray(timed[k][0]) for k, b in enumerate(BASELINES)}
+        for (name, impl), (times, error) in zip(jobs, timed, strict=True):
+            seconds = statistics.median(times) if times else float("nan")
+            row = {"format": name, "impl": impl, "dtype": dtype, "size": cfg.size, "ms": seconds * 1e3}
+            row |= {"gbps": gbps(x, seconds), "error": error}
+            for b, b_times in base.items():  # the median over rounds of the ratio within a round
+                ok = times and b_times.size
+                row[f"ratio_to_{b}"] = float(np.median(np.asarray(times) / b_times)) if ok else float("nan")
+            rows.append(row)
+            if cfg.device == "gpu":  # printed as each dtype ends: a timeout guard keeps the dtypes already done
+                print(f"{dtype} {name} {impl}: {row['gbps']:.1f} GB/s {error}", flush=True)
     return rows
 
 
 def comparison(rows: list[dict]) -> tuple[list[str], list[tuple]]:
     """Per (dtype, format): GB/s of copy and of each impl, and each Pallas impl's % of copy and speed-up over XLA."""
     by = {(r["dtype"], r["format"], r["impl"]): r["gbps"] for r in rows}
-    impls = list(dict.fromkeys(r["impl"] for r in rows if r["impl"] != "copy"))
+    impls = list(dict.fromkeys(r["impl"] for r in rows if r["impl"] not in BASELINES))
     pallas = [i for i in impls if i != "xla"]
     headers = ["dtype", "format", "copy"] + impls + [f"{p} %copy" for p in pallas]
     headers += [f"{p} / xla" for p in pallas if "xla" in impls]
     table = []
-    for dtype, fmt in dict.fromkeys((r["dtype"], r["format"]) for r in rows if r["impl"] != "copy"):
+    for dtype, fmt in dict.fromkeys((r["dtype"], r["format"]) for r in rows if r["impl"] not in BASELINES):
         copy = by[(dtype, "copy", "copy")]
         cells = [by.get((dtype, fmt, i), float("nan")) for i in impls]
         cells += [100 * by[(dtype, fmt, p)] / copy for p in pallas]
@@ -124,8 +123,9 @@ def main(argv=None) -> dict:
         sys.exit("--device gpu: no GPU is visible to JAX on this machine")
     result, folder = common.save_rows("bench", "bench", out, cfg, bench_rows(cfg))
     rows = result["rows"]
-    table = [(r["format"], r["impl"], r["dtype"], r["ms"], r["gbps"], r["ratio_to_copy"]) for r in rows]
-    print(common.format_table(["format", "impl", "dtype", "ms", "GB/s", "ratio"], table, ".2f"))
+    keys = ("format", "impl", "dtype", "ms", "gbps", "ratio_to_copy", "ratio_to_naive")
+    table = [tuple(r[k] for k in keys) for r in rows]
+    print(common.format_table(["format", "impl", "dtype", "ms", "GB/s", "/ copy", "/ naive"], table, ".2f"))
     if len(cfg.impls) > 1 or cfg.impls != ("xla",):
         print("\nGB/s side by side (same array, same run)\n")
         print(common.format_table(*comparison(rows), ".1f"))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from experiments import bench, crossover, tune_kernels
+from tests.conftest import fq_many, heavy_blocks
 
 
 @pytest.mark.slow
@@ -66,9 +67,18 @@ def test_crossover_bad_flags(argv, message, capsys):
 def test_bench_tiny(tmp_path):
     result = bench.main(["--preset", "tiny", "--out", str(tmp_path)])
     names = [r["format"] for r in result["rows"]]
-    assert names[0] == "copy" and "nvfp4" in names
-    assert all(r["ms"] > 0 and r["ratio_to_copy"] > 0 for r in result["rows"])
+    assert names[:2] == ["copy", "naive"] and "nvfp4" in names
+    assert all(r["ms"] > 0 and r["ratio_to_copy"] > 0 and r["ratio_to_naive"] > 0 for r in result["rows"])
     assert json.loads((tmp_path / "bench.json").read_text())["rows"]
+
+
+def test_the_naive_yardstick_does_mxint8_work():
+    """The bench's naive baseline is MXINT8 with the OCP floor rule on ordinary data (finite, normal block amax),
+    so the speed comparison is like for like; it is not the library's contract beyond that."""
+    from analysis.timing import naive_mxint8
+
+    x = heavy_blocks(np.random.default_rng(0), 64, 512, 32)
+    np.testing.assert_array_equal(np.asarray(naive_mxint8(x)), fq_many(x, ["mxint8:scale_rounding=floor"])[0])
 
 
 @pytest.mark.slow
