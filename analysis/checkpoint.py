@@ -16,23 +16,17 @@ import numpy as np
 import optax
 
 from analysis import divergence
+from analysis.lm.data import topics_text  # real English text that ships with CPython
 from lowbit_jax.formats import Format
 from lowbit_jax.interceptor import capture, quantized
 from lowbit_jax.models.hf import LM_HEAD_RULE, PROJECTIONS, Decoder, DecoderConfig, PretrainedLM, head_logits
 from lowbit_jax.qdot_config import QDotConfig
 
 
-def default_text() -> str:
-    """Real English text that ships with CPython: every pydoc topic, sorted by name, separated by blank lines."""
-    from pydoc_data.topics import topics
-
-    return "\n\n".join(topics[k].strip() for k in sorted(topics))
-
-
 def text_windows(lm: PretrainedLM, text_file: str | None, seq_len: int, n: int) -> np.ndarray:
-    """(n, seq_len + 1) int32 windows of consecutive tokens (the text of `text_file`, else default_text()),
+    """(n, seq_len + 1) int32 windows of consecutive tokens (the text of `text_file`, else topics_text()),
     tokenized with the checkpoint's tokenizer and cut from the start; ValueError if the text is too short."""
-    body = Path(text_file).read_text(encoding="utf-8") if text_file else default_text()
+    body = Path(text_file).read_text(encoding="utf-8") if text_file else topics_text()
     ids = lm.encode(body)
     need = n * (seq_len + 1)
     if ids.size < need:
@@ -154,7 +148,7 @@ def direct_cast(
 
 def make_tiny_checkpoint(folder: str | Path, family: str = "llama", vocab_size: int = 320, seed: int = 0) -> Path:
     """Write a tiny random-initialised `family` checkpoint (transformers' own save_pretrained; needs torch and
-    transformers, as the test extras install) and a byte-level BPE tokenizer.json trained on default_text() with at
+    transformers, as the test extras install) and a byte-level BPE tokenizer.json trained on topics_text() with at
     most `vocab_size` tokens into `folder`: a stand-in for a real checkpoint, for trying the studies offline."""
     import torch
     import transformers
@@ -168,7 +162,7 @@ def make_tiny_checkpoint(folder: str | Path, family: str = "llama", vocab_size: 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator([default_text()[:200_000]], trainer)  # 200 kB: enough merges, trains in 1 s
+    tokenizer.train_from_iterator([topics_text()[:200_000]], trainer)  # 200 kB: enough merges, trains in 1 s
     if tokenizer.get_vocab_size() > vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens for a vocabulary of {vocab_size}")
     tokenizer.save(str(folder / "tokenizer.json"))
