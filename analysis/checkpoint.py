@@ -117,10 +117,9 @@ def direct_cast(
     fns = [jax.jit(lambda p, x: model.apply({"params": p}, x)) for _ in configs]
     parts: list[list] = [[] for _ in configs]
     starts = range(0, len(windows), chunk)
-    for start in progress([(s, j) for s in starts for j in range(len(configs))]):
-        s, j = start
-        c = jnp.asarray(windows[s : s + chunk], jnp.int32)
-        if j == 0:
+    for s, j in progress([(s, j) for s in starts for j in range(len(configs))]):
+        if j == 0:  # each chunk's first run: its windows go to the device once, for every run of the chunk
+            c = jnp.asarray(windows[s : s + chunk], jnp.int32)
             ref = q = fns[0](lm.params, c[:, :-1])
         else:
             with quantized(lm_rules(configs[j])):
