@@ -104,15 +104,38 @@ def _fwht(x: jax.Array, signs: jax.Array | None = None) -> jax.Array:
     return y
 
 
-def _rotate_chunks(chunks: jax.Array, h: int, key: Key, inverse: bool) -> jax.Array:
-    """float32 (..., h) chunks times R (R^T if inverse)."""
+def _rotate_chunks(chunks: jax.Array, signs: jax.Array, inverse: bool) -> jax.Array:
+    """float32 (..., h) chunks times R = diag(signs) H / sqrt(h) (R^T if inverse)."""
+    h = chunks.shape[-1]
     if h < FWHT_MIN_H:
-        R_hxh = random_hadamard(h, key)
+        H = jnp.asarray(_sylvester_np(h))
+        R_hxh = signs.astype(jnp.float32)[:, None] * H * np.float32(1.0 / np.sqrt(h))
         return jnp.matmul(chunks, R_hxh.T if inverse else R_hxh, precision=lax.Precision.HIGHEST)
-    signs = random_signs(h, key)
     # x R = (x D) H / sqrt(h); x R^T = x H D / sqrt(h) (H is symmetric); the +-1 signs commute with the scaling.
     y = _fwht(chunks, None if inverse else signs) * np.float32(1.0 / np.sqrt(h))
     return y * _along_last(signs, y.ndim) if inverse else y
+
+
+def check_signs(signs: ArrayLike, h: int | None = None) -> jax.Array:
+    """A rotation's sign vector as float32: a 1-D array of +-1 values whose length is a power of two (== h if given)."""
+    v = np.asarray(signs, np.float64) if not isinstance(signs, jax.Array) else None
+    if v is not None:  # concrete values: check them now
+        if v.ndim != 1 or not np.all(np.abs(v) == 1):
+            raise ValueError(f"Hadamard signs must be a 1-D vector of +1/-1 values, got {np.asarray(signs)!r}")
+        check_size(v.shape[0])
+        if h is not None and v.shape[0] != h:
+            raise ValueError(f"{v.shape[0]} Hadamard signs given for a rotation of size {h}")
+    return jnp.asarray(signs, jnp.float32)
+
+
+def _check_rotated(x: jax.Array, axis: int) -> int:
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"hadamard.rotate takes real floating-point arrays; got dtype {x.dtype}")
+    if x.ndim == 0:
+        raise ValueError("hadamard.rotate rotates chunks along an axis; got a scalar")
+    if isinstance(axis, bool) or not isinstance(axis, int | np.integer) or not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"axis {axis!r} is out of range for an array of rank {x.ndim}")
+    return int(axis) % x.ndim
 
 
 def rotate(x: ArrayLike, h: int, key: Key, axis: int = -1, *, inverse: bool = False) -> jax.Array:
@@ -121,20 +144,26 @@ def rotate(x: ArrayLike, h: int, key: Key, axis: int = -1, *, inverse: bool = Fa
     transform (no h x h matrix). TypeError for non-float x (a rotation of integers would truncate), ValueError for a
     scalar or an axis outside [-ndim, ndim)."""
     x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"hadamard.rotate takes real floating-point arrays; got dtype {x.dtype}")
-    if x.ndim == 0:
-        raise ValueError("hadamard.rotate rotates chunks along an axis; got a scalar")
-    if isinstance(axis, bool) or not isinstance(axis, int | np.integer) or not -x.ndim <= axis < x.ndim:
-        raise ValueError(f"axis {axis!r} is out of range for an array of rank {x.ndim}")
-    axis = int(axis) % x.ndim
-    return _rotate_jit(x, key, check_size(h, x.shape[axis]), axis, bool(inverse))
+    axis = _check_rotated(x, axis)
+    h = check_size(h, x.shape[axis])
+    return _rotate_jit(x, random_signs(h, key), axis, bool(inverse))
+
+
+def rotate_with_signs(x: ArrayLike, signs: ArrayLike, axis: int = -1, *, inverse: bool = False) -> jax.Array:
+    """`rotate` with the diagonal of R given: h = len(signs) values +-1 (a fixed vector, e.g. one shared by all
+    layers), instead of signs drawn from a key."""
+    x = jnp.asarray(x)
+    axis = _check_rotated(x, axis)
+    signs = check_signs(signs)
+    check_size(signs.shape[0], x.shape[axis])
+    return _rotate_jit(x, signs, axis, bool(inverse))
 
 
 # One compiled program per shape and size: run op by op, the log2 h butterfly stages cost seconds of dispatch.
-@functools.partial(jax.jit, static_argnums=(2, 3, 4))
-def _rotate_jit(x: jax.Array, key: Key, h: int, axis: int, inverse: bool) -> jax.Array:
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _rotate_jit(x: jax.Array, signs: jax.Array, axis: int, inverse: bool) -> jax.Array:
+    h = signs.shape[0]
     x_last = jnp.moveaxis(x, axis, -1).astype(jnp.float32)
     chunks = x_last.reshape(x_last.shape[:-1] + (x_last.shape[-1] // h, h))
-    y = _rotate_chunks(chunks, h, key, inverse).reshape(x_last.shape)
+    y = _rotate_chunks(chunks, signs, inverse).reshape(x_last.shape)
     return jnp.moveaxis(y, -1, axis).astype(x.dtype)

@@ -65,6 +65,7 @@ from lowbit_jax._types import Key
 from lowbit_jax.formats import Format, get_format
 from lowbit_jax.qconv import with_conv_config
 from lowbit_jax.qdot import QDotConfig, with_config
+from lowbit_jax.qdot_config import GEMMS
 from lowbit_jax.qeinsum import einsum_via
 
 # A rule's value (module docstring): a QDotConfig, None / False / "skip", True / "capture", a preset string
@@ -227,11 +228,16 @@ class Session:
         return call
 
 
+def _keyed_rotation(config: QDotConfig) -> bool:
+    """Whether some GEMM's rotation draws its signs from the call's key (or, without one, rotation_seed)."""
+    return any((r := config.rotation_of(g)) is not None and r.signs == "key" for g in GEMMS)
+
+
 def _quant_op(path: str, config: QDotConfig, key: Key | None, call: int = 0, conv: bool = False) -> Callable[..., Any]:
     bind: Callable[..., Callable[..., Any]] = with_conv_config if conv else with_config
     if key is not None:
         return bind(config, layer_key(key, path, call))
-    if config.rotation:  # no key: a per-layer Hadamard seed, so layers still get their own rotations
+    if _keyed_rotation(config):  # no key: a per-layer Hadamard seed, so layers still get their own rotations
         seed = zlib.crc32(f"{path}#{call}".encode()) & 0x7FFFFFFF
         config = dataclasses.replace(config, rotation_seed=seed)
     return bind(config, None)

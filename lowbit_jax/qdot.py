@@ -49,62 +49,157 @@ import numpy as np
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lowbit_jax import hadamard
+from lowbit_jax import blocks, codec, hadamard, kernels
 from lowbit_jax._types import ArrayLike, DimensionNumbers, DTypeLike, Key, Precision
 from lowbit_jax.formats import Format
 from lowbit_jax.gemm_dims import canonical, free_dims, normalize_dims
-from lowbit_jax.qdot_config import OPERANDS, QDotConfig, is_tiled
-from lowbit_jax.quantize import fake_quant
+from lowbit_jax.impls import resolve_impl
+from lowbit_jax.qdot_config import GEMM_OPERANDS, GEMMS, OPERANDS, QDotConfig, Rotation, is_tiled
 from lowbit_jax.sharding import entries as _entries
 from lowbit_jax.sharding import explicit_spec, same_varying_axes
 
-_KEY_SLOTS = {"rot_fwd": 0, "rot_dx": 1, "rot_dw": 2, "sr_dx": 3, "sr_dw": 4}
+# fold_in slots of a call's key: each GEMM's rotation signs, each operand's rounding randomness (the dY slots are
+# those of the earlier SR-for-dY-only design, so its results are unchanged)
+_KEY_SLOTS = {"fwd": 0, "dx": 1, "dw": 2, "dy_dx": 3, "dy_dw": 4, "x_fwd": 5, "w_fwd": 6, "w_dx": 7, "x_dw": 8}
 
 
 # ---------------------------------------------------------------------------------------------- one GEMM
 @dataclass(frozen=True)
-class _GemmPlan:
-    """Static description of one quantized GEMM in canonical form."""
+class _Operand:
+    """One GEMM operand: its config name, format (None: unquantized), rounding, SR bits and tile orientation."""
 
-    fmt_a: Format | None
-    fmt_b: Format | None
+    name: str
+    fmt: Format | None
+    rounding: str = "nearest"  # "nearest", "stochastic" or "eden"
+    sr_bits: int | None = None
+    flip: bool = False  # the operand's (free, K) is its tensor's tile orientation transposed (2-D tiles)
+
+
+@dataclass(frozen=True)
+class _GemmPlan:
+    """Static description of one quantized GEMM in canonical form, built once per qdot_general trace."""
+
+    name: str  # "fwd", "dx" or "dw"
+    a: _Operand
+    b: _Operand
     n_batch: int
-    rotation: int | None
+    rotation: Rotation | None
     accum_dtype: str
     precision: Precision
     impl: str = "xla"
-    flip_a: bool = False  # the operand's (free, K) is its tensor's tile orientation transposed (2-D tiles)
-    flip_b: bool = False
+    accumulator: object = None  # TEMP: accumulate.AccumSpec
+    rotation_seed: int = 0
+
+    @property
+    def quantized(self) -> bool:
+        return self.a.fmt is not None or self.b.fmt is not None
 
 
-def _quant(x_f32, fmt: Format | None, key, impl: str = "xla", n_batch: int = 0, flip: bool = False):
+def _gemm_plan(cfg: QDotConfig, gemm: str, n_batch: int, precision: Precision, flips: tuple[bool, bool]) -> _GemmPlan:
+    ops = [
+        _Operand(name, getattr(cfg, name), cfg.rounding_of(name), cfg.sr_bits_of(name), flip)
+        for name, flip in zip(GEMM_OPERANDS[gemm], flips, strict=True)
+    ]
+    return _GemmPlan(
+        gemm,
+        *ops,
+        n_batch,
+        cfg.rotation_of(gemm),
+        cfg.accum_dtype,
+        precision,
+        cfg.impl,
+        cfg.accumulator,
+        cfg.rotation_seed,
+    )
+
+
+def _operand_axes(fmt: Format, ndim: int, flip: bool) -> tuple[int, ...]:
+    """The quantized axes of a canonical operand: K (the last axis), or (F, K) / (K, F) for 2-D tiles."""
+    axis = ((-1, -2) if flip else (-2, -1)) if is_tiled(fmt) else -1
+    return blocks.normalize_axes(axis, ndim, fmt.block_size)
+
+
+def _quant_core(x_f32, op: _Operand, key, impl: str, group: int | None):
+    """x [.., K] (2-D tiles: [.., F, K]) quantized per `op` by the internal quantizer (no public validation)."""
+    fmt = op.fmt
+    assert fmt is not None  # callers pass unquantized operands through
+    key = None if fmt.is_identity or op.rounding == "nearest" else key
+    if op.rounding == "eden" and not fmt.is_identity:
+        assert group is not None  # QDotConfig: MS-EDEN operands have a rotated GEMM
+        from lowbit_jax import eden  # TEMP
+
+        return eden.ms_eden_fake_quant(x_f32, fmt, key, axis=-1, group=group)
+    axes = _operand_axes(fmt, x_f32.ndim, op.flip)
+    sr = {} if op.sr_bits is None or key is None else {"sr_bits": op.sr_bits}
+    if resolve_impl(impl) == "pallas":
+        return kernels.fake_quant(x_f32, fmt, axes if len(axes) == 2 else axes[0], key=key, impl="pallas", **sr)
+    return codec.fake_quant_array(x_f32, fmt, axes, key, **sr)
+
+
+def _quant(x_f32, op: _Operand, key, impl: str, n_batch: int, group: int | None = None):
     """x [B.., F.., K] quantized in blocks along K, or (2-D tiles) as the matrix [B.., prod(F), K] with tile
-    (r, c) over (F, K), or over (K, F) when `flip`."""
-    if fmt is None:
+    (r, c) over (F, K), or over (K, F) when `op.flip`."""
+    if op.fmt is None:
         return x_f32
-    if fmt.is_identity:  # a pass-through dtype rounds to nearest: stochastic_grads applies to block formats
-        key = None
-    if not is_tiled(fmt):
-        return fake_quant(x_f32, fmt, axis=-1, key=key, impl=impl)
+    if op.rounding != "nearest" and key is None and not op.fmt.is_identity:
+        raise ValueError(
+            f"QDotConfig rounds {op.name} {'with MS-EDEN' if op.rounding == 'eden' else 'stochastically'}, which "
+            "needs a PRNG key: pass key= to qdot_general / lb.quantized"
+        )
+    if not is_tiled(op.fmt):
+        return _quant_core(x_f32, op, key, impl, group)
     lead, free = x_f32.shape[:n_batch], x_f32.shape[n_batch:-1]
     m = x_f32.reshape(lead + (math.prod(free), x_f32.shape[-1]))
-    q = fake_quant(m, fmt, axis=(-1, -2) if flip else (-2, -1), key=key, impl=impl)
-    return q.reshape(x_f32.shape)
+    return _quant_core(m, op, key, impl, group).reshape(x_f32.shape)
 
 
 def _at_least_f32(x):
     return x.astype(jnp.float32) if jnp.finfo(x.dtype).bits < 32 else x
 
 
-def gemm(gp: _GemmPlan, a, b, *, rot_key=None, key_a=None, key_b=None, out_spec: tuple | None = None):
-    """a [B.., Fa.., K] . b [B.., Fb.., K] -> [B.., Fa.., Fb..] in accum_dtype, operands rotated then quantized;
-    out_spec: the output's PartitionSpec entries on an Explicit mesh (None: lax.dot_general's own rule)."""
+def _key(key, slot: str):
+    return None if key is None else jax.random.fold_in(key, _KEY_SLOTS[slot])
+
+
+def rotation_signs(rot: Rotation, gemm: str, key, rotation_seed: int = 0) -> jax.Array:
+    """The +-1 signs of GEMM `gemm`'s rotation: fixed values, those of jax.random.key(seed), or (signs="key") of
+    fold_in(key, gemm slot), with jax.random.key(rotation_seed) standing in for a missing key."""
+    if isinstance(rot.signs, tuple):
+        return jnp.asarray(rot.signs, jnp.float32)
+    if isinstance(rot.signs, int):
+        return hadamard.random_signs(rot.size, jax.random.key(rot.signs))
+    base = jax.random.key(rotation_seed) if key is None else key
+    return hadamard.random_signs(rot.size, jax.random.fold_in(base, _KEY_SLOTS[gemm]))
+
+
+def _prepare(x_f32, op: _Operand, gp: _GemmPlan, signs, key):
+    """One operand as it enters the GEMM: rotated (if its GEMM rotates it), quantized, and rotated back when the
+    rotation is that operand's alone."""
+    rot = gp.rotation
+    rotated = signs is not None and rot is not None and rot.rotates(op.name)
+    if rotated:
+        x_f32 = hadamard.rotate_with_signs(x_f32, signs)
+    q = _quant(x_f32, op, _key(key, op.name), gp.impl, gp.n_batch, rot.size if rotated and rot else None)
+    if rotated and rot is not None and rot.only is not None:
+        q = hadamard.rotate_with_signs(q, signs, inverse=True)
+    return q
+
+
+def gemm(gp: _GemmPlan, a, b, *, key=None, out_spec: tuple | None = None):
+    """a [B.., Fa.., K] . b [B.., Fb.., K] -> [B.., Fa.., Fb..] in accum_dtype, operands rotated and quantized per
+    the plan; out_spec: the output's PartitionSpec entries on an Explicit mesh (None: lax.dot_general's own rule)."""
     a, b = _at_least_f32(a), _at_least_f32(b)
-    if gp.rotation and (gp.fmt_a is not None or gp.fmt_b is not None):
-        a, b = hadamard.rotate(a, gp.rotation, rot_key), hadamard.rotate(b, gp.rotation, rot_key)
+    rot = gp.rotation
+    signs = None if rot is None or not gp.quantized else rotation_signs(rot, gp.name, key, gp.rotation_seed)
     acc = jnp.dtype(gp.accum_dtype)
-    a = _quant(a, gp.fmt_a, key_a, gp.impl, gp.n_batch, gp.flip_a).astype(acc)
-    b = _quant(b, gp.fmt_b, key_b, gp.impl, gp.n_batch, gp.flip_b).astype(acc)
+    a = _prepare(a, gp.a, gp, signs, key).astype(acc)
+    b = _prepare(b, gp.b, gp, signs, key).astype(acc)
+    if gp.accumulator is not None:
+        if out_spec is not None:
+            raise ValueError("QDotConfig.accum_block (accumulator emulation) does not run on Explicit-sharding meshes")
+        from lowbit_jax import accumulate  # TEMP
+
+        return accumulate.accumulated_dot(a, b, gp.n_batch, gp.accumulator, precision=gp.precision)
     batch = tuple(range(gp.n_batch))
     dims = (((a.ndim - 1,), (b.ndim - 1,)), (batch, batch))
     sharding = {} if out_spec is None else {"out_sharding": PartitionSpec(*out_spec)}
@@ -114,7 +209,8 @@ def gemm(gp: _GemmPlan, a, b, *, rot_key=None, key_a=None, key_b=None, out_spec:
 # ---------------------------------------------------------------------------------------------- custom VJP
 @dataclass(frozen=True)
 class _Plan:
-    """Static description of one qdot_general call: normalised dims, config, precision, output dtype and sharding."""
+    """Static description of one qdot_general call: normalised dims, config, the three GEMM plans, output dtype
+    and sharding."""
 
     dims: tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[int, ...], tuple[int, ...]]]
     config: QDotConfig
@@ -122,39 +218,19 @@ class _Plan:
     out_dtype: str
     out_spec: tuple | None = None  # the forward output's PartitionSpec entries (Explicit meshes)
 
-
-def _gemm_plan(plan: _Plan, fa: str, fb: str, n_batch: int, rotate: bool, flip_a: bool, flip_b: bool) -> _GemmPlan:
-    cfg = plan.config
-    return _GemmPlan(
-        getattr(cfg, fa),
-        getattr(cfg, fb),
-        n_batch,
-        cfg.rotation if rotate else None,
-        cfg.accum_dtype,
-        plan.precision,
-        cfg.impl,
-        flip_a,
-        flip_b,
-    )
-
-
-def _key(key, slot: str, enabled: bool = True):
-    return None if key is None or not enabled else jax.random.fold_in(key, _KEY_SLOTS[slot])
-
-
-def _rot_key(plan: _Plan, key, slot: str):
-    """Hadamard signs: from the key, else from jax.random.key(config.rotation_seed)."""
-    if not plan.config.rotation:
-        return None
-    return _key(jax.random.key(plan.config.rotation_seed) if key is None else key, slot)
+    @functools.cached_property
+    def gemms(self) -> dict[str, _GemmPlan]:
+        """The forward, dX and dW GEMM plans (W enters dX transposed; X and dY enter dW transposed)."""
+        nb = len(self.dims[1][0])
+        flips = {"fwd": (False, False), "dx": (False, True), "dw": (True, True)}
+        return {g: _gemm_plan(self.config, g, nb, self.precision, flips[g]) for g in GEMMS}
 
 
 def _forward(plan: _Plan, lhs, rhs, key):
     (lc, rc), (lb, rb) = plan.dims
     a = canonical(lhs, lb, free_dims(lhs.ndim, lc, lb), lc)
     b = canonical(rhs, rb, free_dims(rhs.ndim, rc, rb), rc)
-    gp = _gemm_plan(plan, "x_fwd", "w_fwd", len(lb), True, False, False)
-    return gemm(gp, a, b, rot_key=_rot_key(plan, key, "rot_fwd"), out_spec=plan.out_spec).astype(plan.out_dtype)
+    return gemm(plan.gemms["fwd"], a, b, key=key, out_spec=plan.out_spec).astype(plan.out_dtype)
 
 
 def _grad_lhs(plan: _Plan, dy, rhs, key, x_spec=None):
@@ -165,13 +241,10 @@ def _grad_lhs(plan: _Plan, dy, rhs, key, x_spec=None):
     dy_lf = tuple(range(nb, dy.ndim - nrf))
     a = canonical(dy, tuple(range(nb)), dy_lf, tuple(range(dy.ndim - nrf, dy.ndim)))
     b = canonical(rhs, rb, rc, rf)
-    cfg = plan.config
-    gp = _gemm_plan(plan, "dy_dx", "w_dx", nb, cfg.rotate_grads, False, True)  # W enters transposed
     lf = free_dims(nb + len(dy_lf) + len(lc), lc, lb)
     order = lb + lf + lc  # dx_t's dims, named by X's dims
     out_spec = None if x_spec is None else tuple(x_spec[d] for d in order)
-    kw = dict(rot_key=_rot_key(plan, key, "rot_dx"), key_a=_key(key, "sr_dx", cfg.stochastic_grads))
-    dx_t = gemm(gp, a, b, out_spec=out_spec, **kw)
+    dx_t = gemm(plan.gemms["dx"], a, b, key=key, out_spec=out_spec)
     return jnp.transpose(dx_t, cast(Sequence[int], np.argsort(order)))
 
 
@@ -182,13 +255,10 @@ def _grad_rhs(plan: _Plan, lhs, dy, key, w_spec=None):
     nb, nlf = len(lb), len(lf)
     a = canonical(lhs, lb, lc, lf)
     b = canonical(dy, tuple(range(nb)), tuple(range(nb + nlf, dy.ndim)), tuple(range(nb, nb + nlf)))
-    cfg = plan.config
-    gp = _gemm_plan(plan, "x_dw", "dy_dw", nb, cfg.rotate_grads, True, True)  # X and dY enter transposed
     rf = free_dims(nb + len(rc) + (dy.ndim - nb - nlf), rc, rb)
     order = rb + rc + rf  # dw_t's dims, named by W's dims
     out_spec = None if w_spec is None else tuple(w_spec[d] for d in order)
-    kw = dict(rot_key=_rot_key(plan, key, "rot_dw"), key_b=_key(key, "sr_dw", cfg.stochastic_grads))
-    dw_t = gemm(gp, a, b, out_spec=out_spec, **kw)
+    dw_t = gemm(plan.gemms["dw"], a, b, key=key, out_spec=out_spec)
     return jnp.transpose(dw_t, cast(Sequence[int], np.argsort(order)))
 
 
@@ -211,8 +281,6 @@ def _qdot_fwd(plan: _Plan, lhs, rhs, key):
 
 def _qdot_bwd(plan: _Plan, res, dy):
     lhs, rhs, key = res
-    if plan.config.stochastic_grads and key is None:
-        raise ValueError("QDotConfig.stochastic_grads needs a PRNG key: pass key= to qdot_general / lb.quantized")
     dx = _grad_lhs(plan, dy, rhs, key, explicit_spec(lhs)).astype(lhs.dtype)
     return dx, _grad_rhs(plan, lhs, dy, key, explicit_spec(rhs)).astype(rhs.dtype), None
 
@@ -280,4 +348,4 @@ def with_config(config: QDotConfig, key: Key | None = None) -> Callable[..., jax
     return functools.partial(qdot_general, config=config, key=key)
 
 
-__all__ = ["OPERANDS", "QDotConfig", "qdot_general", "with_config"]  # the config re-exported
+__all__ = ["OPERANDS", "QDotConfig", "Rotation", "qdot_general", "rotation_signs", "with_config"]  # config re-exported
