@@ -1,6 +1,6 @@
 """lowbit_jax: exact emulation and analysis of fine-grained low-bit formats (MX, NV, any FP(e,m) / INT(b))."""
 
-from lowbit_jax import blocks, elements, hadamard, scaling
+from lowbit_jax import blocks, elements, hadamard, recipes, scaling
 from lowbit_jax.capture import Captured
 from lowbit_jax.formats import (
     PER_CHANNEL,
@@ -24,7 +24,7 @@ from lowbit_jax.formats import (
 from lowbit_jax.interceptor import Report, capture, quantize_nnx, quantized
 from lowbit_jax.qarray import QArray, pack_fp4, unpack_fp4
 from lowbit_jax.qconv import qconv_general_dilated
-from lowbit_jax.qdot import QDotConfig, qdot_general
+from lowbit_jax.qdot import QDotConfig, Rotation, qdot_general
 from lowbit_jax.qeinsum import qeinsum
 from lowbit_jax.quantize import block_choices, dequantize, fake_quant, quantize
 
@@ -58,6 +58,8 @@ __all__ = [
     "quantize",
     "hadamard",
     "QDotConfig",
+    "Rotation",
+    "recipes",
     "qdot_general",
     "qconv_general_dilated",
     "qeinsum",

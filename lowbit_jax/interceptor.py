@@ -174,6 +174,23 @@ def _only(rules: tuple[Rule, ...], kind: type, where: str) -> tuple[Rule, ...]:
     return rules
 
 
+def block_rules(
+    value: RuleValue, n_blocks: int, *, first: int = 0, last: int = 0, block: str = "layers_{i}"
+) -> list[tuple[str, RuleValue]]:
+    """Rules giving `value` to every GEMM inside the first `first` and the last `last` of `n_blocks` blocks, one
+    rule per block; a block is the module whose path component is block.format(i=i), anywhere in the path
+    ('layers_3/attn/q_proj', 'model/layers_3/mlp/up_proj'). Put them before the catch-all rule (first match wins)."""
+    for name, v in (("n_blocks", n_blocks), ("first", first), ("last", last)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "n_blocks" else 0):
+            raise ValueError(f"block_rules: {name} must be an int >= {1 if name == 'n_blocks' else 0}, got {v!r}")
+    if first + last > n_blocks:
+        raise ValueError(f"block_rules: first={first} + last={last} blocks exceed the model's n_blocks={n_blocks}")
+    if "{i}" not in block:
+        raise ValueError(f"block_rules: block must name the block index as {{i}}, e.g. 'layers_{{i}}', got {block!r}")
+    chosen = sorted(set(range(first)) | set(range(n_blocks - last, n_blocks)))
+    return [(rf"(?:.*/)?{re.escape(block.format(i=i))}(?:/.*)?", value) for i in chosen]
+
+
 def find(rules: tuple[Rule, ...], path: str) -> Rule | None:
     """The first rule whose regex fullmatches `path`, or None."""
     return next((rule for rule in rules if rule.pattern.fullmatch(path)), None)
@@ -189,11 +206,14 @@ def match(rules: tuple[Rule, ...], path: str) -> QDotConfig | str | None:
 class Report:
     """What ran at each GEMM layer a context saw: quantized (path -> config label; 'capture' for a capture
     context), skipped (left alone), and unsupported (a rule matched a layer that cannot be quantized: path ->
-    module type), so that no layer is missed. Under nested contexts every report records what actually ran."""
+    module type), so that no layer is missed; unused: the patterns of this context's rules that decided no layer
+    (a misspelt path, a block index beyond the model, a rule shadowed by an earlier one), filled when the context
+    exits. Under nested contexts every report records what actually ran."""
 
     quantized: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     unsupported: dict[str, str] = field(default_factory=dict)
+    unused: list[str] = field(default_factory=list)
 
     def record(self, path: str, config: QDotConfig | str | None) -> None:
         """Record what runs at `path`: a config (its label), CAPTURE, or None (the layer was left alone)."""
@@ -221,6 +241,11 @@ class Session:
     report: Report = field(default_factory=Report)
     capture: capture_lib.Capture | None = None
     calls: dict[str, int] = field(default_factory=dict)
+    used: set[int] = field(default_factory=set)  # id() of the rules that decided some layer
+
+    def unused_patterns(self) -> list[str]:
+        """The patterns of rules that decided no layer so far."""
+        return [r.pattern.pattern for r in self.rules if id(r) not in self.used]
 
     def next_call(self, path: str) -> int:
         call = self.calls.get(path, 0)
@@ -310,6 +335,8 @@ def record(covers: list[Cover], module: object, chosen: Plan) -> None:
     for c in covers:
         if c.session is None:
             continue
+        if c.rule is not None:
+            c.session.used.add(id(c.rule))
         report = c.session.report
         reason = _unsupported_reason(module, c)
         if reason is not None:
@@ -525,6 +552,7 @@ def _activate(session: Session, models: Models) -> Iterator[Session]:
     finally:
         _restore(saved)
         _sessions().remove(session)
+        session.report.unused = session.unused_patterns()
 
 
 @contextlib.contextmanager

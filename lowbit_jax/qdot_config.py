@@ -258,9 +258,9 @@ class QDotConfig:
     # ---------------------------------------------------------------------------------------- presets
     @classmethod
     def train(cls, fmt: Format | str, **kwargs: Any) -> QDotConfig:
-        """All six operands in `fmt` (the paper's training setting)."""
+        """All six operands in `fmt` (the paper's training setting); operands named in kwargs take their own."""
         operands: dict[str, Any] = dict.fromkeys(OPERANDS, fmt)
-        return cls(**operands, **kwargs)
+        return cls(**(operands | kwargs))
 
     @classmethod
     def direct_cast(cls, fmt: Format | str, **kwargs: Any) -> QDotConfig:
