@@ -165,10 +165,10 @@ def _chunk_sums(a: jax.Array, b: jax.Array, n_batch: int, precision: Precision) 
     return lax.optimization_barrier(s)
 
 
-def _chunks(x: jax.Array, start: int, count: int, block: int) -> jax.Array:
-    """Chunks start .. start + count - 1 of length `block` along x's last axis, stacked first: [count, .., block]."""
-    part = x[..., start * block : (start + count) * block]
-    return jnp.moveaxis(part.reshape(x.shape[:-1] + (count, block)), -2, 0)
+def _chunks(x: jax.Array, start: int, stop: int, length: int) -> jax.Array:
+    """x[..., start:stop] cut into chunks of `length` along the last axis, stacked first: [n, .., length]."""
+    part = x[..., start:stop]
+    return jnp.moveaxis(part.reshape(x.shape[:-1] + ((stop - start) // length, length)), -2, 0)
 
 
 def _add_group(acc, a_g, b_g, n_batch: int, spec: AccumSpec, precision: Precision):
@@ -195,23 +195,15 @@ def accumulated_dot(
     group = max(1, min(n_full, _GROUP_ELEMENTS // max(1, math.prod(out_shape))))
     n_groups = n_full // group
     acc = jnp.full(out_shape, -0.0, jnp.float32)  # -0 + s == s for every s: the first add is round(s_0)
-
-    def body(acc, ab):
-        return _add_group(acc, *ab, n_batch, spec, precision), None
-
+    add = lambda acc, a_g, b_g: _add_group(acc, a_g, b_g, n_batch, spec, precision)
+    k, done = spec.block, n_groups * group  # chunks [0, done) in scan steps, [done, n_full) and the tail after
     if n_groups:
-        a_g, b_g = (_chunks(x, 0, n_groups * group, spec.block) for x in (a, b))
-        shape = lambda x: (n_groups, group) + x.shape[1:]
-        acc = lax.scan(body, acc, (a_g.reshape(shape(a_g)), b_g.reshape(shape(b_g))))[0]
-    rest = n_full - n_groups * group
-    if rest:
-        acc = _add_group(
-            acc, *(_chunks(x, n_groups * group, rest, spec.block) for x in (a, b)), n_batch, spec, precision
-        )
+        split = lambda x: _chunks(x, 0, done * k, k).reshape((n_groups, group) + x.shape[:-1] + (k,))
+        acc = lax.scan(lambda c, ab: (add(c, *ab), None), acc, (split(a), split(b)))[0]
+    if done < n_full:
+        acc = add(acc, _chunks(a, done * k, n_full * k, k), _chunks(b, done * k, n_full * k, k))
     if tail:
-        acc = _add_group(
-            acc, a[None, ..., n_full * spec.block :], b[None, ..., n_full * spec.block :], n_batch, spec, precision
-        )
+        acc = add(acc, _chunks(a, n_full * k, k_len, tail), _chunks(b, n_full * k, k_len, tail))
     return acc
 
 

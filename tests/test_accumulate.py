@@ -292,7 +292,7 @@ def test_add_rounds_exact_sum_once(fmt):
     if fmt != "float32":  # the cases bite: rounding the float32 sum again gets some of them wrong
         with np.errstate(over="ignore"):
             twice = np.array([float(oracle_round(Fraction(float(v)), fmt)) for v in acc + s])
-        assert (twice != expected).sum() > 10
+        assert (twice != expected).sum() > 300  # 457-572 of the 3000 pairs
 
 
 @pytest.mark.parametrize("fmt", ["fp(5,10)", "fp(4,3)", "fp(8,7)", "fp(2,5)", "fp(6,0)"])
