@@ -3,6 +3,8 @@
     python -m experiments.train                       # none, mxfp8, mxint8: ~17 min on 2 idle CPU cores, 46 min loaded
     python -m experiments.train --precision mxint8 --steps 200   # one precision
     python -m experiments.train --precision none,mxint8:int_range=asymmetric:scale_dtype=bfloat16
+    python -m experiments.train --precision none --recipe nvidia_nvfp4,quartet2_nvfp4   # training recipes
+    python -m experiments.train --precision none --recipe nvidia_nvfp4:last=1           # last block kept in BF16
     python -m experiments.train --text corpus.txt                # any UTF-8 text file, byte-level (vocabulary 256)
     python -m experiments.train --text corpus.txt --tokenizer tok/   # tok/tokenizer.json (or the json file itself)
     python -m experiments.train --preset gpu --text corpus.txt --tokenizer tok/   # 76M parameters, for one GPU
@@ -23,6 +25,12 @@ linear warmup then cosine to 0.1x. Every precision starts from the same initiali
 batches (--data-seed). Validation loss uses the held-out split (--eval-windows of it; 0 = all) with the forward pass
 quantized as in training.
 
+Recipes (--recipe, also accepted by --precision; lowbit_jax.recipes): paper_mxint8, paper_mxfp8, mxfp8_rceil,
+nvidia_nvfp4, quartet2_nvfp4, each with ':'-separated options of its function (first=N / last=N keep the first /
+last N blocks in high precision, e.g. "nvidia_nvfp4:last=1"; "mxfp8_rceil:grads=e5m2"). A recipe places its own
+formats, rotations and rounding on the six operands (docs/training.md, "Recipes"); --recipe runs follow the
+--precision runs.
+
 Output (--out, default results/train/):
   <precision>/metrics.jsonl       train and eval rows (analysis.lm.run documents the keys)
   <precision>/checkpoint.msgpack  final parameters; <precision>/model.json: LlamaConfig and meta (meta.text: the data)
@@ -41,6 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import lowbit_jax as lb
 from analysis import plotting
 from analysis.lm import data as lm_data
 from analysis.lm import run as lm_run
@@ -50,7 +59,8 @@ from experiments import common
 
 @dataclasses.dataclass(frozen=True)
 class Config(lm_train.TrainConfig):
-    precision: tuple[str, ...] = ("none", "mxfp8", "mxint8")  # none or format specs, each trained in turn
+    precision: tuple[str, ...] = ("none", "mxfp8", "mxint8")  # none, format specs or recipes, each trained in turn
+    recipe: tuple[str, ...] = ()  # recipes of lowbit_jax.recipes (with :option=value), trained after --precision
     seed: int = 0  # initialisation seed (the same for every precision)
     devices: int = 1  # data-parallel devices (batches sharded over them)
     text: str = ""  # UTF-8 text file to train on ('' = CPython's pydoc_data topics); its last 10 % is held out
@@ -58,10 +68,18 @@ class Config(lm_train.TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for p in self.precision:
-            lm_train.parse_precision(p)
+        for p in self.recipe:
+            if not lm_train.is_recipe(p):
+                raise ValueError(f"--recipe {p!r}: unknown recipe; recipes: {', '.join(lb.recipes.list_recipes())}")
+        for p in self.runs:
+            lm_train.check_precision(p, self.n_layers)
         if self.devices < 1 or self.batch_size % self.devices:
             raise ValueError(f"--batch-size {self.batch_size} must be a multiple of --devices {self.devices}")
+
+    @property
+    def runs(self) -> tuple[str, ...]:
+        """The precisions trained, in order: --precision, then --recipe (each once)."""
+        return tuple(dict.fromkeys(self.precision + self.recipe))
 
     def check_paths(self) -> None:
         """The --text file exists and is not empty; --tokenizer names a tokenizer.json that parses."""
@@ -150,7 +168,7 @@ def main(argv=None) -> dict:
     folder = common.output_dir("train", out)
     epochs = cfg.steps * cfg.batch_size * cfg.seq_len / data.train.size
     print(f"{data.source}: {data.train.size:,} training tokens; {cfg.steps} steps make {epochs:.2f} passes")
-    runs = {p: train_one(cfg, p, data, folder) for p in cfg.precision}
+    runs = {p: train_one(cfg, p, data, folder) for p in cfg.runs}
     result = {
         "runs": runs,
         "baseline_dtype": lm_train.resolve_dtype(cfg.dtype),

@@ -49,7 +49,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lowbit_jax import blocks, codec, hadamard, kernels
+from lowbit_jax import accumulate, blocks, codec, hadamard, kernels
 from lowbit_jax._types import ArrayLike, DimensionNumbers, DTypeLike, Key, Precision
 from lowbit_jax.formats import Format
 from lowbit_jax.gemm_dims import canonical, free_dims, normalize_dims
@@ -87,7 +87,7 @@ class _GemmPlan:
     accum_dtype: str
     precision: Precision
     impl: str = "xla"
-    accumulator: object = None  # TEMP: accumulate.AccumSpec
+    accumulator: accumulate.AccumSpec | None = None
     rotation_seed: int = 0
 
     @property
@@ -197,8 +197,6 @@ def gemm(gp: _GemmPlan, a, b, *, key=None, out_spec: tuple | None = None):
     if gp.accumulator is not None:
         if out_spec is not None:
             raise ValueError("QDotConfig.accum_block (accumulator emulation) does not run on Explicit-sharding meshes")
-        from lowbit_jax import accumulate  # TEMP
-
         return accumulate.accumulated_dot(a, b, gp.n_batch, gp.accumulator, precision=gp.precision)
     batch = tuple(range(gp.n_batch))
     dims = (((a.ndim - 1,), (b.ndim - 1,)), (batch, batch))

@@ -9,7 +9,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from lowbit_jax import blocks, hadamard
+from lowbit_jax import accumulate, blocks, hadamard
 from lowbit_jax.formats import Format, get_format
 from lowbit_jax.impls import check_impl
 
@@ -247,12 +247,10 @@ class QDotConfig:
         return any(self.rounding_of(o) != "nearest" for o in OPERANDS)
 
     @property
-    def accumulator(self):  # TEMP: -> accumulate.AccumSpec | None
+    def accumulator(self) -> accumulate.AccumSpec | None:
         """The emulated accumulator (None: the GEMM accumulates in accum_dtype as the backend does)."""
         if self.accum_block is None:
             return None
-        from lowbit_jax import accumulate  # TEMP
-
         return accumulate.AccumSpec(self.accum_block, self.accum_format or "float32")
 
     # ---------------------------------------------------------------------------------------- presets

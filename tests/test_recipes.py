@@ -204,3 +204,20 @@ def test_mxfp8_rceil_hybrid_puts_both_gradients_in_e5m2():
     assert f == dict(x_fwd="mxfp8_e4m3", w_fwd="mxfp8_e4m3", dy_dx="mxfp8_e5m2", w_dx="mxfp8_e4m3",
                      x_dw="mxfp8_e4m3", dy_dw="mxfp8_e5m2")  # fmt: skip
     assert recipes.mxfp8_rceil().config == recipes.paper_mxfp8().config  # the paper's Eq. 9 is RCEIL
+
+
+def test_accumulator_emulation_runs_in_every_gemm():
+    from lowbit_jax import accumulate
+
+    cfg = QDotConfig.train("mxint8", accum_block=8, accum_format="bfloat16")
+    y, dx, dw = vjp_at(cfg, X, W, DY)
+    spec = accumulate.AccumSpec(8, "bfloat16")
+    acc = lambda a, b: accumulate.accumulated_dot(a, b, 0, spec)
+    np.testing.assert_array_equal(y, acc(fq(X, "mxint8"), fq(W.T, "mxint8")))
+    np.testing.assert_array_equal(dx, acc(fq(DY, "mxint8"), fq(W, "mxint8")))
+    np.testing.assert_array_equal(dw, acc(fq(X.T, "mxint8"), fq(DY.T, "mxint8")))
+    y32, _, _ = vjp_at(QDotConfig.train("mxint8"), X, W, DY)
+    assert not np.array_equal(y, y32)  # bf16 accumulation is visible
+    assert cfg.label == "train(mxint8)+acc8_bfloat16"
+    with pytest.raises(ValueError, match="leave accum_dtype float32"):
+        QDotConfig.train("mxint8", accum_block=8, accum_dtype="bfloat16")

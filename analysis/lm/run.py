@@ -102,10 +102,10 @@ def run(
             f"the model's vocabulary {cfg.model().vocab_size} is smaller than the data's {data.vocab_size}"
         )
     lm_data.require_windows(data, cfg.seq_len)
-    qconfig = lm_train.qdot_config(precision, cfg.stochastic_grads)
+    rules = lm_train.precision_rules(precision, cfg.n_layers, cfg.stochastic_grads)
     opt = lm_train.optimizer(cfg)
     mesh = lm_train.data_mesh(devices)
-    step, evaluate = lm_train.compile_fns(lm_train.make_step(cfg, qconfig, opt), lm_train.make_eval(cfg, qconfig), mesh)
+    step, evaluate = lm_train.compile_fns(lm_train.make_step(cfg, rules, opt), lm_train.make_eval(cfg, rules), mesh)
     params = init_replicas(cfg, seeds)
     opt_state = jax.vmap(opt.init)(params)
     base_keys = jnp.stack([jax.random.key(s) for s in seeds])

@@ -3,8 +3,10 @@
 Several seeds train at once: parameters carry a leading replica axis and the step is vmapped over it, while all
 replicas see the same batch (same data order). Data parallelism: batches are sharded over a 1-D ('data',) mesh of
 `devices` devices, parameters and optimizer state are replicated (GSPMD inserts the gradient all-reduce).
-Precision strings: "none" or a lowbit_jax format name with ':'-separated overrides, e.g. "mxint8",
-"int8_channel:block_size=32:scale_dtype=bfloat16:int_range=asymmetric".
+Precision strings: "none"; a lowbit_jax format name with ':'-separated overrides, e.g. "mxint8",
+"int8_channel:block_size=32:scale_dtype=bfloat16:int_range=asymmetric" (all six GEMM operands in that format);
+or a recipe of lb.recipes with ':'-separated options, e.g. "nvidia_nvfp4", "nvidia_nvfp4:last=1",
+"mxfp8_rceil:grads=e5m2" (first / last count the model's blocks: n_blocks is the model's n_layers).
 """
 
 from __future__ import annotations
@@ -139,8 +141,59 @@ def slug(text: str) -> str:
     return text.replace(":", "_").replace("=", "-")
 
 
+_INT_OPTIONS = ("first", "last", "rotation")  # recipe options that take ints
+
+
+def is_recipe(text: str) -> bool:
+    """Whether a precision string names a recipe of lb.recipes (its text before the first ':')."""
+    return text.strip().partition(":")[0].strip().lower() in lb.recipes.RECIPES
+
+
+def recipe_rules(text: str, n_layers: int) -> lb.recipes.RecipeRules:
+    """The rules of a recipe precision string "name[:option=value...]" for a model of n_layers blocks."""
+    name, *parts = [p.strip() for p in text.strip().split(":")]
+    kwargs: dict = {}
+    for part in parts:
+        key, sep, value = (v.strip() for v in part.partition("="))
+        if not sep or not value:
+            raise ValueError(f"recipe {text!r}: {part!r} is not option=value")
+        if key in kwargs:
+            raise ValueError(f"recipe {text!r}: option {key!r} is given twice")
+        kwargs[key] = int(value) if key in _INT_OPTIONS and value.lstrip("-").isdigit() else value
+    if kwargs.get("high_precision") == "none":
+        kwargs["high_precision"] = None
+    try:
+        return lb.recipes.get_recipe(name.lower(), n_blocks=n_layers, **kwargs)
+    except TypeError as err:  # an option the recipe function does not take
+        raise ValueError(f"recipe {text!r}: {err}") from err
+
+
+def precision_rules(text: str, n_layers: int, stochastic_grads: bool = False) -> list | None:
+    """Interceptor rules of a precision string (None for 'none'): a recipe's rules, or every Dense but lm_head with
+    the six operands in the format (stochastic_grads: SR on both dY operands)."""
+    if is_recipe(text):
+        if stochastic_grads:
+            raise ValueError(f"--stochastic-grads is for format precisions; recipe {text!r} places its own rounding")
+        return recipe_rules(text, n_layers)
+    cfg = qdot_config(text, stochastic_grads)
+    return None if cfg is None else llama.rules(cfg)
+
+
+def check_precision(text: str, n_layers: int) -> None:
+    """ValueError naming the bad part of a precision string."""
+    if is_recipe(text):
+        recipe_rules(text, n_layers)
+    else:
+        parse_precision(text)
+
+
+def needs_key(rules: list | None) -> bool:
+    """Whether some rule's config rounds stochastically (its steps then take a PRNG key)."""
+    return any(isinstance(v, lb.QDotConfig) and v.needs_key for _, v in rules or ())
+
+
 def qdot_config(precision: str, stochastic_grads: bool = False) -> lb.QDotConfig | None:
-    """The six-operand training config of a precision string (None for 'none')."""
+    """The six-operand training config of a format precision string (None for 'none')."""
     fmt = parse_precision(precision)
     return None if fmt is None else lb.QDotConfig.train(fmt, stochastic_grads=stochastic_grads)
 
@@ -161,21 +214,20 @@ def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
 
 
 # ---------------------------------------------------------------------------------------------- steps
-def loss_under(mcfg: llama.LlamaConfig, qconfig: lb.QDotConfig | None) -> Callable:
-    """loss(params, batch, key): mean cross-entropy with every Dense but lm_head quantized by `qconfig`."""
-    rules = llama.rules(qconfig) if qconfig is not None else []
+def loss_under(mcfg: llama.LlamaConfig, rules: list | None) -> Callable:
+    """loss(params, batch, key): mean cross-entropy with the GEMMs quantized by interceptor `rules` (None: none)."""
 
     def loss(params, batch, key=None):
-        with lb.quantized(rules, key=key):
+        with lb.quantized(rules or [], key=key):
             return llama.loss_fn(params, mcfg, batch)
 
     return loss
 
 
-def make_step(cfg: TrainConfig, qconfig: lb.QDotConfig | None, opt: optax.GradientTransformation) -> Callable:
+def make_step(cfg: TrainConfig, rules: list | None, opt: optax.GradientTransformation) -> Callable:
     """step(params_R, opt_state_R, batch, keys_R) -> (params, opt_state, loss_R, grad_norm_R), vmapped over R."""
-    loss = loss_under(cfg.model(), qconfig)
-    use_key = qconfig is not None and qconfig.stochastic_grads
+    loss = loss_under(cfg.model(), rules)
+    use_key = needs_key(rules)
 
     def step(params, opt_state, batch, key):
         value, grads = jax.value_and_grad(loss)(params, batch, key if use_key else None)
@@ -186,13 +238,16 @@ def make_step(cfg: TrainConfig, qconfig: lb.QDotConfig | None, opt: optax.Gradie
     return jax.vmap(step, in_axes=(0, 0, None, 0))
 
 
-def make_eval(cfg: TrainConfig, qconfig: lb.QDotConfig | None) -> Callable:
+EVAL_KEY_SEED = 0  # the fixed key of evaluation passes, for recipes whose forward rounds stochastically
+
+
+def make_eval(cfg: TrainConfig, rules: list | None) -> Callable:
     """eval(params_R, windows) -> summed token NLL per replica, forward quantized as in training."""
     mcfg = cfg.model()
-    rules = llama.rules(qconfig) if qconfig is not None else []
+    key = jax.random.key(EVAL_KEY_SEED) if needs_key(rules) else None
 
     def total_nll(params, windows):
-        with lb.quantized(rules):
+        with lb.quantized(rules or [], key=key):
             return jnp.sum(llama.token_nll(params, mcfg, windows))
 
     return jax.vmap(total_nll, in_axes=(0, None))
