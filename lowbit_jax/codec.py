@@ -181,9 +181,12 @@ def encode_zero(sc: Scales, fmt: Format) -> jax.Array | None:
     return plain_parts(fmt)[0].encode(jnp.where(sc.finite, sc.zero, 0.0))
 
 
-def uniform_like(key: Key | None, shape: tuple[int, ...]) -> jax.Array | None:
-    """Stochastic-rounding uniforms on the 2^-24 grid drawn for `key` in `shape` (None without a key)."""
-    return None if key is None else rounding.uniform_from_bits(jax.random.bits(key, shape, jnp.uint32))
+def uniform_like(key: Key | None, shape: tuple[int, ...], sr_bits: int | None = None) -> jax.Array | None:
+    """Stochastic-rounding uniforms on the 2^-24 grid drawn for `key` in `shape` (None without a key); `sr_bits`:
+    rounding decided by that many random bits (rounding.limit_sr_bits; None: all 24)."""
+    if key is None:
+        return None
+    return rounding.uniform_from_bits(jax.random.bits(key, shape, jnp.uint32), sr_bits)
 
 
 def _block_extent(lay: blocks.Layout, ndim: int) -> dict[int, int]:
@@ -194,17 +197,23 @@ def _block_extent(lay: blocks.Layout, ndim: int) -> dict[int, int]:
 
 
 def quantize_blocks(
-    x: jax.Array, fmt: Format, axes: tuple[int, ...], key: Key | None = None, rbits: jax.Array | None = None
+    x: jax.Array,
+    fmt: Format,
+    axes: tuple[int, ...],
+    key: Key | None = None,
+    rbits: jax.Array | None = None,
+    sr_bits: int | None = None,
 ) -> tuple[jax.Array, Scales, blocks.Layout]:
     """Grid values (blocked view), Scales and layout of x quantized along `axes` (normalised); stochastic
-    rounding from `key`, or from explicit uint32 `rbits` in x's padded shape (kernels.sr_bits)."""
+    rounding from `key`, or from explicit uint32 `rbits` in x's padded shape (kernels.sr_bits), decided by the
+    top `sr_bits` random bits (None: 24; rounding.limit_sr_bits)."""
     lay = blocks.layout(x.shape, fmt.block_size, axes)
     x = gather_partial_blocks(x, _block_extent(lay, x.ndim))
     uniform: jax.Array | None
     if rbits is not None:
-        uniform = rounding.uniform_from_bits(rbits.reshape(lay.blocked_shape))
+        uniform = rounding.uniform_from_bits(rbits.reshape(lay.blocked_shape), sr_bits)
     else:
-        uniform = uniform_like(key, lay.blocked_shape)
+        uniform = uniform_like(key, lay.blocked_shape, sr_bits)
     valid = None
     if fmt.is_adaptive and lay.padded_shape != lay.shape:
         valid = lay.to_blocks(jnp.ones(x.shape, jnp.float32)) > 0
@@ -213,25 +222,33 @@ def quantize_blocks(
 
 
 def fake_quant_array(
-    x: jax.Array, fmt: Format, axes: tuple[int, ...], key: Key | None = None, rbits: jax.Array | None = None
+    x: jax.Array,
+    fmt: Format,
+    axes: tuple[int, ...],
+    key: Key | None = None,
+    rbits: jax.Array | None = None,
+    sr_bits: int | None = None,
 ) -> jax.Array:
     """dequantize(quantize(x)) in x's dtype."""
     if fmt.is_identity:  # rounded, not only cast: XLA:GPU drops a cast pair
         return rounding.round_to_dtype(x, fmt.passthrough_dtype).astype(x.dtype)
-    values, sc, lay = quantize_blocks(x, fmt, axes, key, rbits)
+    values, sc, lay = quantize_blocks(x, fmt, axes, key, rbits, sr_bits)
     return reshard_like(to_output(lay.from_blocks(dequant_values(values, sc, fmt)), x.dtype), x)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
-def fake_quant_ste(x: jax.Array, fmt: Format, axes: tuple[int, ...], key: Key | None) -> jax.Array:
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 4))
+def fake_quant_ste(
+    x: jax.Array, fmt: Format, axes: tuple[int, ...], key: Key | None, sr_bits: int | None = None
+) -> jax.Array:
     """fake_quant_array with a straight-through (identity) derivative, in forward and reverse mode."""
-    return fake_quant_array(x, fmt, axes, key)
+    return fake_quant_array(x, fmt, axes, key, sr_bits=sr_bits)
 
 
 @fake_quant_ste.defjvp
-def _fake_quant_ste_jvp(fmt, axes, primals, tangents):
+def _fake_quant_ste_jvp(fmt, axes, sr_bits, primals, tangents):
     x, key = primals
-    return fake_quant_ste(x, fmt, axes, key), tangents[0]  # the rule itself again: straight-through at every order
+    # the rule itself again: straight-through at every order
+    return fake_quant_ste(x, fmt, axes, key, sr_bits), tangents[0]
 
 
 def _axis_field(axes: tuple[int, ...]) -> Axis:
@@ -248,13 +265,18 @@ def encode_scales(sc: Scales, fmt: Format) -> jax.Array:
 
 
 def quantize_array(
-    x: jax.Array, fmt: Format, axes: tuple[int, ...], key: Key | None = None, rbits: jax.Array | None = None
+    x: jax.Array,
+    fmt: Format,
+    axes: tuple[int, ...],
+    key: Key | None = None,
+    rbits: jax.Array | None = None,
+    sr_bits: int | None = None,
 ) -> QArray:
     """The QArray of x quantized along `axes` (normalised)."""
     if fmt.is_identity:  # rounded, not only cast: XLA:GPU drops the pair cast here / cast back in dequantize
         codes = rounding.round_to_dtype(x, fmt.passthrough_dtype).astype(fmt.passthrough_dtype)
         return QArray(codes, None, None, fmt, _axis_field(axes), x.shape, x.dtype)
-    values, sc, lay = quantize_blocks(x, fmt, axes, key, rbits)
+    values, sc, lay = quantize_blocks(x, fmt, axes, key, rbits, sr_bits)
     codes = lay.from_blocks(encode_codes(values, sc, fmt), crop=False)
     scales = lay.stat_to_scales(encode_scales(sc, fmt))
     zero = encode_zero(sc, fmt)
@@ -364,8 +386,8 @@ def check_input(x: ArrayLike, fmt: Format | str, axis: Axis | None = None) -> tu
     return x, fmt, blocks.normalize_axes(axis, x.ndim, fmt.block_size)
 
 
-# Jitted entry points (static format and axes), so that eager calls compile once per shape.
-fake_quant_jit = jax.jit(fake_quant_ste, static_argnums=(1, 2))
-quantize_jit = jax.jit(quantize_array, static_argnums=(1, 2))
+# Jitted entry points (static format, axes and sr_bits), so that eager calls compile once per shape.
+fake_quant_jit = jax.jit(fake_quant_ste, static_argnums=(1, 2, 4))
+quantize_jit = jax.jit(quantize_array, static_argnums=(1, 2, 5))
 dequantize_jit = jax.jit(dequantize_array, static_argnums=(1,))
 block_choices_jit = jax.jit(block_choices_array, static_argnums=(1, 2))

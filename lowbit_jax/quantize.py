@@ -2,6 +2,10 @@
 the implementation registry (`lowbit_jax.impls`). The arithmetic is `lowbit_jax.codec`'s.
 
 `fake_quant(x)` equals `dequantize(quantize(x))` bit for bit, for every implementation.
+
+Stochastic rounding: `key` draws 24-bit uniforms; `sr_bits=n` (1..24) decides each rounding with n random bits
+as hardware does, P(up) = floor(frac 2^n) / 2^n of a step (a bias toward zero below 2^-n of a step;
+lowbit_jax.rounding gives the exact rule). sr_bits=24 is bit for bit the default.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lowbit_jax import codec, kernels
+from lowbit_jax import codec, kernels, rounding
 from lowbit_jax._types import ArrayLike, Axis, DTypeLike, Key
 from lowbit_jax.codec import check_input
 from lowbit_jax.formats import Format
@@ -38,17 +42,25 @@ def _no_gradient_jvp(primals, tangents):
 
 
 def quantize(
-    x: ArrayLike, fmt: Format | str, axis: Axis | None = None, *, key: Key | None = None, impl: str = "xla"
+    x: ArrayLike,
+    fmt: Format | str,
+    axis: Axis | None = None,
+    *,
+    key: Key | None = None,
+    sr_bits: int | None = None,
+    impl: str = "xla",
 ) -> QArray:
     """Quantize `x` in blocks along `axis` (default: -1, or (-2, -1) for 2-D tiles); `key` switches element
-    rounding from RNE to stochastic. impl: "xla", "pallas" (interpreted on CPU) or "auto" (Pallas on GPU).
+    rounding from RNE to stochastic, `sr_bits` (1..24, with a key) limits its random bits per element.
+    impl: "xla", "pallas" (interpreted on CPU) or "auto" (Pallas on GPU).
     Differentiating through quantize raises (use fake_quant for a straight-through gradient)."""
     x, fmt, axes = check_input(x, fmt, axis)
     _check_key(fmt, key)
+    sr_bits = rounding.check_sr_bits(sr_bits, key is not None)
     x = _no_gradient(x)
     if resolve_impl(impl) == "pallas":
-        return kernels.quantize(x, fmt, axes, key=key, impl="pallas")
-    return codec.quantize_jit(x, fmt, axes, key)
+        return kernels.quantize(x, fmt, axes, key=key, sr_bits=sr_bits, impl="pallas")
+    return codec.quantize_jit(x, fmt, axes, key, None, sr_bits)
 
 
 def dequantize(q: QArray, dtype: DTypeLike | None = None) -> jax.Array:
@@ -69,14 +81,22 @@ def block_choices(x: ArrayLike, fmt: Format | str, axis: Axis | None = None) -> 
 
 
 def fake_quant(
-    x: ArrayLike, fmt: Format | str, axis: Axis | None = None, *, key: Key | None = None, impl: str = "xla"
+    x: ArrayLike,
+    fmt: Format | str,
+    axis: Axis | None = None,
+    *,
+    key: Key | None = None,
+    sr_bits: int | None = None,
+    impl: str = "xla",
 ) -> jax.Array:
     """dequantize(quantize(x)) in one pass, same shape and dtype as x; the gradient passes straight through.
 
-    axis: default -1, or (-2, -1) for 2-D tiles. impl: "xla", "pallas" (interpreted on CPU) or "auto".
+    axis: default -1, or (-2, -1) for 2-D tiles. key: stochastic rounding; sr_bits: its random bits per element
+    (1..24, default 24). impl: "xla", "pallas" (interpreted on CPU) or "auto".
     """
     x, fmt, axes = check_input(x, fmt, axis)
     _check_key(fmt, key)
+    sr_bits = rounding.check_sr_bits(sr_bits, key is not None)
     if resolve_impl(impl) == "pallas":
-        return kernels.fake_quant(x, fmt, axes, key=key, impl="pallas")
-    return codec.fake_quant_jit(x, fmt, axes, key)
+        return kernels.fake_quant(x, fmt, axes, key=key, sr_bits=sr_bits, impl="pallas")
+    return codec.fake_quant_jit(x, fmt, axes, key, sr_bits)

@@ -3,6 +3,28 @@
 XLA facts this module is written around: exponents must come from bits, `jnp.exp2` is not
 exact, float32 subnormals flush to zero, `x / broadcast(d)` is rewritten into `x * broadcast(1 / d)` (CPU), and
 float32 division on NVIDIA GPUs is PTX `div.full.f32`, up to 2 ulp off (openxla/xla#37181; seen on an H100).
+
+Stochastic rounding (every element grid: FP, INT, lookup tables) rounds a magnitude up, away from zero, iff
+`uniform < frac`, frac being its position between the two neighbouring grid values (0 <= frac < 1; exact for FP
+and INT grids, a correctly rounded quotient for lookup tables). The uniforms come from uint32 random bits
+(`uniform_from_bits`): the top 24 bits k give u = k / 2^24, so P(up) = ceil(frac 2^24) / 2^24. On FP and INT
+grids that is frac for every element at least half a step from zero (its fraction has no bits below 2^-24), and
+at most 2^-24 above frac for the elements closer to zero.
+
+Limited random bits (`sr_bits=n`, 1 <= n <= 24): hardware stochastic rounding adds n random bits to the bits
+that the conversion discards and keeps the carry (NVIDIA's cvt.rs; its FP4 form takes 8 bits per element from
+its rbits operand). Transformer Engine's software stand-in for GPUs without cvt.rs (common/util/ptx.cuh,
+`stochastic_round_fp4_e2m1`) does the same on values: with r an 8-bit integer it rounds |x| + (r / 256) step
+down to the grid, i.e. up iff frac + r / 256 >= 1 (up to the one rounding of its fma). Either way rounding up
+happens for floor(frac 2^n) of the 2^n values of the random bits: P(up) = floor(frac 2^n) / 2^n, a bias toward
+zero of less than 2^-n of a step.
+
+`limit_sr_bits` gets this rule from the same comparison: it keeps the top n of the 24 uniform bits (k) and sets
+the 24 - n below them to ones, u = (k + 1) / 2^n - 2^-24; then u < frac iff k < floor(frac24 2^n), with
+frac24 = ceil(frac 2^24) / 2^24 the fraction as the 24-bit default resolves it. So P(up) = floor(frac24 2^n) / 2^n,
+which is floor(frac 2^n) / 2^n wherever frac lies on the 2^-24 grid (elements at least half a step from zero),
+and n = 24 leaves the bits, hence every result, as they are by default. Being a transformation of the random
+bits, it reaches every path that rounds from them (adaptive formats, the Pallas kernels) unchanged.
 """
 
 from __future__ import annotations
@@ -11,6 +33,7 @@ import contextlib
 import contextvars
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 _MANTISSA_MASK = (1 << 23) - 1
@@ -171,16 +194,41 @@ def round_to_dtype(x_f32: jnp.ndarray, dtype) -> jnp.ndarray:
 
 
 def _round_integral(y: jnp.ndarray, uniform: jnp.ndarray | None) -> jnp.ndarray:
-    """Round y >= 0 to an integer: half to even, or up with probability frac(y) when `uniform` is given."""
+    """Round y >= 0 to an integer: half to even, or up iff uniform < frac(y) when `uniform` is given (frac(y) =
+    y - floor(y) is exact; P(up) for the uniforms of `uniform_from_bits`: the module docstring)."""
     if uniform is None:
         return jnp.round(y)
     lo = jnp.floor(y)
     return lo + (uniform < y - lo).astype(y.dtype)
 
 
-def uniform_from_bits(rbits_u32: jnp.ndarray) -> jnp.ndarray:
-    """Uniform float32 in [0, 1) on the 2^-24 grid from uint32 random bits (exactly representable)."""
-    return (rbits_u32 >> 8).astype(jnp.float32) * (2.0**-24)
+SR_BITS_MAX = 24  # the resolution of the default uniforms (uniform_from_bits)
+
+
+def check_sr_bits(sr_bits: int | None, has_key: bool = True) -> int | None:
+    """None, or the number of stochastic-rounding random bits as an int in 1..24; ValueError otherwise, and for
+    sr_bits given without a PRNG key (has_key False: there is no stochastic rounding to limit)."""
+    if sr_bits is None:
+        return None
+    if not has_key:
+        raise ValueError(f"sr_bits={sr_bits!r} limits the random bits of stochastic rounding, which needs a key=")
+    if isinstance(sr_bits, bool) or not isinstance(sr_bits, int | np.integer) or not 1 <= sr_bits <= SR_BITS_MAX:
+        raise ValueError(f"sr_bits must be an int in 1..{SR_BITS_MAX} (or None for 24-bit uniforms), got {sr_bits!r}")
+    return int(sr_bits)
+
+
+def limit_sr_bits(rbits_u32: jnp.ndarray, sr_bits: int | None) -> jnp.ndarray:
+    """uint32 random bits whose uniform rounds with only the top `sr_bits` of its 24 bits (None or 24: unchanged):
+    the 24 - sr_bits bits below them set to ones, so P(up) = floor(frac 2^n) / 2^n (module docstring)."""
+    if sr_bits is None or sr_bits == SR_BITS_MAX:
+        return rbits_u32
+    return rbits_u32 | jnp.uint32((1 << (32 - sr_bits)) - 1)  # bits 0..7 never reach the uniform
+
+
+def uniform_from_bits(rbits_u32: jnp.ndarray, sr_bits: int | None = None) -> jnp.ndarray:
+    """Uniform float32 in [0, 1) on the 2^-24 grid from uint32 random bits (exactly representable): the top 24
+    bits k give k / 2^24; with `sr_bits` = n, (top n bits + 1) / 2^n - 2^-24 (`limit_sr_bits`)."""
+    return (limit_sr_bits(rbits_u32, sr_bits) >> 8).astype(jnp.float32) * (2.0**-24)
 
 
 def round_fp(v: jnp.ndarray, elem, uniform: jnp.ndarray | None = None) -> jnp.ndarray:

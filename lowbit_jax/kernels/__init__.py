@@ -7,7 +7,9 @@
 
 "xla" runs the core (lowbit_jax.codec); "pallas" runs `pallas_quantize` (interpreted off GPUs, so it works
 anywhere, slowly); "auto" picks Pallas on a GPU only. Both give the same bits: stochastic-rounding bits are
-drawn here exactly as the core draws them (`sr_bits`) and passed to the kernel as an input. The kernels take
+drawn here exactly as the core draws them (`sr_bits`) and passed to the kernel as an input; `sr_bits=n` (limited
+random bits, lowbit_jax.rounding.limit_sr_bits) transforms those bits before the kernel reads them, so the
+kernels round with n bits exactly as the core does. The kernels take
 2-D arrays blocked along the last axis: 1-D blocks, per-channel and per-tensor formats move the axis last;
 2-D tiles become one row per tile (`blocks.Layout.to_rows`) and run as 1-D blocks of rows x cols elements.
 Identity formats, scalars and empty arrays use the core. Zero-point INT formats have no kernel
@@ -27,7 +29,7 @@ from typing import cast
 import jax
 import jax.numpy as jnp
 
-from lowbit_jax import blocks, codec
+from lowbit_jax import blocks, codec, rounding
 from lowbit_jax._types import ArrayLike, Axis, Key
 from lowbit_jax.codec import check_input
 from lowbit_jax.elements import LUTElem
@@ -64,10 +66,12 @@ def _axes(shape: tuple[int, ...], fmt: Format, axis: Axis | None) -> tuple[int, 
     return tuple(a % ndim for a in ((axis,) if isinstance(axis, int) else axis))
 
 
-def sr_bits(key: Key, shape: tuple[int, ...], fmt: Format, axis: Axis | None) -> jax.Array:
-    """The core's stochastic-rounding bits for `key` (uint32), laid out in x's padded shape."""
+def sr_bits(key: Key, shape: tuple[int, ...], fmt: Format, axis: Axis | None, n_bits: int | None = None) -> jax.Array:
+    """The core's stochastic-rounding bits for `key` (uint32), laid out in x's padded shape; n_bits: as the core
+    transforms them for sr_bits=n_bits (rounding.limit_sr_bits)."""
     lay = blocks.layout(tuple(shape), fmt.block_size, _axes(shape, fmt, axis))
-    return jax.random.bits(key, lay.blocked_shape, jnp.uint32).reshape(lay.padded_shape)
+    bits = jax.random.bits(key, lay.blocked_shape, jnp.uint32).reshape(lay.padded_shape)
+    return rounding.limit_sr_bits(bits, rounding.check_sr_bits(n_bits))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +81,7 @@ class _Static:
     impl: str
     tiles: Tiles
     backend: str | None
+    sr_bits: int | None = None
 
     @property
     def is_tile(self) -> bool:
@@ -111,7 +116,7 @@ def _bits_2d(key, x_shape, st: _Static):
     if key is None:
         return None
     lay = st.layout(x_shape)
-    bits = jax.random.bits(key, lay.blocked_shape, jnp.uint32)
+    bits = rounding.limit_sr_bits(jax.random.bits(key, lay.blocked_shape, jnp.uint32), st.sr_bits)
     if st.is_tile:
         return lay.blocked_to_rows(bits)
     return _as_2d(bits.reshape(lay.padded_shape), st)
@@ -225,6 +230,7 @@ def fake_quant(
     axis: Axis | None = None,
     *,
     key: Key | None = None,
+    sr_bits: int | None = None,
     impl: str = "auto",
     rotation: jax.Array | None = None,
     tiles: Tiles | None = None,
@@ -233,10 +239,11 @@ def fake_quant(
     """lb.fake_quant through `impl` (optionally after a block Hadamard rotation); straight-through gradient."""
     x, fmt, axes = check_input(x, fmt, axis)
     impl = resolve_impl(impl)
+    sr_bits = rounding.check_sr_bits(sr_bits, key is not None)
     if _core_only(x, fmt) or (impl == "xla" and rotation is None):
-        return codec.fake_quant_jit(x, fmt, axes, key)
+        return codec.fake_quant_jit(x, fmt, axes, key, sr_bits)
     _check_kernel(x, fmt, axes, rotation)
-    return _fake_quant_jit(x, key, rotation, _Static(fmt, axes, impl, tiles or Tiles(), backend))
+    return _fake_quant_jit(x, key, rotation, _Static(fmt, axes, impl, tiles or Tiles(), backend, sr_bits))
 
 
 def quantize(
@@ -245,6 +252,7 @@ def quantize(
     axis: Axis | None = None,
     *,
     key: Key | None = None,
+    sr_bits: int | None = None,
     impl: str = "auto",
     rotation: jax.Array | None = None,
     tiles: Tiles | None = None,
@@ -253,10 +261,12 @@ def quantize(
     """lb.quantize through `impl` (optionally after a block Hadamard rotation); codes and scales as the core's."""
     x, fmt, axes = check_input(x, fmt, axis)
     impl = resolve_impl(impl)
+    sr_bits = rounding.check_sr_bits(sr_bits, key is not None)
     if _core_only(x, fmt) or (impl == "xla" and rotation is None):
-        return codec.quantize_jit(x, fmt, axes, key)
+        return codec.quantize_jit(x, fmt, axes, key, None, sr_bits)
     _check_kernel(x, fmt, axes, rotation)
-    codes, scales, tensor, sel = _quantize_jit(x, key, rotation, _Static(fmt, axes, impl, tiles or Tiles(), backend))
+    st = _Static(fmt, axes, impl, tiles or Tiles(), backend, sr_bits)
+    codes, scales, tensor, sel = _quantize_jit(x, key, rotation, st)
     axis_field = axes[0] if len(axes) == 1 else axes
     return QArray(codes, scales, tensor, fmt, axis_field, x.shape, x.dtype, selectors=sel)
 
