@@ -204,6 +204,28 @@ def gemm(gp: _GemmPlan, a, b, *, key=None, out_spec: tuple | None = None):
     return lax.dot_general(a, b, dims, precision=gp.precision, preferred_element_type=acc, **sharding)
 
 
+_FLIPS = {"fwd": (False, False), "dx": (False, True), "dw": (True, True)}  # W enters dX, X and dY enter dW transposed
+
+
+def quantize_operand(x, config: QDotConfig, operand: str, key: Key | None = None) -> jax.Array:
+    """Operand `operand` (OPERANDS) as qdot_general quantizes it, for its canonical matrix x [rows, K] in that GEMM
+    (rows: the free dims, K: the contracting dims; 2-D tiles keep the tensor's orientation as in the GEMM), rotated
+    and quantized per `config` and returned in the original basis (a rotation of the GEMM undone), float32; `key`
+    is the call's key (sub-key slots as in qdot_general). For operand-level error statistics."""
+    if operand not in OPERANDS:
+        raise ValueError(f"operand must be one of {OPERANDS}, got {operand!r}")
+    gemm = next(g for g, ops in GEMM_OPERANDS.items() if operand in ops)
+    gp = _gemm_plan(config, gemm, 0, lax.Precision.HIGHEST, _FLIPS[gemm])
+    op = gp.a if gp.a.name == operand else gp.b
+    x = _at_least_f32(jnp.asarray(x))
+    rot = gp.rotation
+    signs = None if rot is None or not gp.quantized else rotation_signs(rot, gemm, key, gp.rotation_seed)
+    q = _prepare(x, op, gp, signs, key)
+    if signs is not None and rot is not None and rot.only is None:  # both operands rotated: back to x's basis
+        q = hadamard.rotate_with_signs(q, signs, inverse=True)
+    return q
+
+
 # ---------------------------------------------------------------------------------------------- custom VJP
 @dataclass(frozen=True)
 class _Plan:
@@ -220,8 +242,7 @@ class _Plan:
     def gemms(self) -> dict[str, _GemmPlan]:
         """The forward, dX and dW GEMM plans (W enters dX transposed; X and dY enter dW transposed)."""
         nb = len(self.dims[1][0])
-        flips = {"fwd": (False, False), "dx": (False, True), "dw": (True, True)}
-        return {g: _gemm_plan(self.config, g, nb, self.precision, flips[g]) for g in GEMMS}
+        return {g: _gemm_plan(self.config, g, nb, self.precision, _FLIPS[g]) for g in GEMMS}
 
 
 def _forward(plan: _Plan, lhs, rhs, key):
@@ -346,4 +367,12 @@ def with_config(config: QDotConfig, key: Key | None = None) -> Callable[..., jax
     return functools.partial(qdot_general, config=config, key=key)
 
 
-__all__ = ["OPERANDS", "QDotConfig", "Rotation", "qdot_general", "rotation_signs", "with_config"]  # config re-exported
+__all__ = [
+    "OPERANDS",
+    "QDotConfig",
+    "Rotation",
+    "qdot_general",
+    "quantize_operand",
+    "rotation_signs",
+    "with_config",
+]  # config re-exported

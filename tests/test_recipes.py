@@ -221,3 +221,15 @@ def test_accumulator_emulation_runs_in_every_gemm():
     assert cfg.label == "train(mxint8)+acc8_bfloat16"
     with pytest.raises(ValueError, match="leave accum_dtype float32"):
         QDotConfig.train("mxint8", accum_block=8, accum_dtype="bfloat16")
+
+
+def test_quantize_operand_is_the_gemm_operand():
+    cfg = recipes.nvidia_nvfp4().config
+    key = jax.random.key(3)
+    _, _, dw = vjp_at(cfg, X, W, DY, key)
+    signs = jnp.asarray(recipes.TE_WGRAD_SIGNS, jnp.float32)
+    a = lb.qdot.quantize_operand(X.T, cfg, "x_dw", key)  # in X's basis: Q(X^T R) R^T
+    b = lb.qdot.quantize_operand(DY.T, cfg, "dy_dw", key)
+    np.testing.assert_allclose(dw, mm(rot(a, signs), rot(b, signs)), **TOL)  # R^T R = I up to rounding
+    np.testing.assert_array_equal(lb.qdot.quantize_operand(W.T, cfg, "w_fwd"), fq(W.T, "nvfp4_2d", (-2, -1)))
+    np.testing.assert_array_equal(lb.qdot.quantize_operand(W, cfg, "w_dx"), fq(W.T, "nvfp4_2d", (-2, -1)).T)
