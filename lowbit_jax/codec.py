@@ -56,8 +56,8 @@ def scales_from_stat(stat: Stat, fmt: Format, g: jax.Array | None = None) -> Sca
 
 
 def tensor_scale(stat: Stat, fmt: Format) -> jax.Array | None:
-    """The second-level scale from all blocks' statistics (None if the rule has none; adaptive formats: their
-    candidates' shared one)."""
+    """The stored second level from all blocks' statistics: the tensor scale g (numerics "te": the tensor amax;
+    None if the rule has none; adaptive formats: their candidates' shared one)."""
     fmt = cast(AdaptiveFormat, fmt).candidates[0] if fmt.is_adaptive else fmt
     elem, rule = plain_parts(fmt)
     if not rule.has_tensor_scale:
@@ -90,8 +90,8 @@ def tile_values(
         return adaptive_tile_values(x, cast(AdaptiveFormat, fmt), axes, uniform, g, stat, valid)
     stat = block_stat(x, fmt, axes) if stat is None else stat
     sc = scales_from_stat(stat, fmt, g)
-    _, rule = plain_parts(fmt)
-    v = scaling.divide(x, sc, rule.dtype, scaling.scales_may_overflow(fmt))
+    elem, rule = plain_parts(fmt)
+    v = rule.divide(x, sc, elem, scaling.scales_may_overflow(fmt))
     return round_values(v, sc, fmt, uniform), sc
 
 
@@ -124,7 +124,10 @@ def adaptive_tile_values(
 
 def dequant_values(values: jax.Array, sc: Scales, fmt: Format) -> jax.Array:
     """Grid values -> x's values (float32; NaN for blocks that held NaN or Inf)."""
-    return scaling.multiply(values, sc, scaling.scales_may_overflow(fmt))
+    if fmt.is_adaptive:  # candidates run the exact arithmetic (AdaptiveFormat refuses peer numerics)
+        return scaling.multiply(values, sc, scaling.scales_may_overflow(fmt))
+    elem, rule = plain_parts(fmt)
+    return rule.multiply(values, sc, elem, scaling.scales_may_overflow(fmt))
 
 
 def to_output(y_f32: jax.Array, dtype: DTypeLike) -> jax.Array:

@@ -5,11 +5,12 @@ Spec grammar (used by get_format, CLI flags, interceptor rules and QDotConfig st
     spec     := base (":" key "=" value)*
     base     := a named format ("mxint8", "nvfp4", ...; lb.list_formats()) | "fp(e,m)" | "fp(e,m,special)"
                 | "int(b)"   (custom elements default to block_size=32, scale=ue8m0)
-    key      := block_size | scale | scale_rounding | scale_dtype | int_range | tensor_scale | select
+    key      := block_size | scale | scale_rounding | scale_dtype | int_range | tensor_scale | select | numerics
     block_size values: an int, "RxC" or "(R,C)" (a 2-D tile), "channel" (or -1), "tensor"
     select (adaptive formats only): mse | mae | absmax
+    numerics (E4M3 block scales of plain formats): exact (default) | torchao | te
 e.g. "mxint8:block_size=64:scale_rounding=floor", "fp(3,2):block_size=32:scale=ue8m0",
-"int(5):block_size=16:scale=e4m3", "nvfp4:block_size=16x16", "if4:select=mae".
+"int(5):block_size=16:scale=e4m3", "nvfp4:block_size=16x16", "if4:select=mae", "nvfp4:numerics=torchao".
 Overrides of an adaptive format apply to each of its candidates (block_size, scale_rounding, ...).
 """
 
@@ -38,7 +39,15 @@ from lowbit_jax.elements import (
     lut,
     stretched_int,
 )
-from lowbit_jax.scaling import E4M3_SCALE_MAX, SCALE_DTYPES, TENSOR_SCALES, UE8M0_ROUNDINGS, FloatScale, ScaleRule
+from lowbit_jax.scaling import (
+    E4M3_SCALE_MAX,
+    NUMERICS,
+    SCALE_DTYPES,
+    TENSOR_SCALES,
+    UE8M0_ROUNDINGS,
+    FloatScale,
+    ScaleRule,
+)
 from lowbit_jax.selection import SELECTS, AdaptiveElem, AdaptiveScale, selector_bits, selector_mode
 
 __all__ = [
@@ -97,6 +106,9 @@ class Format:
     scale_dtype: "bfloat16" evaluates the scale and x / scale in bf16 (UE8M0 and FP32 scales).
     tensor_scale: the second level of E4M3 / UE5M3 scales: "fp32", "ue8m0" (a power of two) or "none";
     None: the default ("fp32" for E4M3, "none" for UE5M3).
+    numerics: whose float32 arithmetic an E4M3 block scale runs: "exact" (the library's contract), "torchao"
+    or "te" (the peers' NVFP4 code, operation by operation; lowbit_jax.scaling.PEER_NUMERICS). With a
+    scale-rule object, the object's own numerics unless another is given here.
     """
 
     name: str
@@ -107,10 +119,12 @@ class Format:
     scale_dtype: str = "float32"
     passthrough_dtype: str | None = None
     tensor_scale: str | None = None
+    numerics: str = "exact"
     scale_rule: ScaleRule | AdaptiveScale | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "block_size", blocks.check_block_size(self.block_size))
+        check_choice("numerics", self.numerics, NUMERICS)
         if self.elem is not None and not isinstance(self.elem, FPElem | IntElem | LUTElem | ScaledIntElem):
             raise TypeError(
                 f"Format {self.name!r}: elem must be an element grid (lb.fp(e, m), lb.int_(b), lb.lut(...)), "
@@ -120,16 +134,21 @@ class Format:
             raise ValueError("identity formats (scale='none') have no element type, and only they")
         _check_name_kind(self)
         if self.elem is None:
+            if self.numerics != "exact":
+                raise ValueError(f"identity format {self.name!r} has no scales: numerics applies to E4M3 block scales")
             return
         if not isinstance(self.scale, str):
-            object.__setattr__(self, "scale_rule", self.scale)
+            own = getattr(self.scale, "numerics", "exact")
+            rule = self.scale if self.numerics == "exact" else scaling.with_numerics(self.scale, self.numerics)
+            object.__setattr__(self, "scale_rule", rule)
+            object.__setattr__(self, "numerics", own if self.numerics == "exact" else self.numerics)
         else:
             check_choice("scale", self.scale, SCALE_TYPES)
             check_choice("scale_rounding", self.scale_rounding, SCALE_ROUNDINGS)
             check_choice("scale_dtype", self.scale_dtype, SCALE_DTYPES)
             if self.tensor_scale is not None:
                 check_choice("tensor_scale", self.tensor_scale, TENSOR_SCALES)
-            rule = scaling.rule(self.scale, self.scale_rounding, self.scale_dtype, self.tensor_scale)
+            rule = scaling.rule(self.scale, self.scale_rounding, self.scale_dtype, self.tensor_scale, self.numerics)
             object.__setattr__(self, "scale_rule", rule)
             if self.tensor_scale == scaling.default_tensor_scale(self.scale):  # one spelling per format
                 object.__setattr__(self, "tensor_scale", None)
@@ -227,6 +246,11 @@ class AdaptiveFormat(Format):
         for c in cands:
             if c.is_identity or c.is_adaptive:
                 raise ValueError(f"candidate {c.name} must be a plain block format (not identity or adaptive)")
+            if c.numerics != "exact":
+                raise ValueError(
+                    f"adaptive formats choose per block with the exact arithmetic; candidate {c.label} has "
+                    f"numerics={c.numerics!r} (peer numerics apply to plain E4M3 formats such as nvfp4)"
+                )
         check_choice("select", self.select, SELECTS)
         _check_name_kind(self)
         first = cands[0]
@@ -425,7 +449,16 @@ _FORMATS.update(
         adaptive([_FORMATS["nvfp4_to6"], _FORMATS["nvfp4_to4"]], name="nvfp4_4over6"),
     ]
 )
-_OVERRIDABLE = ("block_size", "scale", "scale_rounding", "scale_dtype", "int_range", "tensor_scale", "select")
+_OVERRIDABLE = (
+    "block_size",
+    "scale",
+    "scale_rounding",
+    "scale_dtype",
+    "int_range",
+    "tensor_scale",
+    "select",
+    "numerics",
+)
 _ELEMENT_SPEC = re.compile(r"^(fp|int)\(([^()]*)\)$")
 
 
@@ -504,7 +537,8 @@ def parse_spec(spec: str) -> Format:
 
 def get_format(name: str | Format, **overrides: Any) -> Format:
     """A named format, a custom element spec or a full spec string (module docstring), optionally with
-    `block_size`, `scale`, `scale_rounding`, `scale_dtype`, `int_range`, `tensor_scale` replaced."""
+    `block_size`, `scale`, `scale_rounding`, `scale_dtype`, `int_range`, `tensor_scale`, `select`, `numerics`
+    replaced."""
     fmt: Format | None
     if isinstance(name, Format):
         fmt = name

@@ -8,14 +8,19 @@ Every rule has `name`, `bits` (storage per block scale), `storage_dtype` and the
   encode(sc, elem) -> stored scales            (float8_e8m0fnu, float8_e4m3fn, float32 (UE5M3 values), bf16)
   scale_bytes(sc, elem) -> bytes               the same as uint8 bit patterns where 8-bit (kernel outputs)
   decode(stored, elem, tensor) -> Scales       the inverse of encode
-`divide` and `multiply` apply Scales to element-domain values. The formulas (paper Eq. 7-9, the OCP and
-torchao UE8M0 rules, the NV two-level rule) are written once, in the functions below the classes' helpers.
+and `divide(x, sc, elem)` / `multiply(values, sc, elem)`, which apply Scales to element-domain values. The
+formulas (paper Eq. 7-9, the OCP and torchao UE8M0 rules, the NV two-level rule) are written once, in the
+functions below the classes' helpers. A FloatScale's `numerics` picks whose float32 arithmetic a two-level E4M3
+scale runs: the library's exact contract ("exact", the default) or a peer's, operation by operation ("torchao",
+"te"; `PeerNumerics`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
@@ -26,6 +31,7 @@ from jax import lax
 from lowbit_jax._types import DTypeLike
 from lowbit_jax.elements import ElemType, FPElem, check_choice, fp
 from lowbit_jax.rounding import (
+    F32_MAX,
     F32_MIN_NORMAL,
     div_exact,
     f32_bits,
@@ -43,6 +49,7 @@ E4M3_SCALE_MAX = 448.0
 UE8M0_ROUNDINGS = ("ceil", "floor", "round", "even", "ceil_amax")
 SCALE_DTYPES = ("float32", "bfloat16")
 TENSOR_SCALES = ("fp32", "ue8m0", "none")
+NUMERICS = ("exact", "torchao", "te")
 
 E4M3 = fp(4, 3)  # OCP E4M3 ("fn": max 448), the NV block-scale type
 UE5M3 = FPElem(5, 3, "none", signed=False)  # unsigned, bias 15, subnormals, no specials: max 122880, min 2^-17
@@ -52,7 +59,8 @@ class Scales(NamedTuple):
     """Per-block scales in the keepdims layout of a block statistic (a pytree).
 
     exp: power-of-two scales, scale = 2^exp (int32), else None;  value: other scales, the block scale as
-    float32, else None;  tensor: the second-level scale g (float32 scalar) or None;  finite: blocks free of
+    float32, else None;  tensor: the stored second level, a float32 scalar (the tensor scale g; numerics "te":
+    the tensor amax, from which TransformerEngine derives both its scales) or None;  finite: blocks free of
     NaN/Inf;  zero: the integer zero points (float32) of zero-point INT blocks, else None;  choice: the chosen
     candidate (int32) of adaptive-format blocks, else None.
     """
@@ -204,6 +212,14 @@ class UE8M0:
         exp, finite = e8m0_decode(stored, elem.scale_shift)
         return Scales(exp, None, None, finite)
 
+    def divide(self, x: jax.Array, sc: Scales, elem: ElemType, may_overflow: bool = False) -> jax.Array:
+        """x in the element domain (exact: powers of two)."""
+        return divide(x, sc, self.dtype, may_overflow)
+
+    def multiply(self, values: jax.Array, sc: Scales, elem: ElemType, may_overflow: bool = False) -> jax.Array:
+        """Element-domain values back in x's domain (NaN for non-finite blocks)."""
+        return multiply(values, sc, may_overflow)
+
 
 # --------------------------------------------------------------------------------------------- float scales
 def tensor_scale_fp32(amax_tensor: jax.Array, qmax_total: float) -> jax.Array:
@@ -256,6 +272,112 @@ def finite_tensor_amax(amax_blocks: jax.Array) -> jax.Array:
     return jnp.max(jnp.where(jnp.isfinite(amax_blocks), amax_blocks, 0.0), initial=0.0)
 
 
+# --------------------------------------------------------------------------------------------- peer numerics
+# Each peer's NVFP4 arithmetic, one float32 operation of its source at a time, each correctly rounded (IEEE),
+# in its order. Arguments: amax (block amaxes), t (the stored second level, None for a single-level scale),
+# s (block scales), qmax (the element's max), total (Qmax * 448, what a tensor scale divides the tensor amax
+# by). div_exact keeps every division a correctly rounded one (XLA:CPU would turn x / broadcast(d) into
+# x * (1 / d)); max(., 0), a no-op on these non-negative values, hides an inner quotient from XLA's rewrite of
+# (a / b) / c into a / (b * c). Block scales are rounded on bits (round_fp, RNE, saturating at 448): XLA:GPU
+# removes float32 -> float8 -> float32 cast pairs.
+_TORCHAO_MIN_G = 2.0**-120  # keeps torchao's reciprocal fl(1 / g) / s (s >= 2^-6) finite: x * Inf would be NaN
+
+
+def _torchao_tensor(amax_t: jax.Array, total: float) -> jax.Array:
+    """torchao per_tensor_amax_to_scale: g = fl(amax / total); 1 for an all-zero tensor (torchao: 0, then NaN),
+    at least 2^-120 (torchao: a subnormal or flushed g, whose reciprocal overflows)."""
+    g = div_exact(amax_t, jnp.float32(total))
+    return jnp.where(amax_t > 0, jnp.maximum(g, _TORCHAO_MIN_G), 1.0).astype(jnp.float32)
+
+
+def _torchao_block(amax: jax.Array, t: jax.Array | None, qmax: float, total: float) -> jax.Array:
+    """torchao nvfp4_quantize: E4M3(clamp(fl(fl(amax / Qmax) / g), 2^-6, 448)): the lower clamp is E4M3's
+    smallest normal, so zero and underflowing blocks get 2^-6 instead of 0."""
+    s = div_exact(amax, jnp.float32(qmax))
+    if t is not None:
+        s = div_exact(jnp.maximum(s, 0.0), t)
+    return round_fp(jnp.maximum(s, E4M3.min_normal), E4M3)
+
+
+def _torchao_divide(x: jax.Array, s: jax.Array, t: jax.Array | None, total: float) -> jax.Array:
+    """torchao: x * fl(fl(1 / g) / s), a reciprocal multiply (single level: x * fl(1 / s))."""
+    one = jnp.float32(1.0)
+    r = div_exact(one, s) if t is None else div_exact(jnp.maximum(div_exact(one, t), 0.0), s)
+    return x * r
+
+
+def _torchao_multiply(values: jax.Array, s: jax.Array, t: jax.Array | None, total: float) -> jax.Array:
+    """torchao dequantize: values * fl(g * s) (single level: values * s)."""
+    return values * (s if t is None else t * s)
+
+
+def _te_tensor(amax_t: jax.Array, total: float) -> jax.Array:
+    """TransformerEngine keeps the tensor amax itself (ScaledTensor.amax) and derives both scales from it."""
+    return amax_t.astype(jnp.float32)
+
+
+def _te_encode_scale(t: jax.Array, total: float) -> jax.Array:
+    """TE's tensor_scale = min(fl(total / amax), float32 max), 1 where that is 0 (an Inf amax)."""
+    enc = jnp.minimum(div_exact(jnp.float32(total), t), F32_MAX)
+    return jnp.where(enc == 0, 1.0, enc).astype(jnp.float32)
+
+
+def _te_block(amax: jax.Array, t: jax.Array | None, qmax: float, total: float) -> jax.Array:
+    """TE block_scale_inv = E4M3(min(fl(fl(amax / Qmax) * tensor_scale), float32 max)), saturating at 448; no
+    lower clamp, so zero and underflowing blocks store 0."""
+    assert t is not None  # FloatScale: TE numerics have a tensor scale
+    bsi = jnp.maximum(div_exact(amax, jnp.float32(qmax)), 0.0) * _te_encode_scale(t, total)
+    return round_fp(jnp.minimum(bsi, F32_MAX), E4M3)
+
+
+def _te_divide(x: jax.Array, s: jax.Array, t: jax.Array | None, total: float) -> jax.Array:
+    """TE: x * min(fl(1 / fl(s * fl(1 / tensor_scale))), float32 max) (a zero scale gives x * float32 max)."""
+    assert t is not None  # FloatScale: TE numerics have a tensor scale
+    one = jnp.float32(1.0)
+    inv_t = div_exact(one, _te_encode_scale(t, total))
+    return x * jnp.minimum(div_exact(one, s * inv_t), F32_MAX)
+
+
+def _te_multiply(values: jax.Array, s: jax.Array, t: jax.Array | None, total: float) -> jax.Array:
+    """TE's NVFP4 dequantizer: values * fl(s * fl(amax / total))."""
+    assert t is not None  # FloatScale: TE numerics have a tensor scale
+    return values * (s * div_exact(t, jnp.float32(total)))
+
+
+@dataclass(frozen=True)
+class PeerNumerics:
+    """A peer's float32 arithmetic of an E4M3 block scale (with an FP32 tensor scale, or without one where the
+    peer has that): the stored second level from the tensor amax, block scales, x into the element domain
+    (before rounding onto the element grid) and grid values back."""
+
+    source: str  # the peer code it follows
+    tensors: tuple[str, ...]  # the tensor_scale kinds the peer has
+    tensor: Callable[[jax.Array, float], jax.Array]
+    block: Callable[[jax.Array, jax.Array | None, float, float], jax.Array]
+    divide: Callable[[jax.Array, jax.Array, jax.Array | None, float], jax.Array]
+    multiply: Callable[[jax.Array, jax.Array, jax.Array | None, float], jax.Array]
+
+
+PEER_NUMERICS = {
+    "torchao": PeerNumerics(
+        "torchao 0.18 prototype/mx_formats/nvfp4_tensor.py (nvfp4_quantize, NVFP4Tensor.dequantize)",
+        ("fp32", "none"),
+        _torchao_tensor,
+        _torchao_block,
+        _torchao_divide,
+        _torchao_multiply,
+    ),
+    "te": PeerNumerics(
+        "TransformerEngine transformer_engine/jax/quantize/quantizer.py (NVFP4Quantizer._quantize_func) and "
+        "dequantizer.py (NVFP4Dequantizer)",
+        ("fp32",),
+        _te_tensor,
+        _te_block,
+        _te_divide,
+        _te_multiply,
+    ),
+}
+
 _GRIDS = {"e4m3": E4M3, "ue5m3": UE5M3, "fp32": None}
 _STORAGE = {"e4m3": jnp.float8_e4m3fn, "ue5m3": jnp.float32}
 
@@ -272,6 +394,8 @@ class FloatScale:
     448 for E4M3). target: the element value a block's amax maps to (default the element's max, Qmax; Four
     Over Six's second candidate maps it to 4 on the E2M1 grid); the tensor scale always uses Qmax * bound.
     A block whose amax / target / g falls outside the grid saturates or underflows (scale 0).
+    numerics: "exact" (the library's contract) or a peer's NVFP4 arithmetic, "torchao" or "te"
+    (PEER_NUMERICS; E4M3 block scales with an FP32 tensor scale, torchao also without one).
     """
 
     kind: str = "e4m3"
@@ -279,6 +403,7 @@ class FloatScale:
     tensor: str = "none"
     bound: float | None = None
     target: float | None = None
+    numerics: str = "exact"
 
     def __post_init__(self) -> None:
         check_choice("scale", self.kind, tuple(_GRIDS))
@@ -291,6 +416,17 @@ class FloatScale:
         for what, v in (("bound", self.bound), ("target", self.target)):
             if v is not None and not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{what} must be a positive finite number or None, got {v!r}")
+        check_choice("numerics", self.numerics, NUMERICS)
+        peer = self.peer
+        if peer is not None and (
+            self.kind != "e4m3" or self.tensor not in peer.tensors or (self.bound, self.target) != (None, None)
+        ):
+            kinds = " or ".join(f"tensor_scale={k}" for k in peer.tensors)
+            raise ValueError(
+                f"numerics={self.numerics!r} reproduces {peer.source}: an E4M3 block scale with {kinds}, no bound "
+                f"or target; got scale={self.kind}, tensor_scale={self.tensor}, bound={self.bound}, "
+                f"target={self.target}"
+            )
 
     @property
     def name(self) -> str:
@@ -317,25 +453,44 @@ class FloatScale:
     def has_tensor_scale(self) -> bool:
         return self.tensor != "none"
 
+    @property
+    def peer(self) -> PeerNumerics | None:
+        """The peer arithmetic this rule runs, None for the exact contract."""
+        return PEER_NUMERICS.get(self.numerics)
+
     def check(self, elem: ElemType) -> None:
-        """ValueError if the target lies above the element's max (its blocks would clip)."""
+        """ValueError if the target lies above the element's max (its blocks would clip), or if peer numerics
+        meet an element grid outside the NV family (Qmax < 2, where s * g may overflow, or a zero point)."""
         if self.target is not None and self.target > elem.max:
             raise ValueError(f"target {self.target} exceeds the largest {elem.name} value {elem.max}")
+        if self.peer is not None and (elem.max < 2 or getattr(elem, "zero_point", False)):
+            raise ValueError(
+                f"numerics={self.numerics!r} applies to NV element grids (symmetric, Qmax >= 2); {elem.name} has "
+                f"Qmax {elem.max}{' and a zero point' if getattr(elem, 'zero_point', False) else ''}"
+            )
+
+    def _total(self, elem: ElemType) -> float:
+        """What the tensor scale divides the tensor amax by: Qmax * bound (bound: default the grid's max)."""
+        assert self.grid is not None  # only grid scales have a second level
+        return elem.max * (self.grid.max if self.bound is None else self.bound)
 
     def tensor_scale(self, amax_blocks: jax.Array, elem: ElemType) -> jax.Array | None:
         """The second-level scale g from the blocks' amaxes (None without a second level)."""
         if not self.has_tensor_scale:
             return None
-        assert self.grid is not None  # __post_init__: an FP32 block scale has no second level
-        total = elem.max * (self.grid.max if self.bound is None else self.bound)
+        peer = self.peer
         make = tensor_scale_fp32 if self.tensor == "fp32" else tensor_scale_pow2
-        return make(finite_tensor_amax(amax_blocks), total)
+        return (make if peer is None else peer.tensor)(finite_tensor_amax(amax_blocks), self._total(elem))
 
     def block_scales(self, amax: jax.Array, elem: ElemType, g: jax.Array | None = None) -> Scales:
         if self.grid is None:
             return Scales(None, fp32_scale(amax, elem, self.dtype, self.target), None, jnp.isfinite(amax))
         g = self.tensor_scale(amax, elem) if g is None else g
-        return Scales(None, grid_block_scale(amax, g, elem, self.grid, self.target), g, jnp.isfinite(amax))
+        peer = self.peer
+        if peer is None:
+            return Scales(None, grid_block_scale(amax, g, elem, self.grid, self.target), g, jnp.isfinite(amax))
+        s = peer.block(amax, g, elem.max, self._total(elem))
+        return Scales(None, jnp.where(jnp.isfinite(amax), s, jnp.nan), g, jnp.isfinite(amax))
 
     def encode(self, sc: Scales, elem: ElemType) -> jax.Array:
         assert sc.value is not None  # float scales carry their values
@@ -357,20 +512,58 @@ class FloatScale:
         s = stored.astype(jnp.float32)
         return Scales(None, s, tensor if self.has_tensor_scale else None, jnp.isfinite(s))
 
+    def divide(self, x: jax.Array, sc: Scales, elem: ElemType, may_overflow: bool = False) -> jax.Array:
+        """x in the element domain, before rounding onto the grid (exact: x / (s * g) correctly rounded)."""
+        peer = self.peer
+        if peer is None:
+            return divide(x, sc, self.dtype, may_overflow)
+        assert sc.value is not None  # float scales carry their values
+        return peer.divide(x, sc.value, sc.tensor, self._total(elem))
+
+    def multiply(self, values: jax.Array, sc: Scales, elem: ElemType, may_overflow: bool = False) -> jax.Array:
+        """Element-domain values back in x's domain (NaN for non-finite blocks)."""
+        peer = self.peer
+        if peer is None:
+            return multiply(values, sc, may_overflow)
+        assert sc.value is not None  # float scales carry their values
+        y = peer.multiply(values, sc.value, sc.tensor, self._total(elem))
+        return jnp.where(sc.finite, y, jnp.nan)
+
 
 ScaleRule = UE8M0 | FloatScale
 
 
-def rule(scale: str, rounding: str = "ceil", dtype: str = "float32", tensor: str | None = None) -> ScaleRule:
+def rule(
+    scale: str, rounding: str = "ceil", dtype: str = "float32", tensor: str | None = None, numerics: str = "exact"
+) -> ScaleRule:
     """The scale rule named `scale` ("ue8m0", "e4m3", "ue5m3", "fp32") with its parameters; tensor None: the
-    default second level (FP32 for E4M3, none otherwise)."""
+    default second level (FP32 for E4M3, none otherwise); numerics: whose arithmetic (FloatScale)."""
+    check_choice("numerics", numerics, NUMERICS)
     if scale == "ue8m0":
         if tensor not in (None, "none"):
             raise ValueError("a UE8M0 block scale takes no tensor scale (tensor_scale='none')")
+        _check_exact(numerics, "a UE8M0")
         return UE8M0(rounding, dtype)
     if rounding != "ceil":
         raise ValueError(f"scale_rounding applies to UE8M0 scales only; {scale} scales round to nearest")
-    return FloatScale(scale, dtype, default_tensor_scale(scale) if tensor is None else tensor)
+    return FloatScale(scale, dtype, default_tensor_scale(scale) if tensor is None else tensor, numerics=numerics)
+
+
+def with_numerics(r: ScaleRule, numerics: str) -> ScaleRule:
+    """The rule `r` running `numerics` (ValueError where that arithmetic does not apply)."""
+    check_choice("numerics", numerics, NUMERICS)
+    if isinstance(r, UE8M0):
+        _check_exact(numerics, "a UE8M0")
+        return r
+    return dataclasses.replace(r, numerics=numerics)
+
+
+def _check_exact(numerics: str, what: str) -> None:
+    if numerics != "exact":
+        raise ValueError(
+            f"numerics={numerics!r} reproduces a peer's NVFP4 arithmetic and applies to E4M3 block scales; "
+            f"{what} block scale has the exact arithmetic only"
+        )
 
 
 def default_tensor_scale(scale: str) -> str:
