@@ -23,7 +23,8 @@ class QArray:
                   zero-padded to whole blocks (identity formats: the value cast to the pass-through dtype).
     scales:       one scale per block, each quantized axis holding its block count; shape () for per-tensor
                   formats; None for identity formats.
-    tensor_scale: the float32 second-level scale g (NV formats, tensor_scale="fp32" or "ue8m0"), else None.
+    tensor_scale: the float32 second-level scale g (NV formats, tensor_scale="fp32" or "ue8m0"), else None;
+                  numerics="te" stores the tensor amax here, from which TE's arithmetic derives its scales.
     zero_points:  one integer zero point per block (zero-point INT formats, the codes' dtype), else None.
     selectors:    the chosen candidate per block (uint8, the scales' shape) of adaptive formats that store it
                   beside the scales (MXIF), else None (IF4 / IF6 keep it in the E4M3 scale's sign bit; Four

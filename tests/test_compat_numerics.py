@@ -237,6 +237,10 @@ def test_round_trip_and_finite(spec):
     assert_same_bits(dq(qz(x, spec)), y, "jitted")
     assert_same_bits(np.asarray(lb.dequantize(lb.quantize(x, spec))), np.asarray(lb.fake_quant(x, spec)), "eager")
     assert np.isfinite(y).all()
+    key = jax.random.key(0)  # stochastic rounding of the peer-scaled values (the library's draws)
+    y_sr = fq(x, spec, key=key)
+    assert_same_bits(dq(qz(x, spec, key=key)), y_sr, "stochastic")
+    assert np.isfinite(y_sr).all() and (y_sr != y).any()
 
 
 def test_zero_tensor_and_non_finite_blocks():
@@ -281,7 +285,8 @@ def _reciprocal_tie_input() -> tuple[np.ndarray, np.ndarray]:
 
 def test_variants_differ_from_exact_by_design():
     """The variants are not the exact rule under another name: (1) E2M1 midpoints scaled by a reciprocal
-    multiply round up in both peers and to even in the exact contract; (2) a block below torchao's 2^-6 clamp."""
+    multiply round up in both peers and to even in the exact contract; (2) a block below torchao's 2^-6 clamp;
+    (3) TE's block scales from T = fl(2688 / amax) near E4M3 midpoints."""
     x, mask = _reciprocal_tie_input()
     exact, scales_exact, _ = nv_reference(x, "fp")
     assert_same_bits(fq(x, "nvfp4"), exact, "exact default")
@@ -301,6 +306,20 @@ def test_variants_differ_from_exact_by_design():
     assert_same_bits(fq(x, "nvfp4:numerics=te"), exact, "TE has no clamp")
     assert (got[0, 16:18] != exact[0, 16:18]).all()
     assert np.asarray(qz(x, "nvfp4:numerics=torchao").scales)[0, 1].astype(F32) == 2.0**-6
+    # (3) TE's block scale fl(fl(amax_b / 6) * fl(2688 / amax)) against the exact fl(fl(amax_b / 6) / g): block
+    # amaxes within an ulp of E4M3 midpoints (times 6 g) round to different E4M3 neighbours in some blocks
+    amax_t = F32(3.7)
+    grid = np.unique(np.arange(127, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float64))
+    near = (((grid[:-1] + grid[1:]) / 2) * 6 * float(amax_t / F32(2688))).astype(F32)
+    near = np.concatenate([near, np.nextafter(near, F32(0)), np.nextafter(near, F32(np.inf))])
+    x = np.zeros((1, 16 * (near.size + 1)), F32)
+    x[0, 0], x[0, 16::16] = amax_t, near
+    q = qz(x, "nvfp4:numerics=te")
+    te_scales = np.asarray(q.scales).astype(F32)
+    assert_same_bits(te_scales, te_ref(x)[2], "TE block scales")
+    exact_scales = nv_reference(x, "fp")[1]
+    assert_same_bits(np.asarray(qz(x, "nvfp4").scales).astype(F32), exact_scales, "exact block scales")
+    assert (te_scales != exact_scales).any() and (te_scales == exact_scales).mean() > 0.5
 
 
 # --------------------------------------------------------------------------------------------- API
