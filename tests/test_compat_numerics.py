@@ -8,7 +8,7 @@ Oracles:
 - TransformerEngine-JAX, transcribed here in numpy float32 from `transformer_engine/jax/quantize/quantizer.py`
   (`NVFP4Quantizer._quantize_func`) and `dequantizer.py` (`NVFP4Dequantizer._dequantize_func`), line by line
   (`te_ref`); its `reduce_precision(., 4, 3)` of the float8 block scale is taken as the E4M3 cast it follows,
-  which is what TE's GPU tests pin against its C++ kernel (docs/formats.md).
+  which TE's GPU tests compare with its C++ kernel bit for bit (docs/formats.md; not run here).
 
 Where the variants differ from the exact default by design (one test shows each difference exists):
 - Reciprocal multiplies: both peers scale x by a rounded reciprocal (torchao x * fl(fl(1/g)/s), TE
