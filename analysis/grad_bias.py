@@ -12,6 +12,8 @@ import numpy as np
 
 import lowbit_jax as lb
 from lowbit_jax.blocks import layout
+from lowbit_jax.qdot import quantize_operand
+from lowbit_jax.qdot_config import GEMM_OPERANDS, is_tiled
 from lowbit_jax.rounding import div_exact, round_to_dtype
 
 PROBE_DTYPES = ("bfloat16", "float16", "float32")
@@ -130,8 +132,48 @@ def grad_fn(loss_fn, rules, stochastic: bool = False):
 
 
 # ---------------------------------------------------------------------------------------------- operands
-def _extra_code_blocks(x, fmt: lb.Format) -> tuple[jax.Array, jax.Array]:
-    """(blocks holding the code -2^(b-1), non-zero blocks) of x (rows, K) quantized in blocks along K."""
+@dataclass(frozen=True)
+class BlockQuantizer:
+    """The format path: m -> lb.fake_quant(m, fmt) in blocks along m's last axis (round to nearest), extra codes
+    counted with the same format."""
+
+    fmt: lb.Format
+
+    def __call__(self, m: jax.Array, key: jax.Array | None = None) -> jax.Array:
+        return lb.fake_quant(m, self.fmt, axis=-1)
+
+    @property
+    def count_format(self) -> lb.Format | None:
+        return self.fmt
+
+
+@dataclass(frozen=True)
+class OperandQuantizer:
+    """One GEMM operand (qdot_config.OPERANDS, e.g. 'dy_dw') as `config`'s GEMMs quantize it
+    (lb.qdot.quantize_operand: rotation, rounding, 2-D tiles), for its canonical (rows, K) matrix in that GEMM; the
+    key is the GEMM call's (the layer's) key. Extra codes are counted only where the operand is 1-D blocked, rounds
+    to nearest and is not rotated (elsewhere the codes are not those of lb.quantize along the last axis)."""
+
+    config: lb.QDotConfig
+    operand: str
+
+    def __call__(self, m: jax.Array, key: jax.Array | None = None) -> jax.Array:
+        return quantize_operand(m, self.config, self.operand, key)
+
+    @property
+    def count_format(self) -> lb.Format | None:
+        fmt, cfg, op = getattr(self.config, self.operand), self.config, self.operand
+        gemm = next(g for g, ops in GEMM_OPERANDS.items() if op in ops)
+        rot = cfg.rotation_of(gemm)
+        plain = not is_tiled(fmt) and cfg.rounding_of(op) == "nearest" and (rot is None or not rot.rotates(op))
+        return fmt if fmt is not None and plain else None
+
+
+def _extra_code_blocks(x, fmt: lb.Format | None) -> tuple[jax.Array, jax.Array]:
+    """(blocks holding the code -2^(b-1), non-zero blocks) of x (rows, K) quantized in blocks along K; (0, 0) for
+    no format."""
+    if fmt is None:
+        return jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)
     lay = layout(x.shape, fmt.block_size, x.ndim - 1)
     blocks = jnp.sum(jnp.max(jnp.abs(lay.to_blocks(x)), axis=lay.block_axes) > 0)
     elem = fmt.elem
@@ -143,10 +185,12 @@ def _extra_code_blocks(x, fmt: lb.Format) -> tuple[jax.Array, jax.Array]:
     return jnp.sum(hits), blocks
 
 
-@functools.partial(jax.jit, static_argnames="fmt")
-def _operand_pass(mats: list, fmt: lb.Format):
-    counts = [_extra_code_blocks(m, fmt) for m in mats]
-    return [c[0] for c in counts], [c[1] for c in counts], [lb.fake_quant(m, fmt, axis=-1) - m for m in mats]
+@functools.partial(jax.jit, static_argnames="quantizers")
+def _operand_pass(mats: list, keys: list, quantizers: tuple):
+    """Extra-code hits, non-zero blocks and Q(m) - m of each matrix, with its own quantizer and key."""
+    counts = [_extra_code_blocks(m, q.count_format) for m, q in zip(mats, quantizers, strict=True)]
+    errs = [q(m, k) - m for m, k, q in zip(mats, keys, quantizers, strict=True)]
+    return [c[0] for c in counts], [c[1] for c in counts], errs
 
 
 @dataclass(frozen=True)
@@ -169,11 +213,22 @@ class OperandStats:
         return self.signed_error / self.signed_error_se if self.signed_error_se else 0.0
 
 
-def operand_stats_groups(groups: list[list], fmt: lb.Format) -> list[OperandStats]:
-    """OperandStats of each group of float32 matrices (rows, K), each matrix quantized in blocks along its last
-    axis; one compilation for all groups. Only asymmetric INT has the extra code -2^(b-1); others report 0 hits."""
+def operand_stats_groups(groups: list[list], quantize, keys: list[list] | None = None) -> list[OperandStats]:
+    """OperandStats of each group of float32 matrices (rows, K); one compilation for all groups.
+
+    quantize: a Format (every matrix quantized in blocks along its last axis, BlockQuantizer) or one quantizer per
+    matrix, nested like `groups` (callables q(m, key) -> Q(m) with a `count_format` attribute: BlockQuantizer,
+    OperandQuantizer; hashable, they are static under jit); keys: one PRNG key (or None) per matrix, nested like
+    `groups` (None: no keys). Only asymmetric INT has the extra code -2^(b-1); others report 0 hits."""
+    if isinstance(quantize, lb.Format):
+        quantize = [[BlockQuantizer(quantize)] * len(g) for g in groups]
+    keys = [[None] * len(g) for g in groups] if keys is None else keys
+    for name, nested in (("quantize", quantize), ("keys", keys)):
+        if [len(g) for g in nested] != [len(g) for g in groups]:
+            raise ValueError(f"operand_stats_groups: {name} must hold one entry per matrix, nested like groups")
     mats = [jnp.asarray(m, jnp.float32) for g in groups for m in g]
-    hits, blocks, errs = _operand_pass(mats, fmt)
+    flat_q = tuple(q for g in quantize for q in g)
+    hits, blocks, errs = _operand_pass(mats, [k for g in keys for k in g], flat_q)
     out, i = [], 0
     for g in groups:
         sl = slice(i, i + len(g))
@@ -186,6 +241,8 @@ def operand_stats_groups(groups: list[list], fmt: lb.Format) -> list[OperandStat
     return out
 
 
-def operand_stats(mats: list, fmt: lb.Format) -> OperandStats:
-    """OperandStats of one group of matrices."""
-    return operand_stats_groups([mats], fmt)[0]
+def operand_stats(mats: list, quantize, keys: list | None = None) -> OperandStats:
+    """OperandStats of one group of matrices (quantize: a Format or one quantizer per matrix; keys: one per matrix)."""
+    return operand_stats_groups(
+        [mats], quantize if isinstance(quantize, lb.Format) else [quantize], None if keys is None else [keys]
+    )[0]

@@ -5,22 +5,33 @@ formats and stochastic rounding (paper section 3.2 and App. D.2 infer the bias f
     python -m experiments.grad_bias                  # 19 cases, 8 batches, 4 SR keys: about 10 min on 2 CPU cores
     python -m experiments.grad_bias --checkpoint results/train/none   # gradients of a trained model
     python -m experiments.grad_bias --tiny           # under a minute (alias of --preset tiny); the test suite's run
+    python -m experiments.grad_bias --preset recipes # fp32, nvfp4, nvfp4+sr and the training recipes (RECIPE_CASES)
+    python -m experiments.grad_bias --cases fp32,nvidia_nvfp4,mxfp8_rceil:grads=e5m2 --sr-keys 8   # chosen recipes
 
 Parameters: --checkpoint DIR (from experiments.train), else a fresh model trained unquantized for --pretrain-steps.
-Cases: precision strings of analysis.lm.train ("name:key=value...") with an optional "+sr" (stochastic rounding of
-the two dY operands, averaged over --sr-keys keys per batch). Statistics (analysis.grad_bias.BiasStats): bias =
+Cases: format precision strings of analysis.lm.train ("name:key=value...") with an optional "+sr" (stochastic
+rounding of the two dY operands, averaged over --sr-keys keys per batch), or recipe precision strings of
+lowbit_jax.recipes ("nvidia_nvfp4", "nvidia_nvfp4:last=1", "mxfp8_rceil:grads=e5m2", "quartet2_nvfp4"; see
+lm_train.is_recipe): the recipe's own rules place every quantizer (kept layers in high precision), and gradients
+are averaged over --sr-keys keys when the recipe rounds stochastically or with MS-EDEN. RECIPE_CASES (--preset
+recipes) lists fp32 (the identity control), the 4-bit baselines nvfp4 and nvfp4+sr, and every recipe
+(quartet2_nvfp4 once lowbit_jax.eden exists). Statistics (analysis.grad_bias.BiasStats): bias =
 mean over batches and keys of g_hat - g; relative_bias = ||bias|| / rms ||g||, noise_floor its standard error
 (bias_z = ratio: about 1 or less means no detectable bias), cosine, mean_signed_error = mean(bias) / mean|g| with its
 z-score. Operands (captured X, W, dY of every quantized layer on the first batch, each blocked along both of its
 GEMM axes): extreme_code_fraction = blocks holding the extra code -2^(b-1) / non-zero blocks, and
 operand_signed_error = sum(Q(x) - x) / sum|x| per operand kind (x, w, dy): negative means values pushed downwards;
 operand_signed_error_z: the same in standard errors, rows of the operand matrices taken as independent samples.
+For a recipe the operand statistics cover only the layers it quantizes with rules.config, and each operand role
+(x_fwd, x_dw, w_fwd, w_dx, dy_dx, dy_dw) is quantized as that layer's GEMM quantizes it (lb.qdot.quantize_operand:
+rotation undone, stochastic rounding and MS-EDEN with the layer's key from the first batch's first key, 2-D tiles).
 
 Output (--out, default results/grad_bias/):
   grad_bias.json  stable keys:
-    cases  [{"case", "format", "label", "int_range" (null for FP), "scale", "scale_dtype", "block_size",
-             "stochastic", "relative_bias", "relative_error", "noise_floor", "bias_z", "cosine",
-             "mean_signed_error", "mean_signed_error_z", "extreme_code_fraction",
+    cases  [{"case", "format" (a recipe's name), "label" (the format's, or the recipe's QDotConfig label),
+             "int_range" (null for FP and recipes), "scale", "scale_dtype", "block_size" (null for recipes),
+             "stochastic" (+sr, or a recipe that needs a key), "relative_bias", "relative_error", "noise_floor",
+             "bias_z", "cosine", "mean_signed_error", "mean_signed_error_z", "extreme_code_fraction",
              "operand_signed_error": {"x", "w", "dy"}, "operand_signed_error_z": {"x", "w", "dy"},
              "per_layer": {path: {...}}}]
     algorithm1 {"bfloat16", "float16", "float32"} (paper Table 11 fractions), params_source, config, machine
@@ -30,8 +41,10 @@ Output (--out, default results/grad_bias/):
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import jax
@@ -43,7 +56,9 @@ from analysis.lm import data as lm_data
 from analysis.lm import run as lm_run
 from analysis.lm import train as lm_train
 from experiments import common
+from lowbit_jax import interceptor
 from lowbit_jax.models import llama
+from lowbit_jax.qdot_config import GEMMS
 
 BF16_INT8 = "int8_channel:block_size=32:scale_dtype=bfloat16"
 F32_INT8 = "int8_channel:block_size=32"
@@ -68,11 +83,17 @@ DEFAULT_CASES = (
     "mxfp4+sr",
     "nvfp4+sr",
 )
+# The recipe comparison (--preset recipes): the identity control, the 4-bit format baselines, then every recipe.
+# quartet2_nvfp4 needs lowbit_jax.eden (MS-EDEN); it joins the preset once that module exists.
+HAS_EDEN = importlib.util.find_spec("lowbit_jax.eden") is not None
+RECIPE_CASES = ("fp32", "nvfp4", "nvfp4+sr", "paper_mxint8", "paper_mxfp8", "mxfp8_rceil", "mxfp8_rceil:grads=e5m2")
+RECIPE_CASES += ("nvidia_nvfp4",) + (("quartet2_nvfp4",) if HAS_EDEN else ())
 ROLES = {"x": ("fwd", "dw"), "w": ("fwd", "dx"), "dy": ("dx", "dw")}
 
 
 def parse_case(text: str) -> tuple[lb.Format, bool]:
-    """'precision[+sr]' (any case) -> (format, stochastic)."""
+    """'precision[+sr]' (any case) -> (format, stochastic); for a format case (a recipe is checked by
+    lm_train.check_precision)."""
     text = text.strip()
     base, sr = (text[: -len("+sr")], True) if text.lower().endswith("+sr") else (text, False)
     fmt = lm_train.parse_precision(base)
@@ -94,7 +115,7 @@ class Config(lm_train.SmallTrainConfig):
     def __post_init__(self):
         super().__post_init__()
         for c in self.cases:
-            parse_case(c)
+            lm_train.check_precision(c, self.n_layers) if lm_train.is_recipe(c) else parse_case(c)
         if self.n_batches < 2 or self.sr_keys < 1 or self.pretrain_steps < 0:
             raise ValueError("--n-batches must be >= 2 (the bias needs a standard error), --sr-keys >= 1")
 
@@ -107,7 +128,7 @@ class Config(lm_train.SmallTrainConfig):
 TINY = dict(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64, seq_len=32, batch_size=4, pretrain_steps=0)
 TINY |= dict(n_batches=2, sr_keys=2)
 TINY_CASES = ("fp32", f"{BF16_INT8}:int_range=asymmetric", f"{BF16_INT8}:int_range=symmetric", "mxfp4+sr")
-PRESETS = {"tiny": Config(cases=TINY_CASES, **TINY)}
+PRESETS = {"tiny": Config(cases=TINY_CASES, **TINY), "recipes": Config(cases=RECIPE_CASES)}
 
 
 def model_params(cfg: Config, data: lm_data.TextData) -> tuple[dict, llama.LlamaConfig, str]:
@@ -124,21 +145,49 @@ def model_params(cfg: Config, data: lm_data.TextData) -> tuple[dict, llama.Llama
     return lm_run.replica(res.params), cfg.model(), source
 
 
-def capture_operands(params, loss, batch) -> dict[str, list[np.ndarray]]:
+@dataclasses.dataclass(frozen=True)
+class OperandMatrix:
+    """One captured operand in one GEMM role: layer path and call, kind (x, w, dy), role (fwd, dx, dw) and its
+    canonical (rows, K) matrix in that GEMM."""
+
+    path: str
+    call: int
+    kind: str
+    role: str
+    matrix: np.ndarray
+
+    @property
+    def operand(self) -> str:
+        """The QDotConfig operand name, e.g. 'x_dw'."""
+        return f"{self.kind}_{self.role}"
+
+
+def capture_matrices(params, loss, batch) -> list[OperandMatrix]:
     """The X, W and dY operands of every quantizable layer on one batch (unquantized model), as the (rows, K)
-    matrices of both of their GEMM roles, grouped by kind."""
+    matrices of both of their GEMM roles (ROLES)."""
     with lb.capture(llama.rules(True)) as cap:
         jax.jit(jax.grad(loss))(params, batch)
-    mats = {k: [] for k in ROLES}
-    for tensors in cap.tensors.values():
-        for name, t in tensors.items():
-            mats[name] += [t.matrix(role) for role in ROLES[name]]
-    return mats
+    return [
+        OperandMatrix(path, t.call, name, role, t.matrix(role))
+        for path, tensors in cap.tensors.items()
+        for name, t in tensors.items()
+        for role in ROLES[name]
+    ]
 
 
-def operand_summary(mats: dict[str, list[np.ndarray]], fmt: lb.Format) -> dict:
-    """extreme_code_fraction over all operands and the signed error per kind."""
-    stats = dict(zip(mats, grad_bias.operand_stats_groups(list(mats.values()), fmt)))
+def capture_operands(params, loss, batch) -> dict[str, list[np.ndarray]]:
+    """The matrices of capture_matrices grouped by kind (x, w, dy)."""
+    return _by_kind(capture_matrices(params, loss, batch), lambda m: m.matrix)
+
+
+def _by_kind(mats: list[OperandMatrix], value) -> dict[str, list]:
+    out: dict[str, list] = {k: [] for k in ROLES}
+    for m in mats:
+        out[m.kind].append(value(m))
+    return out
+
+
+def _summary(stats: dict[str, grad_bias.OperandStats]) -> dict:
     hits, blocks = sum(s.extra_code_blocks for s in stats.values()), sum(s.blocks for s in stats.values())
     return {
         "extreme_code_fraction": hits / blocks if blocks else 0.0,
@@ -147,19 +196,51 @@ def operand_summary(mats: dict[str, list[np.ndarray]], fmt: lb.Format) -> dict:
     }
 
 
-def run_case(text: str, params, mcfg, batches, exact, operands, cfg: Config) -> dict:
-    """All statistics of one case."""
+def operand_summary(mats: dict[str, list[np.ndarray]], fmt: lb.Format) -> dict:
+    """extreme_code_fraction over all operands and the signed error per kind."""
+    return _summary(dict(zip(mats, grad_bias.operand_stats_groups(list(mats.values()), fmt))))
+
+
+def layer_config(config: lb.QDotConfig, path: str, call: int, key) -> tuple[lb.QDotConfig, jax.Array | None]:
+    """The config and key that lb.quantized(rules, key=key) hands the GEMMs of layer `path` (call `call`): the
+    per-layer key, or without a key a per-layer Hadamard seed for key-drawn rotations (lowbit_jax.interceptor)."""
+    if key is not None:
+        return config, interceptor.layer_key(key, path, call)
+    if any((r := config.rotation_of(g)) is not None and r.signs == "key" for g in GEMMS):
+        config = dataclasses.replace(config, rotation_seed=zlib.crc32(f"{path}#{call}".encode()) & 0x7FFFFFFF)
+    return config, None
+
+
+def recipe_operand_summary(mats: list[OperandMatrix], rules: lb.recipes.RecipeRules, key) -> dict:
+    """operand_summary for a recipe: only the layers the recipe quantizes with rules.config (not the kept head or
+    high-precision blocks), each operand quantized as that layer's GEMM quantizes it (OperandQuantizer, with the
+    layer's key derived from `key` as lb.quantized derives it; None for recipes that need none)."""
+    parsed = interceptor.parse_rules(rules)
+    chosen = [m for m in mats if interceptor.match(parsed, m.path) is rules.config]
+    if not chosen:
+        raise ValueError(f"recipe {rules.name}: no captured layer runs its config {rules.config.label}")
+    bound = {m.path: layer_config(rules.config, m.path, m.call, key) for m in chosen}
+    groups = _by_kind(chosen, lambda m: m.matrix)
+    quantizers = _by_kind(chosen, lambda m: grad_bias.OperandQuantizer(bound[m.path][0], m.operand))
+    keys = _by_kind(chosen, lambda m: bound[m.path][1])
+    stats = grad_bias.operand_stats_groups(list(groups.values()), list(quantizers.values()), list(keys.values()))
+    return _summary(dict(zip(groups, stats)))
+
+
+def sr_keys(cfg: Config, n_batches: int) -> list[jax.Array]:
+    """Per batch, cfg.sr_keys keys for stochastic cases (formats with +sr, recipes that need a key)."""
+    return [
+        jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed + 1), b), cfg.sr_keys) for b in range(n_batches)
+    ]
+
+
+def run_case(text: str, params, mcfg, batches, exact, operands: list[OperandMatrix], cfg: Config) -> dict:
+    """All statistics of one case: a format ('precision[+sr]') or a recipe precision string."""
+    if lm_train.is_recipe(text):
+        return run_recipe_case(text, params, mcfg, batches, exact, operands, cfg)
     fmt, sr = parse_case(text)
-    loss = lambda p, b: llama.loss_fn(p, mcfg, b)
-    qfn = grad_bias.grad_fn(loss, llama.rules(lb.QDotConfig.train(fmt, stochastic_grads=sr)), stochastic=sr)
-    keys = [
-        jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed + 1), b), cfg.sr_keys) for b in range(len(batches))
-    ]
-    quantized = [
-        [grad_bias.flat_grads(qfn(params, batch, k)) for k in (keys[b] if sr else keys[b][:1])]
-        for b, batch in enumerate(batches)
-    ]
-    stats = grad_bias.bias_statistics(exact, quantized)
+    qfn = grad_bias.grad_fn(_loss(mcfg), llama.rules(lb.QDotConfig.train(fmt, stochastic_grads=sr)), stochastic=sr)
+    stats = _bias(qfn, params, batches, exact, sr_keys(cfg, len(batches)), sr)
     elem = fmt.elem
     return {
         "case": text,
@@ -171,8 +252,43 @@ def run_case(text: str, params, mcfg, batches, exact, operands, cfg: Config) -> 
         "block_size": fmt.block_size,
         "stochastic": sr,
         **dataclasses.asdict(stats),
-        **operand_summary(operands, fmt),
+        **operand_summary(_by_kind(operands, lambda m: m.matrix), fmt),
     }
+
+
+def run_recipe_case(text: str, params, mcfg, batches, exact, operands: list[OperandMatrix], cfg: Config) -> dict:
+    """A recipe case: gradients under the recipe's rules (averaged over --sr-keys keys when it needs a key), operand
+    statistics with the recipe's own quantizers on the layers it quantizes (key: the first batch's first key)."""
+    rules = lm_train.recipe_rules(text, mcfg.n_layers)
+    stochastic = lm_train.needs_key(rules)
+    keys = sr_keys(cfg, len(batches))
+    stats = _bias(
+        grad_bias.grad_fn(_loss(mcfg), rules, stochastic=stochastic), params, batches, exact, keys, stochastic
+    )
+    return {
+        "case": text,
+        "format": rules.name,
+        "label": rules.config.label,
+        "int_range": None,
+        "scale": None,
+        "scale_dtype": None,
+        "block_size": None,
+        "stochastic": stochastic,
+        **dataclasses.asdict(stats),
+        **recipe_operand_summary(operands, rules, keys[0][0] if stochastic else None),
+    }
+
+
+def _loss(mcfg):
+    return lambda p, b: llama.loss_fn(p, mcfg, b)
+
+
+def _bias(qfn, params, batches, exact, keys, stochastic: bool) -> grad_bias.BiasStats:
+    quantized = [
+        [grad_bias.flat_grads(qfn(params, batch, k)) for k in (keys[b] if stochastic else keys[b][:1])]
+        for b, batch in enumerate(batches)
+    ]
+    return grad_bias.bias_statistics(exact, quantized)
 
 
 def main(argv=None) -> dict:
@@ -185,10 +301,12 @@ def main(argv=None) -> dict:
     batches = [
         lm_data.train_batch(data, 10_000 + b, cfg.batch_size, cfg.seq_len, cfg.data_seed) for b in range(cfg.n_batches)
     ]
-    loss = lambda p, b: llama.loss_fn(p, mcfg, b)
+    loss = _loss(mcfg)
     exact_fn = grad_bias.grad_fn(loss, llama.rules(lb.QDotConfig()))  # the same GEMMs, no quantizer
     exact = [grad_bias.flat_grads(exact_fn(params, b, None)) for b in batches]
-    operands = capture_operands(params, loss, batches[0])
+    operands = capture_matrices(params, loss, batches[0])
+    if not HAS_EDEN and cfg.cases == RECIPE_CASES:
+        print("quartet2_nvfp4 left out: lowbit_jax.eden (MS-EDEN) is not available yet")
     cases = [
         run_case(c, params, mcfg, batches, exact, operands, cfg)
         for c in common.progress(cfg.cases, desc="cases", unit="case")
@@ -203,15 +321,20 @@ def main(argv=None) -> dict:
     }
     common.write_json(folder / "grad_bias.json", result)
     common.write_csv(folder / "grad_bias.csv", [{k: v for k, v in c.items() if not isinstance(v, dict)} for c in cases])
-    plotting.save(plotting.grad_bias_figure(cases), folder / "grad_bias.png")
+    plotting.save(plotting.grad_bias_figure([{**c, "label": display_name(c)} for c in cases]), folder / "grad_bias.png")
     print_summary(result)
     return result
+
+
+def display_name(case: dict) -> str:
+    """A row's name in tables and plots: the format label, or a recipe's case text (its config label is long)."""
+    return case["case"] if lm_train.is_recipe(case["case"]) else case["label"]
 
 
 def print_summary(result: dict) -> None:
     rows = [
         (
-            c["label"],
+            display_name(c),
             c["relative_bias"],
             c["noise_floor"],
             c["bias_z"],
@@ -221,10 +344,25 @@ def print_summary(result: dict) -> None:
             100 * c["extreme_code_fraction"],
             c["operand_signed_error"]["dy"],
             c["operand_signed_error_z"]["dy"],
+            c["operand_signed_error_z"]["x"],
+            c["operand_signed_error_z"]["w"],
         )
         for c in result["cases"]
     ]
-    headers = ["case", "rel.bias", "floor", "z", "cosine", "signed", "signed z", "extra code %", "dY signed", "dY z"]
+    headers = [
+        "case",
+        "rel.bias",
+        "floor",
+        "z",
+        "cosine",
+        "signed",
+        "signed z",
+        "extra code %",
+        "dY signed",
+        "dY z",
+        "X z",
+        "W z",
+    ]
     print(f"\nparameters: {result['params_source']}")
     print(common.format_table(headers, rows, ".3g"))
     print(f"\nwrote grad_bias.json, grad_bias.csv, grad_bias.png ({result['seconds']:.0f} s)")

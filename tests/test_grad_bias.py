@@ -2,6 +2,7 @@
 data (negative, and gone with symmetric clipping or float32 scale arithmetic)."""
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -99,3 +100,91 @@ def test_operand_signed_error_z_is_calibrated():
     assert 0.7 < z.std(ddof=1) < 1.4 and abs(z.mean()) < 0.6
     ident = grad_bias.operand_stats([np.ones((4, 32), np.float32)], fmt("fp32"))
     assert ident.signed_error == ident.signed_error_se == ident.signed_error_z == 0.0
+
+
+# ---------------------------------------------------------------------------------------------- recipes
+def test_operand_quantizer_matches_the_format_path():
+    """A 1-D, round-to-nearest, unrotated operand of a QDotConfig quantizes as lb.fake_quant along the last axis:
+    the per-matrix path gives the format path's statistics bit for bit (extra codes counted alike)."""
+    rng = np.random.default_rng(4)
+    mats = [rng.standard_normal((48, 64)).astype(np.float32) for _ in range(2)]
+    for spec in ("nvfp4", BF16_INT8 + "asymmetric"):
+        cfg = lb.QDotConfig.train(fmt(spec))
+        quantizers = [grad_bias.OperandQuantizer(cfg, "x_fwd"), grad_bias.OperandQuantizer(cfg, "dy_dw")]
+        assert grad_bias.operand_stats(mats, quantizers) == grad_bias.operand_stats(mats, fmt(spec))
+    sr = lb.QDotConfig.train("nvfp4", stochastic_grads=True)
+    assert grad_bias.OperandQuantizer(sr, "dy_dx").count_format is None  # SR codes are not lb.quantize's
+    with pytest.raises(ValueError, match="one entry per matrix"):
+        grad_bias.operand_stats_groups([mats], [[grad_bias.BlockQuantizer(fmt("nvfp4"))]])
+
+
+TINY2 = dict(grad_bias_exp.TINY, n_layers=2, n_batches=2, sr_keys=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from analysis.lm import data as lm_data
+    from analysis.lm import run as lm_run
+    from lowbit_jax.models import llama
+
+    cfg = grad_bias_exp.Config(cases=("fp32",), **TINY2)
+    params = lm_run.replica(lm_run.init_replicas(cfg, (0,)))
+    mcfg, data = cfg.model(), lm_data.load_text()
+    batches = [lm_data.train_batch(data, 10_000 + b, cfg.batch_size, cfg.seq_len, 0) for b in range(2)]
+    loss = lambda p, b: llama.loss_fn(p, mcfg, b)
+    exact_fn = grad_bias.grad_fn(loss, llama.rules(lb.QDotConfig()))
+    exact = [grad_bias.flat_grads(exact_fn(params, b, None)) for b in batches]
+    return cfg, params, mcfg, batches, exact, grad_bias_exp.capture_matrices(params, loss, batches[0])
+
+
+@pytest.mark.slow
+def test_recipe_operand_stats_use_the_recipes_quantizers(tiny_model):
+    *_, mats = tiny_model
+    mats = [m for m in mats if m.path.endswith(("q_proj", "down_proj"))]  # 2 layers x 2 projections: faster compiles
+    key = jax.random.key(7)
+    by_kind = lambda ms: {k: [m.matrix for m in ms if m.kind == k] for k in ("x", "w", "dy")}
+    # paper_mxint8 is train(mxint8) with the head unquantized: the format path's numbers; last=1 counts layers_0 only
+    recipe = grad_bias_exp.recipe_operand_summary(mats, lb.recipes.paper_mxint8(), None)
+    assert recipe == grad_bias_exp.operand_summary(by_kind(mats), fmt("mxint8"))
+    first = [m for m in mats if m.path.startswith("layers_0/")]
+    kept = grad_bias_exp.recipe_operand_summary(mats, lb.recipes.paper_mxint8(n_blocks=2, last=1), None)
+    assert 0 < len(first) < len(mats) and kept == grad_bias_exp.operand_summary(by_kind(first), fmt("mxint8"))
+    # SR on the two dY operands changes dY's signed error only
+    rtn = lb.recipes.RecipeRules("rtn", lb.QDotConfig.train("nvfp4"), [lb.recipes.HEAD], None, "test")
+    sr_cfg = lb.QDotConfig.train("nvfp4", stochastic_grads=True)
+    sr = grad_bias_exp.recipe_operand_summary(
+        mats, lb.recipes.RecipeRules("sr", sr_cfg, [lb.recipes.HEAD], None, ""), key
+    )
+    rtn = grad_bias_exp.recipe_operand_summary(mats, rtn, key)
+    for k in ("x", "w"):
+        assert sr["operand_signed_error"][k] == rtn["operand_signed_error"][k]
+    assert sr["operand_signed_error"]["dy"] != rtn["operand_signed_error"]["dy"]
+    # nvidia_nvfp4's weights are 16x16 nvfp4_2d tiles in both GEMMs (the dX GEMM's the forward ones transposed)
+    nv = grad_bias_exp.recipe_operand_summary(mats, lb.recipes.nvidia_nvfp4(), key)
+    tile = fmt("nvfp4_2d")
+    ws = [m for m in mats if m.kind == "w"]
+    tiled = [
+        lb.fake_quant(m.matrix, tile, axis=(-2, -1))
+        if m.role == "fwd"
+        else lb.fake_quant(m.matrix.T, tile, axis=(-2, -1)).T
+        for m in ws
+    ]
+    expect = sum(float(np.sum(np.asarray(q, np.float64) - m.matrix)) for q, m in zip(tiled, ws))
+    expect /= sum(float(np.sum(np.abs(m.matrix.astype(np.float64)))) for m in ws)
+    assert nv["operand_signed_error"]["w"] == pytest.approx(expect, rel=1e-6, abs=1e-12)
+    one_d = grad_bias.operand_stats([m.matrix for m in ws], fmt("nvfp4")).signed_error
+    assert nv["operand_signed_error"]["w"] != pytest.approx(one_d, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_recipe_case_runs(tiny_model):
+    cfg, params, mcfg, batches, exact, mats = tiny_model
+    run = lambda c: grad_bias_exp.run_case(c, params, mcfg, batches, exact, mats, cfg)
+    recipe, same = run("paper_mxint8"), run("mxint8")  # the same quantizers through both paths
+    assert recipe["format"] == "paper_mxint8" and recipe["label"] == "train(mxint8)" and not recipe["stochastic"]
+    assert recipe["scale"] is recipe["block_size"] is recipe["int_range"] is None
+    for k in ("relative_bias", "relative_error", "mean_signed_error", "operand_signed_error", "per_layer"):
+        assert recipe[k] == same[k]
+    nv = run("nvidia_nvfp4")
+    assert nv["stochastic"] and nv["samples"] == 4 and 0.9 < nv["cosine"] < 1.0  # 2 batches x 2 SR keys
+    assert set(nv["operand_signed_error_z"]) == {"x", "w", "dy"}
