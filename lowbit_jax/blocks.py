@@ -23,9 +23,8 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
-_ABS_MASK, _INF_BITS, _MIN_NORMAL_BITS = 0x7FFFFFFF, 0x7F800000, 0x00800000  # float32 bit patterns
+_F32_MIN_NORMAL = float(np.finfo(np.float32).tiny)
 PER_CHANNEL = "channel"
 PER_TENSOR = "tensor"
 
@@ -221,17 +220,14 @@ def amax_along(x: jax.Array, axes: int | tuple[int, ...]) -> jax.Array:
     """max |x| over `axes` (kept with size 1): a block's amax; +Inf for blocks holding a NaN or an Inf (either
     makes the block non-finite, and the formats treat the two alike), in one reduction over x.
 
-    The max runs on the float32 bit patterns with the sign bit cleared, as int32: for non-negative floats the
-    integer order is the float order, and every NaN pattern lies above +Inf's, so a NaN wins the max (XLA:CPU's and
-    Triton's float max reductions skip NaNs: jnp.max of an (8, 4128) array holding one NaN is finite, measured with
-    jax 0.10.2). The integer max is one reduction reading x once, with no |x| array written in between (XLA:CPU's
-    float max reduction is a library call that cannot absorb a NaN test on its input). A float32 subnormal amax
+    A NaN is turned into +Inf before the max: XLA:CPU's max reduction skips NaNs (measured with jax 0.10.2: jnp.max
+    of an (8, 4128) array holding one NaN is finite), and so do Triton's, but every max keeps an Inf. Done inside
+    the same reduction, this reads x once; a separate NaN test was a second pass over it. A float32 subnormal amax
     reads as 0, as the flushing max reduction of any longer block gives it.
     """
-    magnitude_bits = lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32) & _ABS_MASK
-    m_bits = jnp.minimum(jnp.max(magnitude_bits, axis=axes, keepdims=True), _INF_BITS)  # NaN -> +Inf
-    m = lax.bitcast_convert_type(m_bits, jnp.float32)
-    return jnp.where(m_bits < _MIN_NORMAL_BITS, 0.0, m)  # a one-element block runs no max, which would keep a subnormal
+    magnitude = jnp.abs(x)
+    m = jnp.max(jnp.where(jnp.isnan(magnitude), jnp.inf, magnitude), axis=axes, keepdims=True)
+    return jnp.where(m < _F32_MIN_NORMAL, 0.0, m)  # a one-element block runs no max, which would keep a subnormal
 
 
 def min_max_along(x: jax.Array, axes: int | tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
