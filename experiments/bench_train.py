@@ -42,6 +42,7 @@ class Config(lm_train.TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        object.__setattr__(self, "precision", common.lower_all(self.precision))  # row names in one spelling
         if not self.precision or self.precision[0] != BASELINE:
             raise ValueError("--precision must start with 'none': every ratio is to the unquantized step")
         for p in self.precision:

@@ -6,7 +6,9 @@
 # 1. the GPU-marked kernel tests: Pallas kernels (Triton) bit-identical to the XLA-compiled reference on the
 #    GPU, and the XLA reference on the GPU bit-identical to the CPU's;
 # 2. python -m experiments.bench --preset gpu: Pallas, XLA and copy GB/s, 8192x8192 float32 and bfloat16;
-# 3. python -m experiments.tune_kernels --preset gpu: GB/s of each candidate tiling (are the defaults still best?).
+# 3. python -m experiments.tune_kernels --preset gpu: GB/s of each candidate tiling (are the defaults still best?);
+# 4. python -m experiments.bench_train --preset gpu: six-operand training steps (d_model 1024, bf16 baseline) per
+#    precision against the unquantized step (target <= 1.3x).
 # Each step runs under `timeout`; the whole log lands in OUT_DIR/gpu_check.md, fenced and ready to paste into
 # docs/benchmarks.md. Installs nothing: uses the checkout through PYTHONPATH=. and the machine's jax, numpy,
 # ml_dtypes, flax and pytest (pytest-xdist and pytest-timeout are used when present).
@@ -51,4 +53,6 @@ step 110 "bench: Pallas (default backend) vs XLA vs copy" \
   "$py" -m experiments.bench --preset gpu --impls xla,pallas --out "$out/bench"
 step 130 "tile sweep: Pallas kernel GB/s per tiling (experiments.tune_kernels)" \
   "$py" -m experiments.tune_kernels --preset gpu --out "$out/tune"
+step 170 "training steps: none / mxint8 / mxfp8 / nvfp4 against the unquantized bf16 step (experiments.bench_train)" \
+  "$py" -m experiments.bench_train --preset gpu --repeats 5 --out "$out/bench_train"
 say "" && say "wrote $log (and bench JSON/CSV under $out)"

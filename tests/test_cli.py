@@ -21,6 +21,7 @@ from experiments import common, crossover, direct_cast_lm, grad_bias
 EXPERIMENTS = (
     "adaptive",
     "bench",
+    "bench_train",
     "clipping",
     "crossover",
     "direct_cast",
@@ -160,6 +161,7 @@ def test_crossover_enlarges_a_block_of_any_size():
 UPPER = {
     "adaptive": ["--formats", "IF4,MXIF4"],
     "bench": ["--formats", "MXFP4,NVFP4"],
+    "bench_train": ["--precision", "NONE,MXINT8,NVIDIA_NVFP4"],
     "clipping": ["--scales", "BF16,UE8M0", "--blocks", "CHANNEL,32", "--ue8m0-scale-dtype", "FLOAT32"],
     "crossover": ["--pairs", "MXINT4/MXFP4", "--formats", "MXFP4", "--adaptive", "IF4", "--scale", "E4M3"],
     "direct_cast": ["--pairs", "NVINT4/NVFP4", "--adaptive", "IF4"],

@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -151,3 +152,16 @@ def test_adaptive_tiny(tmp_path, capsys):
     with pytest.raises(SystemExit):
         adaptive.main(["--formats", "nvfp4"])
     assert "not a two-candidate adaptive format" in capsys.readouterr().err
+
+
+def test_bench_train_tiny(tmp_path):
+    from experiments import bench_train
+
+    argv = ["--preset", "tiny", "--precision", "none,mxint8,nvidia_nvfp4", "--out", str(tmp_path)]
+    with jax.numpy_dtype_promotion("standard"):  # optax's AdamW bias correction: a Python float ** int32 count
+        result = bench_train.main(argv)
+    rows = {r["precision"]: r for r in result["rows"]}
+    assert rows["none"]["ratio_to_none"] == 1.0 and not any(r["error"] for r in rows.values())
+    assert all(r["ms_per_step"] > 0 for r in rows.values()) and rows["nvidia_nvfp4"]["label"] == "nvidia_nvfp4"
+    with pytest.raises(SystemExit):
+        bench_train.main(["--preset", "tiny", "--precision", "mxint8"])  # the baseline must come first
