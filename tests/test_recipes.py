@@ -233,3 +233,13 @@ def test_quantize_operand_is_the_gemm_operand():
     np.testing.assert_allclose(dw, mm(rot(a, signs), rot(b, signs)), **TOL)  # R^T R = I up to rounding
     np.testing.assert_array_equal(lb.qdot.quantize_operand(W.T, cfg, "w_fwd"), fq(W.T, "nvfp4_2d", (-2, -1)))
     np.testing.assert_array_equal(lb.qdot.quantize_operand(W, cfg, "w_dx"), fq(W.T, "nvfp4_2d", (-2, -1)).T)
+
+
+def test_nvidia_nvfp4_takes_a_peer_numerics():
+    cfg = recipes.nvidia_nvfp4(numerics="te").config
+    assert {f.numerics for f in cfg.formats().values()} == {"te"}
+    y, _, _ = vjp_at(cfg, X, W, DY, jax.random.key(0))
+    te, te_tile = lb.get_format("nvfp4", numerics="te"), lb.get_format("nvfp4_2d", numerics="te")
+    np.testing.assert_allclose(y, mm(fq(X, te), fq(W.T, te_tile, (-2, -1))), **TOL)
+    with pytest.raises(ValueError, match="numerics"):
+        recipes.nvidia_nvfp4(numerics="tensorflow")
