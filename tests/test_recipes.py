@@ -243,3 +243,12 @@ def test_nvidia_nvfp4_takes_a_peer_numerics():
     np.testing.assert_allclose(y, mm(fq(X, te), fq(W.T, te_tile, (-2, -1))), **TOL)
     with pytest.raises(ValueError, match="numerics"):
         recipes.nvidia_nvfp4(numerics="tensorflow")
+
+
+def test_sr_bits_reach_the_operand_they_name():
+    cfg = QDotConfig(x_fwd="mxint4", w_fwd="mxint4", stochastic=("x_fwd", "w_fwd"), sr_bits={"w_fwd": 2})
+    key = jax.random.key(8)
+    y, _, _ = vjp_at(cfg, X, W, DY, key)
+    w_q = lb.fake_quant(W.T, "mxint4", key=slot_key(key, 6), sr_bits=2)
+    np.testing.assert_allclose(y, mm(fq(X, "mxint4", key=slot_key(key, 5)), w_q), **TOL)
+    assert cfg.sr_bits_of("w_fwd") == 2 and cfg.sr_bits_of("x_fwd") is None
