@@ -6,7 +6,12 @@ For Y = X . W (X = lhs, W = rhs, any dimension_numbers) the three GEMMs of a lin
   input    dX = Q(dY) . Q(W)^T     contracting over W's free ("out feature") dims (dy_dx, w_dx)
   weight   dW = Q(X)^T . Q(dY)     contracting over X's free ("token") dims      (x_dw,  dy_dw)
 Each operand is quantized along ITS GEMM's contracting dims, from the original tensor (a None format means
-that operand enters its GEMM unquantized). The backward follows JAX's dot_general transpose rule.
+that operand enters its GEMM unquantized). The backward follows JAX's dot_general transpose rule. Per GEMM,
+QDotConfig places a rotation (both operands rotated along K, so the GEMM runs in the rotated basis, or one
+operand quantized in the rotated basis and rotated back), and per operand the rounding (nearest, stochastic
+with sr_bits random bits, MS-EDEN); accum_block emulates a narrow hardware accumulator (lowbit_jax.accumulate).
+Each GEMM's plan is built once per trace, and operands go through the core quantizer directly (the validation
+and straight-through wrapper of lb.fake_quant are for user calls).
 
 Block layout: every GEMM runs in a canonical form. Each operand is transposed to (batch..., free...,
 contracting...) and its contracting dims are merged row-major, in dimension_numbers order, into one axis of
@@ -321,8 +326,9 @@ def qdot_general(
 ) -> jax.Array:
     """Drop-in for lax.dot_general whose forward and backward GEMMs quantize their operands per `config`.
 
-    key: PRNG key for stochastic rounding of dY (needed to differentiate with config.stochastic_grads) and
-    for the rotation signs; sub-keys are fold_in(key, slot) for each GEMM's rotation and each SR operand.
+    key: PRNG key for the operands that round stochastically or with MS-EDEN (needed once their GEMM runs) and
+    for rotation signs drawn from the key; sub-keys are fold_in(key, slot), slots fwd 0, dx 1, dw 2 (rotation
+    signs) and dy_dx 3, dy_dw 4, x_fwd 5, w_fwd 6, w_dx 7, x_dw 8 (rounding).
     out_sharding: on Explicit meshes the forward GEMM's out_sharding (as for lax.dot_general); otherwise a
     sharding constraint on the output (Flax NNX hooks pass it).
     """
