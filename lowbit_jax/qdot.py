@@ -54,7 +54,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lowbit_jax import accumulate, blocks, codec, hadamard, kernels
+from lowbit_jax import accumulate, blocks, codec, eden, hadamard, kernels
 from lowbit_jax._types import ArrayLike, DimensionNumbers, DTypeLike, Key, Precision
 from lowbit_jax.formats import Format
 from lowbit_jax.gemm_dims import canonical, free_dims, normalize_dims
@@ -101,13 +101,14 @@ class _GemmPlan:
 
 
 def _gemm_plan(cfg: QDotConfig, gemm: str, n_batch: int, precision: Precision, flips: tuple[bool, bool]) -> _GemmPlan:
-    ops = [
+    a, b = (
         _Operand(name, getattr(cfg, name), cfg.rounding_of(name), cfg.sr_bits_of(name), flip)
         for name, flip in zip(GEMM_OPERANDS[gemm], flips, strict=True)
-    ]
+    )
     return _GemmPlan(
         gemm,
-        *ops,
+        a,
+        b,
         n_batch,
         cfg.rotation_of(gemm),
         cfg.accum_dtype,
@@ -131,14 +132,13 @@ def _quant_core(x_f32, op: _Operand, key, impl: str, group: int | None):
     key = None if fmt.is_identity or op.rounding == "nearest" else key
     if op.rounding == "eden" and not fmt.is_identity:
         assert group is not None  # QDotConfig: MS-EDEN operands have a rotated GEMM
-        from lowbit_jax import eden  # TEMP
-
         return eden.ms_eden_fake_quant(x_f32, fmt, key, axis=-1, group=group)
     axes = _operand_axes(fmt, x_f32.ndim, op.flip)
-    sr = {} if op.sr_bits is None or key is None else {"sr_bits": op.sr_bits}
+    sr_bits = None if key is None else op.sr_bits
     if resolve_impl(impl) == "pallas":
-        return kernels.fake_quant(x_f32, fmt, axes if len(axes) == 2 else axes[0], key=key, impl="pallas", **sr)
-    return codec.fake_quant_array(x_f32, fmt, axes, key, **sr)
+        axis = axes if len(axes) == 2 else axes[0]
+        return kernels.fake_quant(x_f32, fmt, axis, key=key, sr_bits=sr_bits, impl="pallas")
+    return codec.fake_quant_array(x_f32, fmt, axes, key, sr_bits=sr_bits)
 
 
 def _quant(x_f32, op: _Operand, key, impl: str, n_batch: int, group: int | None = None):

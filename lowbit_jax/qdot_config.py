@@ -4,7 +4,7 @@ rotated, how each operand rounds, and how products accumulate."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import jax.numpy as jnp
 import numpy as np
@@ -67,7 +67,7 @@ class Rotation:
         if isinstance(signs, list | np.ndarray):
             signs = tuple(np.asarray(signs).ravel().tolist())
         if isinstance(signs, tuple):
-            hadamard.check_signs(signs, self.size)
+            hadamard.check_signs(np.asarray(signs, np.float64), self.size)
             object.__setattr__(self, "signs", tuple(float(v) for v in signs))
         elif isinstance(signs, bool) or not (signs == "key" or isinstance(signs, int | np.integer)):
             raise ValueError(f"Rotation.signs must be 'key', an int seed or {self.size} +-1 values, got {signs!r}")
@@ -233,7 +233,7 @@ class QDotConfig:
             return None
         if isinstance(self.sr_bits, int):
             return self.sr_bits
-        return dict(self.sr_bits).get(operand)
+        return dict(cast(tuple[tuple[str, int], ...], self.sr_bits)).get(operand)
 
     def rounding_of(self, operand: str) -> str:
         """How `operand` rounds onto its grid: "nearest", "stochastic" or "eden"."""
@@ -290,8 +290,9 @@ class QDotConfig:
         out = "+sr" if sr == list(GRAD_OPERANDS) else f"+sr({','.join(sr)})" if sr else ""
         if isinstance(self.sr_bits, int):
             out += f"[{self.sr_bits}bit]"
-        elif self.sr_bits is not None:
-            out += "[" + ",".join(f"{o}:{n}bit" for o, n in self.sr_bits) + "]"
+        elif self.sr_bits is not None:  # normalised by __post_init__ to (operand, bits) pairs
+            pairs = cast(tuple[tuple[str, int], ...], self.sr_bits)
+            out += "[" + ",".join(f"{o}:{n}bit" for o, n in pairs) + "]"
         return out + (f"+eden({','.join(self.eden)})" if self.eden else "")
 
     def _accum_label(self) -> str:

@@ -252,3 +252,20 @@ def test_sr_bits_reach_the_operand_they_name():
     w_q = lb.fake_quant(W.T, "mxint4", key=slot_key(key, 6), sr_bits=2)
     np.testing.assert_allclose(y, mm(fq(X, "mxint4", key=slot_key(key, 5)), w_q), **TOL)
     assert cfg.sr_bits_of("w_fwd") == 2 and cfg.sr_bits_of("x_fwd") is None
+
+
+def test_quartet2_nvfp4_places_ms_eden_on_the_rotated_backward_operands():
+    from lowbit_jax import eden
+
+    cfg = recipes.quartet2_nvfp4().config
+    key = jax.random.key(4)
+    W, DY = rand((64, 64), 1), rand((64, 64), 2, scale=1e-2)  # rotation 32 divides every contracting axis
+    y, dx, dw = vjp_at(cfg, X, W, DY, key)
+    nv = lb.get_format("nvfp4")
+    np.testing.assert_allclose(y, mm(fq(X, nv), fq(W.T, nv)), **TOL)  # the forward: round to nearest, no rotation
+    ms = lambda m, slot: eden.ms_eden_fake_quant(m, nv, slot_key(key, slot), group=32)
+    s_dx = lb.qdot.rotation_signs(Rotation(32), "dx", key)  # fresh signs per GEMM and per step's key
+    s_dw = lb.qdot.rotation_signs(Rotation(32), "dw", key)
+    np.testing.assert_allclose(dx, mm(ms(rot(DY, s_dx), 3), ms(rot(W, s_dx), 7)), **TOL)
+    np.testing.assert_allclose(dw, mm(ms(rot(X.T, s_dw), 8), ms(rot(DY.T, s_dw), 4)), **TOL)
+    assert not np.array_equal(s_dx, lb.qdot.rotation_signs(Rotation(32), "dx", jax.random.key(5)))
