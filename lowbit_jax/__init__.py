@@ -26,7 +26,7 @@ from lowbit_jax.qarray import QArray, pack_fp4, unpack_fp4
 from lowbit_jax.qconv import qconv_general_dilated
 from lowbit_jax.qdot import QDotConfig, Rotation, qdot_general
 from lowbit_jax.qeinsum import qeinsum
-from lowbit_jax.quantize import block_choices, dequantize, fake_quant, quantize
+from lowbit_jax.quantize import block_choices, dequantize, fake_quant, fake_quant_delayed, quantize
 
 __all__ = [
     "AdaptiveFormat",
@@ -46,6 +46,7 @@ __all__ = [
     "unpack_fp4",
     "dequantize",
     "fake_quant",
+    "fake_quant_delayed",
     "fp",
     "get_format",
     "int_",

@@ -65,6 +65,32 @@ def tensor_scale(stat: Stat, fmt: Format) -> jax.Array | None:
     return cast(FloatScale, rule).tensor_scale(stat_amax(stat), elem)  # only float block scales have one
 
 
+def has_tensor_scale(fmt: Format) -> bool:
+    """Whether the format has a second-level (tensor) scale (adaptive formats: their candidates' shared one)."""
+    fmt = cast(AdaptiveFormat, fmt).candidates[0] if fmt.is_adaptive else fmt
+    return not fmt.is_identity and plain_parts(fmt)[1].has_tensor_scale
+
+
+def given_tensor_scale(tensor_amax: jax.Array, fmt: Format) -> jax.Array:
+    """The second-level scale of a format for a given tensor amax (a float32 scalar; NaN for a NaN, infinite or
+    negative one, so that a bad amax shows in every block instead of silently rescaling them)."""
+    fmt = cast(AdaptiveFormat, fmt).candidates[0] if fmt.is_adaptive else fmt
+    elem, rule = plain_parts(fmt)
+    a = jnp.asarray(tensor_amax, jnp.float32).reshape(())
+    ok = jnp.isfinite(a) & (a >= 0)
+    g = cast(FloatScale, rule).tensor_scale_of(jnp.where(ok, a, 0.0), elem)
+    assert g is not None  # callers check has_tensor_scale
+    return jnp.where(ok, g, jnp.nan)
+
+
+def tensor_amax_array(x: jax.Array, fmt: Format, axes: tuple[int, ...]) -> jax.Array:
+    """The tensor amax behind x's own second-level scale: the largest amax of its finite blocks (float32 scalar), so
+    that quantizing x with tensor_amax=this is quantizing it without."""
+    lay = blocks.layout(x.shape, fmt.block_size, axes)
+    amax = blocks.amax_along(lay.to_blocks(x.astype(jnp.float32)), lay.block_axes)
+    return scaling.finite_tensor_amax(amax)
+
+
 def round_values(v: jax.Array, sc: Scales, fmt: Format, uniform: jax.Array | None = None) -> jax.Array:
     """Element-domain values onto the grid (zero-point blocks: integers in [-z, 2^b - 1 - z])."""
     elem, _ = plain_parts(fmt)
@@ -206,10 +232,12 @@ def quantize_blocks(
     key: Key | None = None,
     rbits: jax.Array | None = None,
     sr_bits: int | None = None,
+    tensor_amax: jax.Array | None = None,
 ) -> tuple[jax.Array, Scales, blocks.Layout]:
     """Grid values (blocked view), Scales and layout of x quantized along `axes` (normalised); stochastic
     rounding from `key`, or from explicit uint32 `rbits` in x's padded shape (kernels.sr_bits), decided by the
-    top `sr_bits` random bits (None: 24; rounding.limit_sr_bits)."""
+    top `sr_bits` random bits (None: 24; rounding.limit_sr_bits); `tensor_amax`: the amax the second-level scale
+    is taken from (None: this tensor's)."""
     lay = blocks.layout(x.shape, fmt.block_size, axes)
     x = gather_partial_blocks(x, _block_extent(lay, x.ndim))
     uniform: jax.Array | None
@@ -220,7 +248,8 @@ def quantize_blocks(
     valid = None
     if fmt.is_adaptive and lay.padded_shape != lay.shape:
         valid = lay.to_blocks(jnp.ones(x.shape, jnp.float32)) > 0
-    values, sc = tile_values(lay.to_blocks(x), fmt, lay.block_axes, uniform, valid=valid)
+    g = None if tensor_amax is None else given_tensor_scale(tensor_amax, fmt)
+    values, sc = tile_values(lay.to_blocks(x), fmt, lay.block_axes, uniform, g=g, valid=valid)
     return values, sc, lay
 
 
@@ -231,27 +260,34 @@ def fake_quant_array(
     key: Key | None = None,
     rbits: jax.Array | None = None,
     sr_bits: int | None = None,
+    tensor_amax: jax.Array | None = None,
 ) -> jax.Array:
     """dequantize(quantize(x)) in x's dtype."""
     if fmt.is_identity:  # rounded, not only cast: XLA:GPU drops a cast pair
         return rounding.round_to_dtype(x, fmt.passthrough_dtype).astype(x.dtype)
-    values, sc, lay = quantize_blocks(x, fmt, axes, key, rbits, sr_bits)
+    values, sc, lay = quantize_blocks(x, fmt, axes, key, rbits, sr_bits, tensor_amax)
     return reshard_like(to_output(lay.from_blocks(dequant_values(values, sc, fmt)), x.dtype), x)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 4))
 def fake_quant_ste(
-    x: jax.Array, fmt: Format, axes: tuple[int, ...], key: Key | None, sr_bits: int | None = None
+    x: jax.Array,
+    fmt: Format,
+    axes: tuple[int, ...],
+    key: Key | None,
+    sr_bits: int | None = None,
+    tensor_amax: jax.Array | None = None,
 ) -> jax.Array:
-    """fake_quant_array with a straight-through (identity) derivative, in forward and reverse mode."""
-    return fake_quant_array(x, fmt, axes, key, sr_bits=sr_bits)
+    """fake_quant_array with a straight-through (identity) derivative in x (none in tensor_amax), in forward and
+    reverse mode."""
+    return fake_quant_array(x, fmt, axes, key, sr_bits=sr_bits, tensor_amax=tensor_amax)
 
 
 @fake_quant_ste.defjvp
 def _fake_quant_ste_jvp(fmt, axes, sr_bits, primals, tangents):
-    x, key = primals
+    x, key, tensor_amax = primals
     # the rule itself again: straight-through at every order
-    return fake_quant_ste(x, fmt, axes, key, sr_bits), tangents[0]
+    return fake_quant_ste(x, fmt, axes, key, sr_bits, tensor_amax), tangents[0]
 
 
 def _axis_field(axes: tuple[int, ...]) -> Axis:
@@ -274,12 +310,13 @@ def quantize_array(
     key: Key | None = None,
     rbits: jax.Array | None = None,
     sr_bits: int | None = None,
+    tensor_amax: jax.Array | None = None,
 ) -> QArray:
     """The QArray of x quantized along `axes` (normalised)."""
     if fmt.is_identity:  # rounded, not only cast: XLA:GPU drops the pair cast here / cast back in dequantize
         codes = rounding.round_to_dtype(x, fmt.passthrough_dtype).astype(fmt.passthrough_dtype)
         return QArray(codes, None, None, fmt, _axis_field(axes), x.shape, x.dtype)
-    values, sc, lay = quantize_blocks(x, fmt, axes, key, rbits, sr_bits)
+    values, sc, lay = quantize_blocks(x, fmt, axes, key, rbits, sr_bits, tensor_amax)
     codes = lay.from_blocks(encode_codes(values, sc, fmt), crop=False)
     scales = lay.stat_to_scales(encode_scales(sc, fmt))
     zero = encode_zero(sc, fmt)
@@ -391,6 +428,8 @@ def check_input(x: ArrayLike, fmt: Format | str, axis: Axis | None = None) -> tu
 
 # Jitted entry points (static format, axes and sr_bits), so that eager calls compile once per shape.
 fake_quant_jit = jax.jit(fake_quant_ste, static_argnums=(1, 2, 4))
+
 quantize_jit = jax.jit(quantize_array, static_argnums=(1, 2, 5))
+tensor_amax_jit = jax.jit(tensor_amax_array, static_argnums=(1, 2))
 dequantize_jit = jax.jit(dequantize_array, static_argnums=(1,))
 block_choices_jit = jax.jit(block_choices_array, static_argnums=(1, 2))

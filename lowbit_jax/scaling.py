@@ -478,9 +478,15 @@ class FloatScale:
         """The second-level scale g from the blocks' amaxes (None without a second level)."""
         if not self.has_tensor_scale:
             return None
+        return self.tensor_scale_of(finite_tensor_amax(amax_blocks), elem)
+
+    def tensor_scale_of(self, amax_tensor: jax.Array, elem: ElemType) -> jax.Array | None:
+        """The second-level scale g of a tensor with this amax (a finite float32 scalar >= 0), None without one."""
+        if not self.has_tensor_scale:
+            return None
         peer = self.peer
         make = tensor_scale_fp32 if self.tensor == "fp32" else tensor_scale_pow2
-        return (make if peer is None else peer.tensor)(finite_tensor_amax(amax_blocks), self._total(elem))
+        return (make if peer is None else peer.tensor)(amax_tensor, self._total(elem))
 
     def block_scales(self, amax: jax.Array, elem: ElemType, g: jax.Array | None = None) -> Scales:
         if self.grid is None:

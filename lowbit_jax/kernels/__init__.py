@@ -129,48 +129,51 @@ def _unrotate_2d(g_2d: jax.Array, signs: jax.Array) -> jax.Array:
     return (y.reshape(y.shape[0], -1, h) * signs.astype(jnp.float32).reshape(1, 1, h)).reshape(y.shape)
 
 
-def _fake_quant_2d(x, rbits, signs, st: _Static):
+def _fake_quant_2d(x, rbits, signs, amax, st: _Static):
     x2 = _as_2d(x, st)
+    kw = dict(rbits=rbits, rotation=signs, tensor_amax=amax)
     if st.impl == "pallas":
-        y2 = fake_quant_pallas(x2, st.fmt_2d, rbits=rbits, rotation=signs, tiles=st.tiles, backend=st.backend)
+        y2 = fake_quant_pallas(x2, st.fmt_2d, tiles=st.tiles, backend=st.backend, **kw)
     else:
-        y2 = reference.fake_quant_ref(x2, st.fmt_2d, rbits=rbits, rotation=signs)
+        y2 = reference.fake_quant_ref(x2, st.fmt_2d, **kw)
     return codec.to_output(_from_2d(y2, x.shape, st), x.dtype)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _fake_quant_ste_plain(x, rbits, st: _Static):
-    """The unrotated kernel with a straight-through derivative (forward and reverse mode)."""
-    return _fake_quant_2d(x, rbits, None, st)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _fake_quant_ste_plain(x, rbits, amax, st: _Static):
+    """The unrotated kernel with a straight-through derivative in x (forward and reverse mode)."""
+    return _fake_quant_2d(x, rbits, None, amax, st)
 
 
 @_fake_quant_ste_plain.defjvp
 def _ste_plain_jvp(st, primals, tangents):
-    x, rbits = primals
-    return _fake_quant_ste_plain(x, rbits, st), tangents[0]  # the rule itself again: straight-through at every order
+    x, rbits, amax = primals
+    return _fake_quant_ste_plain(x, rbits, amax, st), tangents[
+        0
+    ]  # the rule itself again: straight-through at every order
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _fake_quant_ste_rotated(x, rbits, signs, st: _Static):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _fake_quant_ste_rotated(x, rbits, signs, amax, st: _Static):
     """The rotated kernel (output in the rotated domain x R) whose gradient is g R^T (reverse mode only)."""
-    return _fake_quant_2d(x, rbits, signs, st)
+    return _fake_quant_2d(x, rbits, signs, amax, st)
 
 
-def _ste_fwd(x, rbits, signs, st):
-    return _fake_quant_2d(x, rbits, signs, st), signs
+def _ste_fwd(x, rbits, signs, amax, st):
+    return _fake_quant_2d(x, rbits, signs, amax, st), signs
 
 
 def _ste_bwd(st, signs, g):
-    return _from_2d(_unrotate_2d(_as_2d(g, st), signs), g.shape, st).astype(g.dtype), None, None
+    return _from_2d(_unrotate_2d(_as_2d(g, st), signs), g.shape, st).astype(g.dtype), None, None, None
 
 
 _fake_quant_ste_rotated.defvjp(_ste_fwd, _ste_bwd)
 
 
-def _fake_quant_ste(x, rbits, signs, st: _Static):
+def _fake_quant_ste(x, rbits, signs, amax, st: _Static):
     if signs is None:
-        return _fake_quant_ste_plain(x, rbits, st)
-    return _fake_quant_ste_rotated(x, rbits, signs, st)
+        return _fake_quant_ste_plain(x, rbits, amax, st)
+    return _fake_quant_ste_rotated(x, rbits, signs, amax, st)
 
 
 def _core_only(x: jax.Array, fmt: Format) -> bool:
@@ -201,19 +204,20 @@ def _check_kernel(x: jax.Array, fmt: Format, axes, rotation) -> None:
         )
 
 
-@functools.partial(jax.jit, static_argnums=(3,))
-def _fake_quant_jit(x, key, signs, st: _Static):
-    return _fake_quant_ste(x, _bits_2d(key, x.shape, st), signs, st)
+@functools.partial(jax.jit, static_argnums=(4,))
+def _fake_quant_jit(x, key, signs, amax, st: _Static):
+    return _fake_quant_ste(x, _bits_2d(key, x.shape, st), signs, amax, st)
 
 
-@functools.partial(jax.jit, static_argnums=(3,))
-def _quantize_jit(x, key, signs, st: _Static):
+@functools.partial(jax.jit, static_argnums=(4,))
+def _quantize_jit(x, key, signs, amax, st: _Static):
     """(codes, scales, tensor_scale, selectors) in the core QArray's layout."""
     x2, b2 = _as_2d(x, st), _bits_2d(key, x.shape, st)
+    kw = dict(rbits=b2, rotation=signs, tensor_amax=amax)
     if st.impl == "pallas":
-        out = quantize_pallas(x2, st.fmt_2d, rbits=b2, rotation=signs, tiles=st.tiles, backend=st.backend)
+        out = quantize_pallas(x2, st.fmt_2d, tiles=st.tiles, backend=st.backend, **kw)
     else:
-        out = reference.quantize_ref(x2, st.fmt_2d, rbits=b2, rotation=signs)
+        out = reference.quantize_ref(x2, st.fmt_2d, **kw)
     codes, scales, tensor, sel = out
     if st.is_tile:
         lay = st.layout(x.shape)
@@ -235,15 +239,18 @@ def fake_quant(
     rotation: jax.Array | None = None,
     tiles: Tiles | None = None,
     backend: str | None = None,
+    tensor_amax: jax.Array | None = None,
 ) -> jax.Array:
-    """lb.fake_quant through `impl` (optionally after a block Hadamard rotation); straight-through gradient."""
+    """lb.fake_quant through `impl` (optionally after a block Hadamard rotation); straight-through gradient.
+    tensor_amax: the amax of the second-level scale, of the tensor the quantizer sees (after the rotation)."""
     x, fmt, axes = check_input(x, fmt, axis)
     impl = resolve_impl(impl)
     sr_bits = rounding.check_sr_bits(sr_bits, key is not None)
     if _core_only(x, fmt) or (impl == "xla" and rotation is None):
-        return codec.fake_quant_jit(x, fmt, axes, key, sr_bits)
+        return codec.fake_quant_jit(x, fmt, axes, key, sr_bits, tensor_amax)
     _check_kernel(x, fmt, axes, rotation)
-    return _fake_quant_jit(x, key, rotation, _Static(fmt, axes, impl, tiles or Tiles(), backend, sr_bits))
+    st = _Static(fmt, axes, impl, tiles or Tiles(), backend, sr_bits)
+    return _fake_quant_jit(x, key, rotation, tensor_amax, st)
 
 
 def quantize(
@@ -257,16 +264,18 @@ def quantize(
     rotation: jax.Array | None = None,
     tiles: Tiles | None = None,
     backend: str | None = None,
+    tensor_amax: jax.Array | None = None,
 ) -> QArray:
-    """lb.quantize through `impl` (optionally after a block Hadamard rotation); codes and scales as the core's."""
+    """lb.quantize through `impl` (optionally after a block Hadamard rotation); codes and scales as the core's.
+    tensor_amax: as for fake_quant."""
     x, fmt, axes = check_input(x, fmt, axis)
     impl = resolve_impl(impl)
     sr_bits = rounding.check_sr_bits(sr_bits, key is not None)
     if _core_only(x, fmt) or (impl == "xla" and rotation is None):
-        return codec.quantize_jit(x, fmt, axes, key, None, sr_bits)
+        return codec.quantize_jit(x, fmt, axes, key, None, sr_bits, tensor_amax)
     _check_kernel(x, fmt, axes, rotation)
     st = _Static(fmt, axes, impl, tiles or Tiles(), backend, sr_bits)
-    codes, scales, tensor, sel = _quantize_jit(x, key, rotation, st)
+    codes, scales, tensor, sel = _quantize_jit(x, key, rotation, tensor_amax, st)
     axis_field = axes[0] if len(axes) == 1 else axes
     return QArray(codes, scales, tensor, fmt, axis_field, x.shape, x.dtype, selectors=sel)
 

@@ -173,8 +173,10 @@ def _launch(spec: dict, inputs: dict, outs: list, grid, backend: str, tiles: Til
     )(*(inputs[n][0] for n in names))
 
 
-def _tensor_g(amax, fmt: Format):
-    """The (1, 1) second-level scale from block amaxes, or None for rules without one."""
+def _tensor_g(amax, fmt: Format, tensor_amax=None):
+    """The (1, 1) second-level scale from block amaxes (or from a given tensor amax), None for rules without one."""
+    if tensor_amax is not None:
+        return codec.given_tensor_scale(tensor_amax, fmt).reshape(1, 1)
     g = codec.tensor_scale(amax, fmt)
     return None if g is None else g.reshape(1, 1)
 
@@ -205,7 +207,7 @@ def _scales_out(scales: jax.Array, fmt: Format) -> jax.Array:
     return scales if scales.dtype == rule.storage_dtype else rule.from_bytes(scales)
 
 
-def _run_blocked(x, fmt, rbits, signs, out, out_dtype, tiles, backend, byte_outputs):
+def _run_blocked(x, fmt, rbits, signs, out, out_dtype, tiles, backend, byte_outputs, tensor_amax=None):
     """Rows of the (M * n_blocks, block) view are blocks, each zero-padded to a power-of-two width (zeros change
     no amax); the block amax is a row reduction in the tile and scales come out of the kernel. A per-channel
     format runs here with the whole row as its one block."""
@@ -224,7 +226,10 @@ def _run_blocked(x, fmt, rbits, signs, out, out_dtype, tiles, backend, byte_outp
     steps = pl.cdiv(rows, tr)
     row_spec = pl.BlockSpec((tr, width), lambda i: (i, 0))
     one = lambda shape: pl.BlockSpec(shape, lambda i: (0, 0))
-    g = _tensor_g(_amax_rows(x if not h else reference.rotate_rows(x, signs)), fmt)
+    if tensor_amax is None:  # the tensor amax pass over x; a given amax spares it
+        g = _tensor_g(_amax_rows(x if not h else reference.rotate_rows(x, signs)), fmt)
+    else:
+        g = _tensor_g(None, fmt, tensor_amax)
     inputs = {"x": (_pad_to(x, steps * tr, width), row_spec)}
     if rbits is not None:
         inputs["bits"] = (_pad_to(rbits.reshape(rows, blk), steps * tr, width), row_spec)
@@ -254,7 +259,7 @@ def _run_blocked(x, fmt, rbits, signs, out, out_dtype, tiles, backend, byte_outp
     )
 
 
-def _run_rowwise(x, fmt, rbits, signs, out, out_dtype, tiles, backend, byte_outputs):
+def _run_rowwise(x, fmt, rbits, signs, out, out_dtype, tiles, backend, byte_outputs, tensor_amax=None):
     """Per-channel / per-tensor formats: amax (and scales) reduced outside, tiles of (rows, cols)."""
     if fmt.is_adaptive:
         raise NotImplementedError(
@@ -268,7 +273,7 @@ def _run_rowwise(x, fmt, rbits, signs, out, out_dtype, tiles, backend, byte_outp
         amax = _amax_rows(x)
     else:
         amax = jnp.broadcast_to(_amax_rows(x.reshape(1, -1)), (m, 1))
-    g = _tensor_g(amax, fmt)
+    g = _tensor_g(amax, fmt, tensor_amax)
     tr, tc = _fit(m, tiles.rows), _fit(length, tiles.cols)
     grid = (pl.cdiv(m, tr), pl.cdiv(length, tc))
     mp, lp = grid[0] * tr, grid[1] * tc
@@ -295,12 +300,12 @@ def _run_rowwise(x, fmt, rbits, signs, out, out_dtype, tiles, backend, byte_outp
     return _codes_out(y, fmt), scales, None if g is None else g.reshape(()), None
 
 
-def _run_tiles(x_2d, fmt, rbits, out, tiles, backend, byte_outputs):
+def _run_tiles(x_2d, fmt, rbits, out, tiles, backend, byte_outputs, tensor_amax=None):
     """2-D tiles: one row of r * c elements per tile (`Layout.to_rows`), run as 1-D blocks, laid back."""
     lay = blocks.layout(x_2d.shape, fmt.block_size, (0, 1))
     rows = lay.to_rows(x_2d)
     bits = None if rbits is None else lay.blocked_to_rows(rbits.reshape(lay.blocked_shape))
-    res = _run(rows, reference.row_format(fmt), bits, None, out, tiles, backend, byte_outputs)
+    res = _run(rows, reference.row_format(fmt), bits, None, out, tiles, backend, byte_outputs, tensor_amax)
     if out == "fake":
         return codec.to_output(lay.from_rows(res), x_2d.dtype)
     codes, scales, tensor, selectors = res
@@ -308,32 +313,43 @@ def _run_tiles(x_2d, fmt, rbits, out, tiles, backend, byte_outputs):
     return lay.from_rows(codes, crop=False), lay.rows_to_scales(scales), tensor, selectors
 
 
-def _run(x_2d, fmt, rbits, rotation, out, tiles, backend, byte_outputs):
+def _run(x_2d, fmt, rbits, rotation, out, tiles, backend, byte_outputs, tensor_amax=None):
     reference.check_2d(x_2d, fmt, rotation)
     backend = default_backend() if backend is None else backend
     byte_outputs = not backend.startswith("interpret") if byte_outputs is None else byte_outputs
     dtype = x_2d.dtype
     if isinstance(fmt.block_size, tuple):
-        return _run_tiles(x_2d, fmt, rbits, out, tiles, backend, byte_outputs)
+        return _run_tiles(x_2d, fmt, rbits, out, tiles, backend, byte_outputs, tensor_amax)
     if isinstance(fmt.block_size, int):
-        return _run_blocked(x_2d, fmt, rbits, rotation, out, dtype, tiles, backend, byte_outputs)
+        return _run_blocked(x_2d, fmt, rbits, rotation, out, dtype, tiles, backend, byte_outputs, tensor_amax)
     if fmt.block_size == "channel" and _pow2_at_least(x_2d.shape[1]) <= tiles.whole_row_max:
         if rotation is not None:  # per-channel rotation runs before the kernel, as in _run_rowwise
             x_2d, rotation = reference.rotate_rows(x_2d, rotation), None
-        return _run_blocked(x_2d, fmt, rbits, None, out, dtype, tiles, backend, byte_outputs)
-    return _run_rowwise(x_2d, fmt, rbits, rotation, out, dtype, tiles, backend, byte_outputs)
+        return _run_blocked(x_2d, fmt, rbits, None, out, dtype, tiles, backend, byte_outputs, tensor_amax)
+    return _run_rowwise(x_2d, fmt, rbits, rotation, out, dtype, tiles, backend, byte_outputs, tensor_amax)
 
 
 @functools.partial(jax.jit, static_argnames=("fmt", "tiles", "backend"))
-def fake_quant_pallas(x_2d, fmt: Format, *, rbits=None, rotation=None, tiles: Tiles = Tiles(), backend=None):
-    """Pallas twin of reference.fake_quant_ref; backend None: interpret off GPUs, DEFAULT_GPU_BACKEND on them."""
-    return _run(x_2d, fmt, rbits, rotation, "fake", tiles, backend, False)
+def fake_quant_pallas(
+    x_2d, fmt: Format, *, rbits=None, rotation=None, tiles: Tiles = Tiles(), backend=None, tensor_amax=None
+):
+    """Pallas twin of reference.fake_quant_ref; backend None: interpret off GPUs, DEFAULT_GPU_BACKEND on them;
+    tensor_amax: the amax of the second-level scale (None: a reduction over x before the kernel)."""
+    return _run(x_2d, fmt, rbits, rotation, "fake", tiles, backend, False, tensor_amax)
 
 
 @functools.partial(jax.jit, static_argnames=("fmt", "tiles", "backend", "byte_outputs"))
 def quantize_pallas(
-    x_2d, fmt: Format, *, rbits=None, rotation=None, tiles: Tiles = Tiles(), backend=None, byte_outputs=None
+    x_2d,
+    fmt: Format,
+    *,
+    rbits=None,
+    rotation=None,
+    tiles: Tiles = Tiles(),
+    backend=None,
+    byte_outputs=None,
+    tensor_amax=None,
 ):
     """Pallas twin of reference.quantize_ref -> (codes, scales, tensor_scale, selectors); byte_outputs None: on
     GPUs."""
-    return _run(x_2d, fmt, rbits, rotation, "quantize", tiles, backend, byte_outputs)
+    return _run(x_2d, fmt, rbits, rotation, "quantize", tiles, backend, byte_outputs, tensor_amax)

@@ -75,17 +75,18 @@ def row_format(fmt: Format) -> Format:
     return fmt.replace(block_size=r * c)
 
 
-def fake_quant_ref(x_2d: jax.Array, fmt: Format, *, rbits=None, rotation=None) -> jax.Array:
+def fake_quant_ref(x_2d: jax.Array, fmt: Format, *, rbits=None, rotation=None, tensor_amax=None) -> jax.Array:
     """dequantize(quantize(x)) of a 2-D array (blocked along its last axis, or tiled over both), in x's dtype."""
     check_2d(x_2d, fmt, rotation)
     x = x_2d if rotation is None else rotate_rows(x_2d, rotation)
-    return codec.to_output(codec.fake_quant_array(x, fmt, axes_2d(fmt), rbits=rbits), x_2d.dtype)
+    y = codec.fake_quant_array(x, fmt, axes_2d(fmt), rbits=rbits, tensor_amax=tensor_amax)
+    return codec.to_output(y, x_2d.dtype)
 
 
-def quantize_ref(x_2d: jax.Array, fmt: Format, *, rbits=None, rotation=None):
+def quantize_ref(x_2d: jax.Array, fmt: Format, *, rbits=None, rotation=None, tensor_amax=None):
     """(codes, scales, tensor_scale, selectors) of a 2-D array (blocked along its last axis, or tiled over both):
     the core QArray's fields (selectors None unless an adaptive format stores them beside the scales)."""
     check_2d(x_2d, fmt, rotation)
     x = x_2d if rotation is None else rotate_rows(x_2d, rotation)
-    q = codec.quantize_array(x, fmt, axes_2d(fmt), rbits=rbits)
+    q = codec.quantize_array(x, fmt, axes_2d(fmt), rbits=rbits, tensor_amax=tensor_amax)
     return q.codes, q.scales, q.tensor_scale, q.selectors
