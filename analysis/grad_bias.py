@@ -131,6 +131,36 @@ def grad_fn(loss_fn, rules, stochastic: bool = False):
     return jax.jit(grads)
 
 
+FORWARD = ("x_fwd", "w_fwd")
+
+
+def forward_only(config: lb.QDotConfig | None) -> lb.QDotConfig | None:
+    """`config` with both backward GEMMs unquantized: the forward GEMM's formats, rotation and rounding (and the
+    accumulation settings) only. The gradient under it is the quantized forward pass's with an exact backward, the
+    reference that separates the backward quantizers' share of a gradient's error from the forward's."""
+    if config is None:
+        return None
+    bits = {o: config.sr_bits_of(o) for o in FORWARD if config.is_stochastic(o) and config.sr_bits_of(o)}
+    return lb.QDotConfig(
+        x_fwd=config.x_fwd,
+        w_fwd=config.w_fwd,
+        rot_fwd=config.rotation_of("fwd"),
+        stochastic=tuple(o for o in FORWARD if config.is_stochastic(o)),
+        sr_bits=bits or None,
+        eden=tuple(o for o in config.eden if o in FORWARD),
+        accum_dtype=config.accum_dtype,
+        rotation_seed=config.rotation_seed,
+        impl=config.impl,
+        accum_block=config.accum_block,
+        accum_format=config.accum_format,
+    )
+
+
+def forward_rules(rules: list) -> list:
+    """Interceptor rules with every QDotConfig replaced by forward_only(config) (patterns and order kept)."""
+    return [(p, forward_only(v) if isinstance(v, lb.QDotConfig) else v) for p, v in rules]
+
+
 # ---------------------------------------------------------------------------------------------- operands
 @dataclass(frozen=True)
 class BlockQuantizer:

@@ -22,6 +22,10 @@ z-score. Operands (captured X, W, dY of every quantized layer on the first batch
 GEMM axes): extreme_code_fraction = blocks holding the extra code -2^(b-1) / non-zero blocks, and
 operand_signed_error = sum(Q(x) - x) / sum|x| per operand kind (x, w, dy): negative means values pushed downwards;
 operand_signed_error_z: the same in standard errors, rows of the operand matrices taken as independent samples.
+Forward / backward split: g_fwd is the gradient with only the forward GEMM's quantizers (the backward GEMMs exact,
+analysis.grad_bias.forward_only); "forward" holds the statistics of g_fwd against g (what quantizing the forward
+pass does to the gradient), "backward" those of g_hat against g_fwd (what the backward quantizers add: an unbiased
+backward estimator reads bias_z about 1 and |mean_signed_error_z| < 2 there).
 For a recipe the operand statistics cover only the layers it quantizes with rules.config, and each operand role
 (x_fwd, x_dw, w_fwd, w_dx, dy_dx, dy_dw) is quantized as that layer's GEMM quantizes it (lb.qdot.quantize_operand:
 rotation undone, stochastic rounding and MS-EDEN with the layer's key from the first batch's first key, 2-D tiles).
@@ -33,7 +37,9 @@ Output (--out, default results/grad_bias/):
              "stochastic" (+sr, or a recipe that needs a key), "relative_bias", "relative_error", "noise_floor",
              "bias_z", "cosine", "mean_signed_error", "mean_signed_error_z", "extreme_code_fraction",
              "operand_signed_error": {"x", "w", "dy"}, "operand_signed_error_z": {"x", "w", "dy"},
-             "per_layer": {path: {...}}}]
+             "per_layer": {path: {...}},
+             "forward", "backward": {"relative_bias", "relative_error", "noise_floor", "bias_z", "cosine",
+                                     "mean_signed_error", "mean_signed_error_z", "samples"}}]
     algorithm1 {"bfloat16", "float16", "float32"} (paper Table 11 fractions), params_source, config, machine
   grad_bias.csv  one row per case (no per-layer data);  grad_bias.png  bias vs noise floor, signed errors
 """
@@ -239,8 +245,7 @@ def run_case(text: str, params, mcfg, batches, exact, operands: list[OperandMatr
     if lm_train.is_recipe(text):
         return run_recipe_case(text, params, mcfg, batches, exact, operands, cfg)
     fmt, sr = parse_case(text)
-    qfn = grad_bias.grad_fn(_loss(mcfg), llama.rules(lb.QDotConfig.train(fmt, stochastic_grads=sr)), stochastic=sr)
-    stats = _bias(qfn, params, batches, exact, sr_keys(cfg, len(batches)), sr)
+    rules = llama.rules(lb.QDotConfig.train(fmt, stochastic_grads=sr))
     elem = fmt.elem
     return {
         "case": text,
@@ -251,7 +256,7 @@ def run_case(text: str, params, mcfg, batches, exact, operands: list[OperandMatr
         "scale_dtype": fmt.scale_dtype,
         "block_size": fmt.block_size,
         "stochastic": sr,
-        **dataclasses.asdict(stats),
+        **gradient_stats(rules, params, mcfg, batches, exact, sr_keys(cfg, len(batches))),
         **operand_summary(_by_kind(operands, lambda m: m.matrix), fmt),
     }
 
@@ -262,9 +267,6 @@ def run_recipe_case(text: str, params, mcfg, batches, exact, operands: list[Oper
     rules = lm_train.recipe_rules(text, mcfg.n_layers)
     stochastic = lm_train.needs_key(rules)
     keys = sr_keys(cfg, len(batches))
-    stats = _bias(
-        grad_bias.grad_fn(_loss(mcfg), rules, stochastic=stochastic), params, batches, exact, keys, stochastic
-    )
     return {
         "case": text,
         "format": rules.name,
@@ -274,7 +276,7 @@ def run_recipe_case(text: str, params, mcfg, batches, exact, operands: list[Oper
         "scale_dtype": None,
         "block_size": None,
         "stochastic": stochastic,
-        **dataclasses.asdict(stats),
+        **gradient_stats(rules, params, mcfg, batches, exact, keys),
         **recipe_operand_summary(operands, rules, keys[0][0] if stochastic else None),
     }
 
@@ -283,12 +285,29 @@ def _loss(mcfg):
     return lambda p, b: llama.loss_fn(p, mcfg, b)
 
 
-def _bias(qfn, params, batches, exact, keys, stochastic: bool) -> grad_bias.BiasStats:
-    quantized = [
+def _grads(rules: list, params, mcfg, batches, keys) -> list[list[dict]]:
+    """Per batch, the gradients under `rules`: one per key when they need a key, else one."""
+    stochastic = lm_train.needs_key(rules)
+    qfn = grad_bias.grad_fn(_loss(mcfg), rules, stochastic=stochastic)
+    return [
         [grad_bias.flat_grads(qfn(params, batch, k)) for k in (keys[b] if stochastic else keys[b][:1])]
         for b, batch in enumerate(batches)
     ]
-    return grad_bias.bias_statistics(exact, quantized)
+
+
+def gradient_stats(rules: list, params, mcfg, batches, exact, keys) -> dict:
+    """BiasStats of the gradients under `rules` against the exact ones (top-level keys), and the split into the
+    forward pass's share ("forward": the gradient with only the forward quantizers, grad_bias.forward_rules,
+    against exact) and the backward quantizers' share ("backward": the full gradient against that reference; for
+    a forward pass that needs a key, the reference uses each batch's first key). Both without per_layer."""
+    quantized = _grads(rules, params, mcfg, batches, keys)
+    reference = [row[0] for row in _grads(grad_bias.forward_rules(rules), params, mcfg, batches, keys)]
+    brief = lambda s: {k: v for k, v in dataclasses.asdict(s).items() if k != "per_layer"}
+    return {
+        **dataclasses.asdict(grad_bias.bias_statistics(exact, quantized)),
+        "forward": brief(grad_bias.bias_statistics(exact, [[r] for r in reference])),
+        "backward": brief(grad_bias.bias_statistics(reference, quantized)),
+    }
 
 
 def main(argv=None) -> dict:
@@ -346,6 +365,8 @@ def print_summary(result: dict) -> None:
             c["operand_signed_error_z"]["dy"],
             c["operand_signed_error_z"]["x"],
             c["operand_signed_error_z"]["w"],
+            c["backward"]["bias_z"],
+            c["backward"]["mean_signed_error_z"],
         )
         for c in result["cases"]
     ]

@@ -10,6 +10,7 @@
     python -m experiments.train --preset gpu --text corpus.txt --tokenizer tok/   # 76M parameters, for one GPU
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m experiments.train --devices 8 --preset tiny
     python -m experiments.train --preset tiny                    # seconds; what the test suite runs
+    python -m experiments.train --compare results/s0,results/s1,results/s2 --out results/paired   # no training
 
 Model: lowbit_jax.models.llama (RMSNorm, RoPE, GQA, SwiGLU), 1.6M parameters by default. Data (analysis.lm.data, last
 10 % of the tokens held out): byte-level tokens of CPython's pydoc_data.topics, or of the UTF-8 file --text; with
@@ -43,14 +44,22 @@ Output (--out, default results/train/):
           "tokens", "train_tokens", "val_tokens", "tokenizer" (the tokenizer.json path or "utf-8 bytes"),
           "tokenizer_sha256", "vocab_size"}
   loss_curves.png  training loss (EMA 0.9) and validation loss per precision
+
+--compare DIR,DIR,...: no training; reads each DIR/train.json (one seed per folder, otherwise the same settings:
+analysis.recipes.seed_losses refuses anything else) and writes paired.json to --out (default results/train/):
+  folders, machines, losses [{"precision", "seeds", "losses", "mean", "sd"}] (final validation loss per seed),
+  paired [{"precision", "seeds", "diffs" (precision - none, same seed), "mean", "se", "n", "below_zero",
+           "resolved" (|mean| > 2 se)}]
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import lowbit_jax as lb
-from analysis import plotting
+from analysis import plotting, recipes
 from analysis.lm import data as lm_data
 from analysis.lm import run as lm_run
 from analysis.lm import train as lm_train
@@ -65,6 +74,7 @@ class Config(lm_train.TrainConfig):
     devices: int = 1  # data-parallel devices (batches sharded over them)
     text: str = ""  # UTF-8 text file to train on ('' = CPython's pydoc_data topics); its last 10 % is held out
     tokenizer: str = ""  # Hugging Face tokenizer.json or a folder holding one ('' = UTF-8 bytes, vocabulary 256)
+    compare: tuple[str, ...] = ()  # no training: folders of earlier runs (train.json, one seed each) -> paired.json
 
     def __post_init__(self):
         super().__post_init__()
@@ -87,6 +97,9 @@ class Config(lm_train.TrainConfig):
             lm_data.check_text_file(self.text)
         if self.tokenizer:
             lm_data.load_tokenizer(self.tokenizer)
+        for folder in self.compare:
+            if not (Path(folder) / "train.json").is_file():
+                raise FileNotFoundError(f"--compare: {folder} has no train.json (run experiments.train --out there)")
 
 
 TINY = dict(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64, seq_len=32, batch_size=8, steps=12)
@@ -158,8 +171,35 @@ def print_summary(result: dict) -> None:
     print(common.format_table(headers, rows, ".4f"))
 
 
+def compare(folders: tuple[str, ...], folder: Path) -> dict:
+    """Paired differences (precision - none, same seed) over the runs in `folders`, written to folder/paired.json."""
+    results = [json.loads((Path(f) / "train.json").read_text()) for f in folders]
+    losses = recipes.seed_losses(results)
+    result = {
+        "folders": list(folders),
+        "machines": sorted({r["machine"] for r in results}),
+        "losses": recipes.loss_table(losses),
+        "paired": recipes.paired_differences(losses),
+    }
+    common.write_json(folder / "paired.json", result)
+    rows = [(r["precision"], r["mean"], r["sd"], " / ".join(f"{v:.4f}" for v in r["losses"])) for r in result["losses"]]
+    print(common.format_table(["precision", "val loss mean", "sd", "per seed"], rows, ".4f"))
+    rows = [
+        (f"{r['precision']} - none", r["mean"], r["se"], r["below_zero"], r["n"], r["resolved"])
+        for r in result["paired"]
+    ]
+    print(common.format_table(["difference", "mean", "s.e.", "seeds < 0", "seeds", "|mean| > 2 s.e."], rows, ".4f"))
+    print(f"\nwrote {folder}/paired.json")
+    return result
+
+
 def main(argv=None) -> dict:
     cfg, out = common.parse_config(Config, argv, __doc__, PRESETS)
+    if cfg.compare:
+        try:
+            return compare(cfg.compare, common.output_dir("train", out))
+        except ValueError as err:
+            common.build_parser(Config, __doc__, PRESETS).error(" ".join(str(err).split()))
     try:  # a text too short for --seq-len, not UTF-8, or a --vocab-size below the tokenizer's: one error line
         data = load_data(cfg)
         cfg = lm_train.for_data(cfg, data)

@@ -103,6 +103,20 @@ def test_operand_signed_error_z_is_calibrated():
 
 
 # ---------------------------------------------------------------------------------------------- recipes
+def test_forward_only_keeps_the_forward_gemm(setup):
+    nv = lb.recipes.nvidia_nvfp4().config
+    fwd = grad_bias.forward_only(nv)
+    assert fwd.formats() == {**dict.fromkeys(nv.formats()), "x_fwd": nv.x_fwd, "w_fwd": nv.w_fwd}
+    assert fwd.rotation_of("dw") is None and not fwd.needs_key and nv.needs_key
+    rot = grad_bias.forward_only(lb.QDotConfig.train("mxfp4", rotation=32, rotate_grads=True, stochastic=("x_fwd",)))
+    assert rot.rotation_of("fwd") == lb.Rotation(32) and rot.rotation_of("dx") is None and rot.stochastic == ("x_fwd",)
+    rules = grad_bias.forward_rules(lb.recipes.nvidia_nvfp4())
+    assert [p for p, _ in rules] == [p for p, _ in lb.recipes.nvidia_nvfp4()] and rules[-1][1] == fwd
+    # linear_loss's dY does not depend on the forward pass: with an exact backward the gradient is the exact one
+    assert stats_for(grad_bias.forward_only(lb.QDotConfig.train("mxint4")), *setup).relative_error == 0.0
+    assert stats_for(lb.QDotConfig.train("mxint4"), *setup).relative_error > 0.01
+
+
 def test_operand_quantizer_matches_the_format_path():
     """A 1-D, round-to-nearest, unrotated operand of a QDotConfig quantizes as lb.fake_quant along the last axis:
     the per-matrix path gives the format path's statistics bit for bit (extra codes counted alike)."""
@@ -183,8 +197,9 @@ def test_recipe_case_runs(tiny_model):
     recipe, same = run("paper_mxint8"), run("mxint8")  # the same quantizers through both paths
     assert recipe["format"] == "paper_mxint8" and recipe["label"] == "train(mxint8)" and not recipe["stochastic"]
     assert recipe["scale"] is recipe["block_size"] is recipe["int_range"] is None
-    for k in ("relative_bias", "relative_error", "mean_signed_error", "operand_signed_error", "per_layer"):
+    for k in ("relative_bias", "mean_signed_error", "operand_signed_error", "per_layer", "forward", "backward"):
         assert recipe[k] == same[k]
+    assert 0 < recipe["forward"]["relative_error"] and 0 < recipe["backward"]["relative_error"]
     nv = run("nvidia_nvfp4")
     assert nv["stochastic"] and nv["samples"] == 4 and 0.9 < nv["cosine"] < 1.0  # 2 batches x 2 SR keys
     assert set(nv["operand_signed_error_z"]) == {"x", "w", "dy"}
