@@ -383,6 +383,8 @@ def print_summary(result: dict) -> None:
         "dY z",
         "X z",
         "W z",
+        "bwd z",
+        "bwd signed z",
     ]
     print(f"\nparameters: {result['params_source']}")
     print(common.format_table(headers, rows, ".3g"))
