@@ -10,11 +10,13 @@ formats and stochastic rounding (paper section 3.2 and App. D.2 infer the bias f
 
 Parameters: --checkpoint DIR (from experiments.train), else a fresh model trained unquantized for --pretrain-steps.
 Cases: format precision strings of analysis.lm.train ("name:key=value...") with an optional "+sr" (stochastic
-rounding of the two dY operands, averaged over --sr-keys keys per batch), or recipe precision strings of
+rounding of the two dY operands, averaged over --sr-keys keys per batch), "dy:precision[+sr]" (only the two dY
+operands quantized: the backward-bias control, unbiased by construction with +sr), or recipe precision strings of
 lowbit_jax.recipes ("nvidia_nvfp4", "nvidia_nvfp4:last=1", "mxfp8_rceil:grads=e5m2", "quartet2_nvfp4"; see
 lm_train.is_recipe): the recipe's own rules place every quantizer (kept layers in high precision), and gradients
 are averaged over --sr-keys keys when the recipe rounds stochastically or with MS-EDEN. RECIPE_CASES (--preset
-recipes) lists fp32 (the identity control), the 4-bit baselines nvfp4 and nvfp4+sr, and every recipe
+recipes) lists fp32 (the identity control), the 4-bit baselines nvfp4 and nvfp4+sr, the control dy:nvfp4+sr, and
+every recipe
 (quartet2_nvfp4 once lowbit_jax.eden exists). Statistics (analysis.grad_bias.BiasStats): bias =
 mean over batches and keys of g_hat - g; relative_bias = ||bias|| / rms ||g||, noise_floor its standard error
 (bias_z = ratio: about 1 or less means no detectable bias), cosine, mean_signed_error = mean(bias) / mean|g| with its
@@ -89,10 +91,20 @@ DEFAULT_CASES = (
     "mxfp4+sr",
     "nvfp4+sr",
 )
-# The recipe comparison (--preset recipes): the identity control, the 4-bit format baselines, then every recipe.
-# quartet2_nvfp4 needs lowbit_jax.eden (MS-EDEN); it joins the preset once that module exists.
+# The recipe comparison (--preset recipes): the identity control, the 4-bit format baselines, the unbiased-backward
+# control (SR on dY alone), then every recipe. quartet2_nvfp4 needs lowbit_jax.eden (MS-EDEN); it joins the preset
+# once that module exists.
 HAS_EDEN = importlib.util.find_spec("lowbit_jax.eden") is not None
-RECIPE_CASES = ("fp32", "nvfp4", "nvfp4+sr", "paper_mxint8", "paper_mxfp8", "mxfp8_rceil", "mxfp8_rceil:grads=e5m2")
+RECIPE_CASES = (
+    "fp32",
+    "nvfp4",
+    "nvfp4+sr",
+    "dy:nvfp4+sr",
+    "paper_mxint8",
+    "paper_mxfp8",
+    "mxfp8_rceil",
+    "mxfp8_rceil:grads=e5m2",
+)
 RECIPE_CASES += ("nvidia_nvfp4",) + (("quartet2_nvfp4",) if HAS_EDEN else ())
 ROLES = {"x": ("fwd", "dw"), "w": ("fwd", "dx"), "dy": ("dx", "dw")}
 
@@ -108,6 +120,22 @@ def parse_case(text: str) -> tuple[lb.Format, bool]:
     return fmt, sr
 
 
+DY_ONLY = "dy:"  # case prefix: only the two dY operands quantized (the backward-bias control)
+
+
+def case_config(text: str) -> tuple[lb.QDotConfig, lb.Format, bool]:
+    """(config, format, stochastic) of a format case: 'precision[+sr]' quantizes all six operands (+sr: SR on both
+    dY operands); 'dy:precision[+sr]' only the two dY operands, the forward GEMM and the backward X and W exact.
+    With +sr that backward is unbiased by construction (E[Q(dY)] = dY), so its backward bias_z is the level an
+    unbiased backward reads at the run's batch count."""
+    text = text.strip()
+    dy_only = text.lower().startswith(DY_ONLY)
+    fmt, sr = parse_case(text[len(DY_ONLY) :] if dy_only else text)
+    if dy_only:
+        return lb.QDotConfig(dy_dx=fmt, dy_dw=fmt, stochastic_grads=sr), fmt, sr
+    return lb.QDotConfig.train(fmt, stochastic_grads=sr), fmt, sr
+
+
 @dataclasses.dataclass(frozen=True)
 class Config(lm_train.SmallTrainConfig):
     eval_windows: int = 64
@@ -121,7 +149,7 @@ class Config(lm_train.SmallTrainConfig):
     def __post_init__(self):
         super().__post_init__()
         for c in self.cases:
-            lm_train.check_precision(c, self.n_layers) if lm_train.is_recipe(c) else parse_case(c)
+            lm_train.check_precision(c, self.n_layers) if lm_train.is_recipe(c) else case_config(c)
         if self.n_batches < 2 or self.sr_keys < 1 or self.pretrain_steps < 0:
             raise ValueError("--n-batches must be >= 2 (the bias needs a standard error), --sr-keys >= 1")
 
@@ -217,15 +245,17 @@ def layer_config(config: lb.QDotConfig, path: str, call: int, key) -> tuple[lb.Q
     return config, None
 
 
-def recipe_operand_summary(mats: list[OperandMatrix], rules: lb.recipes.RecipeRules, key) -> dict:
-    """operand_summary for a recipe: only the layers the recipe quantizes with rules.config (not the kept head or
-    high-precision blocks), each operand quantized as that layer's GEMM quantizes it (OperandQuantizer, with the
-    layer's key derived from `key` as lb.quantized derives it; None for recipes that need none)."""
+def recipe_operand_summary(mats: list[OperandMatrix], rules: list, key, config: lb.QDotConfig | None = None) -> dict:
+    """operand_summary for a recipe (or any rules): only the layers that `rules` quantize with `config` (default
+    rules.config, a RecipeRules' own; not the kept head or high-precision blocks), each operand quantized as that
+    layer's GEMM quantizes it (OperandQuantizer, with the layer's key derived from `key` as lb.quantized derives it;
+    None for configs that need none)."""
+    config = rules.config if config is None else config
     parsed = interceptor.parse_rules(rules)
-    chosen = [m for m in mats if interceptor.match(parsed, m.path) is rules.config]
+    chosen = [m for m in mats if interceptor.match(parsed, m.path) is config]
     if not chosen:
-        raise ValueError(f"recipe {rules.name}: no captured layer runs its config {rules.config.label}")
-    bound = {m.path: layer_config(rules.config, m.path, m.call, key) for m in chosen}
+        raise ValueError(f"no captured layer runs the config {config.label}")
+    bound = {m.path: layer_config(config, m.path, m.call, key) for m in chosen}
     groups = _by_kind(chosen, lambda m: m.matrix)
     quantizers = _by_kind(chosen, lambda m: grad_bias.OperandQuantizer(bound[m.path][0], m.operand))
     keys = _by_kind(chosen, lambda m: bound[m.path][1])
@@ -244,20 +274,25 @@ def run_case(text: str, params, mcfg, batches, exact, operands: list[OperandMatr
     """All statistics of one case: a format ('precision[+sr]') or a recipe precision string."""
     if lm_train.is_recipe(text):
         return run_recipe_case(text, params, mcfg, batches, exact, operands, cfg)
-    fmt, sr = parse_case(text)
-    rules = llama.rules(lb.QDotConfig.train(fmt, stochastic_grads=sr))
+    qcfg, fmt, sr = case_config(text)
+    rules, keys = llama.rules(qcfg), sr_keys(cfg, len(batches))
+    dy_only = text.strip().lower().startswith(DY_ONLY)
+    if dy_only:  # x and w enter their GEMMs exact: the per-operand path (the format path quantizes all three)
+        ops = recipe_operand_summary(operands, rules, keys[0][0] if sr else None, qcfg)
+    else:
+        ops = operand_summary(_by_kind(operands, lambda m: m.matrix), fmt)
     elem = fmt.elem
     return {
         "case": text,
         "format": fmt.name,
-        "label": fmt.label + ("+sr" if sr else ""),
+        "label": DY_ONLY * dy_only + fmt.label + ("+sr" if sr else ""),
         "int_range": elem.int_range if elem is not None and elem.kind == "int" else None,
         "scale": fmt.scale,
         "scale_dtype": fmt.scale_dtype,
         "block_size": fmt.block_size,
         "stochastic": sr,
-        **gradient_stats(rules, params, mcfg, batches, exact, sr_keys(cfg, len(batches))),
-        **operand_summary(_by_kind(operands, lambda m: m.matrix), fmt),
+        **gradient_stats(rules, params, mcfg, batches, exact, keys),
+        **ops,
     }
 
 

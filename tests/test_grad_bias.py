@@ -200,6 +200,12 @@ def test_recipe_case_runs(tiny_model):
     for k in ("relative_bias", "mean_signed_error", "operand_signed_error", "per_layer", "forward", "backward"):
         assert recipe[k] == same[k]
     assert 0 < recipe["forward"]["relative_error"] and 0 < recipe["backward"]["relative_error"]
+    control = run("dy:nvfp4+sr")  # forward, X and W exact: the forward share is nothing, dY's error is all
+    assert control["forward"]["relative_error"] == 0.0 and control["backward"] == {
+        k: v for k, v in control.items() if k in control["backward"]
+    }
+    assert control["operand_signed_error"]["x"] == control["operand_signed_error"]["w"] == 0.0
+    assert control["operand_signed_error"]["dy"] != 0.0 and control["label"] == "dy:nvfp4+sr"
     nv = run("nvidia_nvfp4")
     assert nv["stochastic"] and nv["samples"] == 4 and 0.9 < nv["cosine"] < 1.0  # 2 batches x 2 SR keys
     assert set(nv["operand_signed_error_z"]) == {"x", "w", "dy"}
