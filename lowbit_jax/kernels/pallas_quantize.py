@@ -16,13 +16,13 @@ uint32 input tiled like x. The Hadamard rotation is fused when h divides the blo
 exact permutation products in the tile); otherwise (h > block, per-channel, per-tensor) the same
 `reference.rotate_rows` runs before the kernel.
 
-Backends: "interpret" (CPU and tests), "triton" (GPU; primitives swapped by `substitute.TRITON_RULES`;
-block sizes and tiles must be powers of two), "interpret_portable" (interpret mode with the Triton-portable
-rules, to test them on a CPU). There is no Mosaic GPU backend: jax 0.10 deprecated lowering pl.pallas_call to
-Mosaic GPU and jax 0.11.2 no longer has that lowering (an AssertionError in pallas_call's gpu_lowering, seen on
-an H100, 2026-11-26); Mosaic GPU kernels are written with plgpu.kernel, a different programming model. Outputs
-with dtypes Triton may not store (float4, int4, float8_e8m0fnu) are written as bytes and converted outside
-with `byte_outputs`.
+Backends: "interpret" (CPU and tests), "triton" (GPU; primitives swapped by `substitute.TRITON_RULES`, or
+`TRITON_RULES_RCP` with LOWBIT_JAX_TRITON_DIV=rcp; block sizes and tiles must be powers of two),
+"interpret_portable" (interpret mode with the Triton-portable rules, to test them on a CPU). There is no Mosaic GPU
+backend: jax 0.10 deprecated lowering pl.pallas_call to Mosaic GPU and jax 0.11.2 no longer has that lowering (an
+AssertionError in pallas_call's gpu_lowering, seen on an H100, 2026-11-26); Mosaic GPU kernels are written with
+plgpu.kernel, a different programming model. Outputs with dtypes Triton may not store (float4, int4, float8_e8m0fnu)
+are written as bytes and converted outside with `byte_outputs`.
 """
 
 from __future__ import annotations
@@ -136,7 +136,11 @@ def _compiler_kwargs(backend: str, tiles: Tiles) -> dict:
 
 
 def _rules(backend: str):
-    return {"triton": substitute.TRITON_RULES, "interpret_portable": substitute.PORTABLE_RULES}.get(backend)
+    """The primitive substitutions of a backend (None: none). Triton's float32 division is div.rn.f32, or
+    substitute.div_rcp_fma (same bits) with LOWBIT_JAX_TRITON_DIV=rcp, read here, when the kernel is traced."""
+    if backend == "triton":
+        return substitute.triton_rules()
+    return {"interpret_portable": substitute.PORTABLE_RULES}.get(backend)
 
 
 def varying_like(struct: jax.ShapeDtypeStruct, arrays, backend: str) -> jax.ShapeDtypeStruct:
