@@ -6,6 +6,8 @@
 # 1. the GPU-marked kernel tests: Pallas kernels (Triton) bit-identical to the XLA-compiled reference on the
 #    GPU, and the XLA reference on the GPU bit-identical to the CPU's;
 # 2. python -m experiments.bench --preset gpu: Pallas, XLA and copy GB/s, 8192x8192 float32 and bfloat16;
+#    then the NV and per-channel bfloat16 kernels with float32 division as div.rn.f32 and as rcp + FMAs
+#    (LOWBIT_JAX_TRITON_DIV=rn / rcp, kernels.substitute.div_rcp_fma: same bits, is it faster?);
 # 3. python -m experiments.tune_kernels --preset gpu: GB/s of each candidate tiling (are the defaults still best?);
 # 4. python -m experiments.bench_train --preset gpu: six-operand training steps (d_model 1024, bf16 baseline) per
 #    precision against the unquantized step (target <= 1.3x).
@@ -51,6 +53,10 @@ opts=(-m gpu -q -rfEs --noconftest -p no:cacheprovider -p no:benchmark -W ignore
 step 120 "GPU tests: tests/kernels -m gpu" "$py" -m pytest tests/kernels "${opts[@]}"
 step 110 "bench: Pallas (default backend) vs XLA vs copy" \
   "$py" -m experiments.bench --preset gpu --impls xla,pallas --out "$out/bench"
+step 90 "bench: NV and per-channel bfloat16, division div.rn.f32 (rn) vs rcp + FMA corrections (rcp)" bash -c \
+  "rc=0; for d in rn rcp; do echo \"LOWBIT_JAX_TRITON_DIV=\$d\"; LOWBIT_JAX_TRITON_DIV=\$d $py -m experiments.bench \
+  --preset gpu --formats nvfp4,nvint4,fp8_channel,int8_channel --dtypes bfloat16 --impls pallas \
+  --out '$out/bench_div_'\$d || rc=1; done; exit \$rc"
 step 130 "tile sweep: Pallas kernel GB/s per tiling (experiments.tune_kernels)" \
   "$py" -m experiments.tune_kernels --preset gpu --out "$out/tune"
 step 170 "training steps: none / mxint8 / mxfp8 / nvfp4 against the unquantized bf16 step (experiments.bench_train)" \
