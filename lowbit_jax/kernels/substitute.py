@@ -15,14 +15,16 @@ jaxpr and re-evaluates it with those primitives replaced:
 `PORTABLE_RULES` uses no inline assembly, so the CPU tests run the same machinery in interpret mode.
 
 Float32 division has a second exact rule, `div_rcp_fma` (not the default): the approximate reciprocal
-rcp.approx.ftz.f32, one Newton step and one residual correction, all FMAs, with div.rn.f32 kept as a predicated
-fallback for the operands outside the range where that sequence is proven correctly rounded (its docstring has
-the argument; tests/kernels/test_division.py runs this very PTX text on an exact interpreter, against every
-reciprocal the PTX ISA's error bound allows). It gives div.rn.f32's bits, in fewer instructions on the common
-path. `triton_rules(division)` picks the rule set: "rn" (`TRITON_RULES`, div.rn.f32, the default) or "rcp"
-(`TRITON_RULES_RCP`); with no argument it reads the environment variable LOWBIT_JAX_TRITON_DIV (unset: "rn"),
-which is how the Pallas kernels choose (read when a kernel is traced: jit caches the trace, so set it before a
-process first runs a kernel), so that a benchmark can time both (`LOWBIT_JAX_TRITON_DIV=rcp python -m
+rcp.approx.ftz.f32, one Newton step and one residual correction, all FMAs, with a branch to div.rn.f32 for the
+operands outside the range where that sequence is proven correctly rounded (its docstring has the argument;
+tests/kernels/test_division.py runs this very PTX text on an exact interpreter, against every reciprocal the PTX
+ISA's error bound allows). It gives div.rn.f32's bits. Whether it is faster is for a GPU to measure: compiled
+for sm_90 (ptxas 13.0, read back with nvdisasm), div.rn.f32 is the same MUFU.RCP and five FFMAs behind an FCHK
+test and a branch to a slow-path call, and div_rcp_fma puts about a dozen integer instructions (its range test)
+where FCHK was. `triton_rules(division)` picks the rule set: "rn" (`TRITON_RULES`, div.rn.f32, the default) or
+"rcp" (`TRITON_RULES_RCP`); with no argument it reads the environment variable LOWBIT_JAX_TRITON_DIV (unset:
+"rn"), which is how the Pallas kernels choose (read when a kernel is traced: jit caches the trace, so set it
+before a process first runs a kernel), so that a benchmark can time both (`LOWBIT_JAX_TRITON_DIV=rcp python -m
 experiments.bench ...`).
 """
 
@@ -134,6 +136,8 @@ def _unsigned_range(lo: int, hi: int) -> tuple[int, int]:
 
 
 def _rcp_fma_ptx() -> str:
+    """The PTX of div_rcp_fma; $0 is written once, last (the compiler may give it an input's register). The
+    label is unique per inline-asm instance (LLVM expands ${:uid}): Triton emits the block once per element."""
     a_lo, a_n = _unsigned_range(*RCP_A_EXPONENTS)
     b_lo, b_n = _unsigned_range(*RCP_B_EXPONENTS)
     d_lo, d_n = _unsigned_range(*RCP_EXPONENT_DIFFERENCES)
@@ -155,7 +159,7 @@ fma.rn.f32 dv_r, dv_nb, dv_q0, dv_aa;
 fma.rn.f32 dv_q, dv_r, dv_y, dv_q0;
 mov.b32 dv_t, dv_q;
 xor.b32 dv_t, dv_t, dv_sa;
-mov.b32 $0, dv_t;
+mov.b32 dv_q, dv_t;
 shr.u32 dv_ea, dv_ua, 23;
 bfe.u32 dv_eb, dv_ub, 23, 8;
 sub.s32 dv_t, dv_eb, {b_lo};
@@ -169,7 +173,10 @@ sub.s32 dv_t, dv_t, {d_lo};
 setp.lt.and.u32 dv_pa, dv_t, {d_n}, dv_pa;
 setp.eq.or.u32 dv_pa, dv_ua, 0, dv_pa;
 and.pred dv_ok, dv_ok, dv_pa;
-@!dv_ok div.rn.f32 $0, $1, $2;
+@dv_ok bra DV_DONE${{:uid}};
+div.rn.f32 dv_q, $1, $2;
+DV_DONE${{:uid}}:
+mov.f32 $0, dv_q;
 }}"""
 
 
@@ -182,8 +189,9 @@ def div_rcp_fma(a, b):
         y0 = rcp.approx(b);  e = fma(-b, y0, 1);  y = fma(e, y0, y0)        (one Newton step)
         q0 = |a| * y;        r = fma(-b, q0, |a|); q = fma(r, y, q0)       (one residual correction)
 
-    then the sign of a is put back on q (so that -0 / b is -0). Operands outside the fast range fall back to
-    div.rn.f32 by a predicated instruction (a per-lane select: a lane on the fast path never runs it): zero,
+    then the sign of a is put back on q (so that -0 / b is -0). Operands outside the fast range branch to
+    div.rn.f32 (a branch, not a predicated div.rn.f32: ptxas for sm_90 if-converts that one and runs
+    div.rn.f32's own sequence and its slow-path check for every element, then selects): zero,
     subnormal, Inf or NaN b; b with significand 2 - 2^-23; subnormal, Inf or NaN a, |a| < 2^-79; and exponents
     of a and b that could take the quotient near the ends of the normal range (RCP_* above). Each fma and the
     multiply round once (.rn: no contraction); inside the range every intermediate is a normal float, so ftz

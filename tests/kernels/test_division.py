@@ -11,10 +11,10 @@ What the tests stand for (the argument is in div_rcp_fma's docstring): the error
 quotient only where b's significand is within 16 ulp of 2 and a / b within 16 * 2^-47 / b of a rounding midpoint;
 `test_the_set_the_bound_leaves_open_...` enumerates that whole set with every y0 (at four placements of the
 exponents, the range's corners included) and finds the one failure the fallback takes, b's significand all ones.
-The other CPU tests cover what the brief of the rule names: random normal operands over every exponent, the
-operands of the kernels' NV and per-channel divisions, quotients constructed next to midpoints, significands of
-b near 1 and 2 with a = b (1 +- tiny), the edges of the fast range (inside: fast and exact; outside: the fallback,
-and a demonstration that the fast sequence would be wrong there), zeros, subnormals, Inf and NaN.
+The other CPU tests cover random normal operands over every exponent, the operands of the kernels' NV and
+per-channel divisions, quotients constructed next to midpoints, significands of b near 1 and 2 with
+a = b (1 +- tiny), the edges of the fast range (inside: fast and exact; outside: the fallback, and, at every edge
+but the lowest quotients, operands the fast sequence alone would get wrong), zeros, subnormals, Inf and NaN.
 
 GPU (`-m gpu`, scripts/gpu_check.sh): the rule in a tiny Pallas Triton kernel, bit for bit against div.rn.f32 and
 the CPU's IEEE division over the same adversarial operands (and a million random ones); the NV and per-channel
@@ -174,9 +174,13 @@ class Ptx:
     def __init__(self, text: str):
         self.types = {"$0": "f32", "$1": "f32", "$2": "f32"}
         self.code = []
+        self.labels = {}  # label -> index of the next instruction
         for line in text.splitlines():
             line = line.split("//")[0].strip().rstrip(";").strip()
             if line in ("", "{", "}"):
+                continue
+            if line.endswith(":"):
+                self.labels[line[:-1]] = len(self.code)
                 continue
             if line.startswith(".reg"):
                 _, kind, names = line.split(None, 2)
@@ -205,20 +209,31 @@ class Ptx:
         return not regs[s[1:]] if s.startswith("!") else regs[s]
 
     def run(self, a: float, b: float, y0: float | None) -> tuple[float, float, bool]:
-        """(result, the fast path's value before the fallback, whether div.rn.f32 ran) for rcp.approx = y0."""
+        """(result, the fast path's value before the fallback, whether div.rn.f32 ran) for rcp.approx = y0.
+
+        The inputs are read-only and $0 is written once, as the last instruction: the block must be correct
+        when the compiler gives $0 the register of $1 or $2."""
         regs: dict = {"$1": a, "$2": b}
-        fast, fell_back = None, False
-        for guard, op, ops in self.code:
+        fast, fell_back, pc = None, False, 0
+        while pc < len(self.code):
+            guard, op, ops = self.code[pc]
+            pc += 1
             d = ops[0]
+            assert d not in ("$1", "$2") and "$0" not in regs, f"{op}: writes an input, or follows the write of $0"
             if op == "div.rn.f32":
-                fast = regs["$0"]
+                fast = regs[d]  # what the fast path left in the register the fallback overwrites
             if guard is not None and regs[guard[0]] == guard[1]:  # @p runs when p; @!p when not p
+                continue
+            if op == "bra":
+                pc = self.labels[d]
                 continue
             bits = functools.partial(self._bits, regs)
             flt = functools.partial(self._float, regs)
             if op == "mov.b32":
                 v = self._bits(regs, ops[1])
                 regs[d] = f32(v) if self.types[d] == "f32" else v
+            elif op == "mov.f32":
+                regs[d] = flt(ops[1])
             elif op in ("and.b32", "xor.b32", "or.b32"):
                 x, y = bits(ops[1]), bits(ops[2])
                 regs[d] = {"and.b32": x & y, "xor.b32": x ^ y, "or.b32": x | y}[op]
@@ -286,9 +301,10 @@ def in_fast_range(a: float, b: float) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ operand sets
-def midpoint_neighbours(b: float, w: int, kappa: int, t: int, binade: int) -> float | None:
-    """The a (in a's binade [2^binade, 2^(binade + 1)) relative to b's) with a - m b = t 2^-47 (scaled), where
-    m = w 2^-24 is a midpoint (w odd in (2^24, 2^25)); None if no float a fits. Scaled by 2^kappa."""
+def quotient_near_midpoint(b: float, w: int, kappa: int, t: int, binade: int) -> float | None:
+    """The float a with a - m b = t 2^-47 in the scaled picture (b's significand in [1, 2), a in [2^binade,
+    2^(binade + 1)), m = w 2^-24 a midpoint, w odd in (2^24, 2^25)), then scaled so that a / b ~ m 2^kappa;
+    None when that a is not a float of the binade."""
     big_b = bits_of(abs(b)) & 0x7FFFFF | 0x800000
     a_scaled = w * big_b + t  # a = a_scaled 2^-47 for b in [1, 2)
     quantum = 24 + binade  # a in [1, 2): multiple of 2^-23; [2, 4): 2^-22
@@ -316,7 +332,7 @@ def closest_to_midpoints(big_bs, ts, placements) -> list[tuple[float, float]]:
                         continue
                     for beta, kappa in placements:
                         b = make(big_b, beta)
-                        a = midpoint_neighbours(b, ww, kappa, t, binade)
+                        a = quotient_near_midpoint(b, ww, kappa, t, binade)
                         if a is not None:
                             out.append((a, b))
     return out
