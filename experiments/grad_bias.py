@@ -5,29 +5,30 @@ formats and stochastic rounding (paper section 3.2 and App. D.2 infer the bias f
     python -m experiments.grad_bias                  # 19 cases, 8 batches, 4 SR keys: about 10 min on 2 CPU cores
     python -m experiments.grad_bias --checkpoint results/train/none   # gradients of a trained model
     python -m experiments.grad_bias --tiny           # under a minute (alias of --preset tiny); the test suite's run
-    python -m experiments.grad_bias --preset recipes # fp32, nvfp4, nvfp4+sr and the training recipes (RECIPE_CASES)
+    python -m experiments.grad_bias --preset recipes --n-batches 96 --sr-keys 2   # RECIPE_CASES: about 15 min
     python -m experiments.grad_bias --cases fp32,nvidia_nvfp4,mxfp8_rceil:grads=e5m2 --sr-keys 8   # chosen recipes
 
 Parameters: --checkpoint DIR (from experiments.train), else a fresh model trained unquantized for --pretrain-steps.
 Cases: format precision strings of analysis.lm.train ("name:key=value...") with an optional "+sr" (stochastic
 rounding of the two dY operands, averaged over --sr-keys keys per batch), "dy:precision[+sr]" (only the two dY
-operands quantized: the backward-bias control, unbiased by construction with +sr), or recipe precision strings of
-lowbit_jax.recipes ("nvidia_nvfp4", "nvidia_nvfp4:last=1", "mxfp8_rceil:grads=e5m2", "quartet2_nvfp4"; see
-lm_train.is_recipe): the recipe's own rules place every quantizer (kept layers in high precision), and gradients
-are averaged over --sr-keys keys when the recipe rounds stochastically or with MS-EDEN. RECIPE_CASES (--preset
-recipes) lists fp32 (the identity control), the 4-bit baselines nvfp4 and nvfp4+sr, the control dy:nvfp4+sr, and
-every recipe
-(quartet2_nvfp4 once lowbit_jax.eden exists). Statistics (analysis.grad_bias.BiasStats): bias =
-mean over batches and keys of g_hat - g; relative_bias = ||bias|| / rms ||g||, noise_floor its standard error
-(bias_z = ratio: about 1 or less means no detectable bias), cosine, mean_signed_error = mean(bias) / mean|g| with its
-z-score. Operands (captured X, W, dY of every quantized layer on the first batch, each blocked along both of its
-GEMM axes): extreme_code_fraction = blocks holding the extra code -2^(b-1) / non-zero blocks, and
-operand_signed_error = sum(Q(x) - x) / sum|x| per operand kind (x, w, dy): negative means values pushed downwards;
+operands quantized: a backward-bias control, unbiased exactly for dy:mxfp4+sr, see case_config), or recipe
+precision strings of lowbit_jax.recipes ("nvidia_nvfp4", "nvidia_nvfp4:last=1", "mxfp8_rceil:grads=e5m2",
+"quartet2_nvfp4"; see lm_train.is_recipe): the recipe's own rules place every quantizer (kept layers in high
+precision), and gradients are averaged over --sr-keys keys when the recipe rounds stochastically or with MS-EDEN.
+RECIPE_CASES (--preset recipes) lists fp32 (the identity control), the 4-bit baselines nvfp4 and nvfp4+sr, the
+controls dy:mxfp4+sr and dy:nvfp4+sr, and every recipe (quartet2_nvfp4 once lowbit_jax.eden exists).
+Statistics (analysis.grad_bias.BiasStats): bias = mean over batches and keys of g_hat - g; relative_bias =
+||bias|| / rms ||g||, noise_floor its standard error (bias_z = ratio: about 1 or less means no detectable bias),
+cosine, mean_signed_error = mean(bias) / mean|g| with its z-score. Operands (captured X, W, dY of every quantized
+layer on the first batch, each blocked along both of its GEMM axes): extreme_code_fraction = blocks holding the
+extra code -2^(b-1) / non-zero blocks, and operand_signed_error = sum(Q(x) - x) / sum|x| per operand kind (x, w, dy): negative means values pushed downwards;
 operand_signed_error_z: the same in standard errors, rows of the operand matrices taken as independent samples.
+Format cases quantize the operands there with round-to-nearest (a +sr case repeats its RTN numbers); recipe and
+dy: cases use each operand's own rounding.
 Forward / backward split: g_fwd is the gradient with only the forward GEMM's quantizers (the backward GEMMs exact,
 analysis.grad_bias.forward_only); "forward" holds the statistics of g_fwd against g (what quantizing the forward
 pass does to the gradient), "backward" those of g_hat against g_fwd (what the backward quantizers add: an unbiased
-backward estimator reads bias_z about 1 and |mean_signed_error_z| < 2 there).
+backward estimator reads bias_z about 1 and |mean_signed_error_z| < 2 there; dy:mxfp4+sr is that control).
 For a recipe the operand statistics cover only the layers it quantizes with rules.config, and each operand role
 (x_fwd, x_dw, w_fwd, w_dx, dy_dx, dy_dw) is quantized as that layer's GEMM quantizes it (lb.qdot.quantize_operand:
 rotation undone, stochastic rounding and MS-EDEN with the layer's key from the first batch's first key, 2-D tiles).
@@ -91,14 +92,15 @@ DEFAULT_CASES = (
     "mxfp4+sr",
     "nvfp4+sr",
 )
-# The recipe comparison (--preset recipes): the identity control, the 4-bit format baselines, the unbiased-backward
-# control (SR on dY alone), then every recipe. quartet2_nvfp4 needs lowbit_jax.eden (MS-EDEN); it joins the preset
-# once that module exists.
+# The recipe comparison (--preset recipes): the identity control, the 4-bit format baselines, two backward controls
+# (SR on dY alone: MXFP4, unbiased exactly, and NVFP4), then every recipe. quartet2_nvfp4 needs lowbit_jax.eden
+# (MS-EDEN); it joins the preset once that module exists.
 HAS_EDEN = importlib.util.find_spec("lowbit_jax.eden") is not None
 RECIPE_CASES = (
     "fp32",
     "nvfp4",
     "nvfp4+sr",
+    "dy:mxfp4+sr",
     "dy:nvfp4+sr",
     "paper_mxint8",
     "paper_mxfp8",
@@ -126,8 +128,9 @@ DY_ONLY = "dy:"  # case prefix: only the two dY operands quantized (the backward
 def case_config(text: str) -> tuple[lb.QDotConfig, lb.Format, bool]:
     """(config, format, stochastic) of a format case: 'precision[+sr]' quantizes all six operands (+sr: SR on both
     dY operands); 'dy:precision[+sr]' only the two dY operands, the forward GEMM and the backward X and W exact.
-    With +sr that backward is unbiased by construction (E[Q(dY)] = dY), so its backward bias_z is the level an
-    unbiased backward reads at the run's batch count."""
+    The backward is linear in dY, so 'dy:<fmt>+sr' is unbiased exactly when the format's SR is: for MX formats
+    (UE8M0 ceil scale, no element clips), not for NV formats, whose E4M3 block scale can round below amax / Qmax so
+    that the block maximum clips and SR pulls it toward zero (tests/test_grad_bias.py measures both)."""
     text = text.strip()
     dy_only = text.lower().startswith(DY_ONLY)
     fmt, sr = parse_case(text[len(DY_ONLY) :] if dy_only else text)
