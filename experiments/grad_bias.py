@@ -21,8 +21,9 @@ Statistics (analysis.grad_bias.BiasStats): bias = mean over batches and keys of 
 ||bias|| / rms ||g||, noise_floor its standard error (bias_z = ratio: about 1 or less means no detectable bias),
 cosine, mean_signed_error = mean(bias) / mean|g| with its z-score. Operands (captured X, W, dY of every quantized
 layer on the first batch, each blocked along both of its GEMM axes): extreme_code_fraction = blocks holding the
-extra code -2^(b-1) / non-zero blocks, and operand_signed_error = sum(Q(x) - x) / sum|x| per operand kind (x, w, dy): negative means values pushed downwards;
-operand_signed_error_z: the same in standard errors, rows of the operand matrices taken as independent samples.
+extra code -2^(b-1) / non-zero blocks, and operand_signed_error = sum(Q(x) - x) / sum|x| per operand kind (x, w,
+dy): negative means values pushed downwards; operand_signed_error_z: the same in standard errors, rows of the
+operand matrices taken as independent samples.
 Format cases quantize the operands there with round-to-nearest (a +sr case repeats its RTN numbers); recipe and
 dy: cases use each operand's own rounding.
 Forward / backward split: g_fwd is the gradient with only the forward GEMM's quantizers (the backward GEMMs exact,
