@@ -73,7 +73,7 @@ def pow2(k: jnp.ndarray) -> jnp.ndarray:
 def mul_pow2(x: jnp.ndarray, k: jnp.ndarray) -> jnp.ndarray:
     """x * 2^k for integer k in [-252, 254], as two exact power-of-two factors (2^-127 alone is subnormal)."""
     k = jnp.asarray(k, jnp.int32)
-    half = k // 2
+    half = k >> 1  # floor(k / 2): an arithmetic shift, where // also emits the sign corrections of a division
     return x * pow2(half) * pow2(k - half)
 
 
@@ -234,6 +234,10 @@ def uniform_from_bits(rbits_u32: jnp.ndarray, sr_bits: int | None = None) -> jnp
 def round_fp(v: jnp.ndarray, elem, uniform: jnp.ndarray | None = None) -> jnp.ndarray:
     """Round float32 `v` to FP(e, m) (`elem`: exp_bits/man_bits/emin/max): RNE (or stochastic) with subnormals,
     saturating to +-max, NaN kept."""
+    if uniform is None:  # half to even is symmetric and f32_exponent ignores the sign: no magnitude round trip
+        c = jnp.clip(v, -elem.max, elem.max)
+        step_exp = jnp.maximum(f32_exponent(c), elem.emin) - elem.man_bits
+        return jnp.round(c * pow2(-step_exp)) * pow2(step_exp)  # |c| <= max, a grid value: no rounding beyond it
     a = jnp.minimum(jnp.abs(v), elem.max)
     binade = jnp.maximum(f32_exponent(a), elem.emin)  # subnormals share the smallest normal's step
     step_exp = binade - elem.man_bits
@@ -245,5 +249,8 @@ def round_int(v: jnp.ndarray, lo, hi, uniform: jnp.ndarray | None = None) -> jnp
     """Round float32 `v` to integers (as float32) in [lo, hi] (integer bounds, scalars or arrays): RNE (or
     stochastic) of the clipped value, so rounding and clipping commute."""
     c = jnp.clip(v, lo, hi)
+    if uniform is None:  # half to even is symmetric, round(-c) = -round(c): no magnitude and sign round trip
+        r = jnp.round(c)
+        return jnp.where(r == 0, 0.0, r)  # integer codes have no -0: keep fake_quant == dequantize
     a = _round_integral(jnp.abs(c), uniform)
-    return jnp.where(a == 0, 0.0, jnp.copysign(a, c))  # integer codes have no -0: keep fake_quant == dequantize
+    return jnp.where(a == 0, 0.0, jnp.copysign(a, c))
