@@ -2,10 +2,12 @@
 
 Rules: a dict {regex: value} or a list of (regex, value) pairs, matched with re.fullmatch against '/'-joined module
 paths ('encoder/layer_0/attn/query'; NNX list indices appear as numbers, 'layers/0/linear'); the first match wins;
-unmatched layers are left alone. A bare regex (or a list of them) has no value: TypeError for `quantized`, a
-capture rule for `capture`. value: a QDotConfig; None or "skip"; a preset "train:<spec>" / "direct_cast:<spec>", or the
-tuple ("train", spec) / ("direct_cast", spec). The preset is the text before the first ':' (case-insensitive) and
-<spec> everything after it, a full format spec (lowbit_jax.formats grammar, e.g. "direct_cast:mxint8:block_size=64",
+unmatched layers are left alone; `block_rules(value, n_blocks, first=, last=)` builds rules for the first / last
+transformer blocks (e.g. kept in high precision), and `Report.unused` lists the rules that decided no layer. A bare
+regex (or a list of them) has no value: TypeError for `quantized`, a capture rule for `capture`. value: a
+QDotConfig; None or "skip"; a preset "train:<spec>" / "direct_cast:<spec>", or the tuple ("train", spec) /
+("direct_cast", spec). The preset is the text before the first ':' (case-insensitive) and <spec> everything after
+it, a full format spec (lowbit_jax.formats grammar, e.g. "direct_cast:mxint8:block_size=64",
 "train:fp(3,2):block_size=16:scale=e4m3"); the tuple's spec may also be a Format. Bad regexes, presets and specs
 fail at construction, with the spec parser's own message.
 
