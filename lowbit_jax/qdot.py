@@ -246,10 +246,15 @@ def _prepare(view: View, op: _Operand, gp: _GemmPlan, signs, key):
     return q
 
 
-def gemm(gp: _GemmPlan, a_view: View, b_view: View, *, key=None, out_spec: tuple | None = None):
+def gemm(gp: _GemmPlan, a_view: View, b_view: View, *, key=None, out_spec: tuple | None = None, operands=False):
     """a [B.., Fa.., K] . b [B.., Fb.., K] (canonically) -> [B.., Fa.., Fb..] in accum_dtype, operands rotated and
-    quantized per the plan; out_spec: the output's PartitionSpec entries on an Explicit mesh (None:
-    lax.dot_general's own rule)."""
+    quantized per the plan (operands=True: also the two quantized canonical operands); out_spec: the output's
+    PartitionSpec entries on an Explicit mesh (None: lax.dot_general's own rule)."""
+    y, a, b = _gemm(gp, a_view, b_view, key, out_spec)
+    return (y, (a, b)) if operands else y
+
+
+def _gemm(gp: _GemmPlan, a_view: View, b_view: View, key, out_spec: tuple | None):
     rot = gp.rotation
     signs = None if rot is None or not gp.quantized else rotation_signs(rot, gp.name, key, gp.rotation_seed)
     acc = jnp.dtype(gp.accum_dtype)
@@ -258,11 +263,11 @@ def gemm(gp: _GemmPlan, a_view: View, b_view: View, *, key=None, out_spec: tuple
     if gp.accumulator is not None:
         if out_spec is not None:
             raise ValueError("QDotConfig.accum_block (accumulator emulation) does not run on Explicit-sharding meshes")
-        return accumulate.accumulated_dot(a, b, gp.n_batch, gp.accumulator, precision=gp.precision)
+        return accumulate.accumulated_dot(a, b, gp.n_batch, gp.accumulator, precision=gp.precision), a, b
     batch = tuple(range(gp.n_batch))
     dims = (((a.ndim - 1,), (b.ndim - 1,)), (batch, batch))
     sharding = {} if out_spec is None else {"out_sharding": PartitionSpec(*out_spec)}
-    return lax.dot_general(a, b, dims, precision=gp.precision, preferred_element_type=acc, **sharding)
+    return lax.dot_general(a, b, dims, precision=gp.precision, preferred_element_type=acc, **sharding), a, b
 
 
 _FLIPS = {"fwd": (False, False), "dx": (False, True), "dw": (True, True)}  # W enters dX, X and dY enter dW transposed
@@ -306,11 +311,21 @@ class _Plan:
         return {g: _gemm_plan(self.config, g, nb, self.precision, _FLIPS[g]) for g in GEMMS}
 
 
-def _forward(plan: _Plan, lhs, rhs, key):
+def _uncanonical(q, view: View):
+    """A canonical [B.., F.., K] array back in `view`'s own layout (the inverse of View.canonical)."""
+    order = view.batch + view.free + view.contract
+    q = q.reshape(tuple(view.x.shape[d] for d in order))
+    return jnp.transpose(q, cast(Sequence[int], np.argsort(order)))
+
+
+def _forward(plan: _Plan, lhs, rhs, key, operands: bool = False):
+    """Y = Q(X) . Q(W) in the output dtype; operands=True: also Q(X) and Q(W) in X's and W's layouts (float32)."""
     (lc, rc), (lb, rb) = plan.dims
     a = View(lhs, lb, free_dims(lhs.ndim, lc, lb), lc)
     b = View(rhs, rb, free_dims(rhs.ndim, rc, rb), rc)
-    return gemm(plan.gemms["fwd"], a, b, key=key, out_spec=plan.out_spec).astype(plan.out_dtype)
+    y, (a_q, b_q) = gemm(plan.gemms["fwd"], a, b, key=key, out_spec=plan.out_spec, operands=True)
+    y = y.astype(plan.out_dtype)
+    return (y, (_uncanonical(a_q, a), _uncanonical(b_q, b))) if operands else y
 
 
 def _grad_lhs(plan: _Plan, dy, rhs, key, x_spec=None):
@@ -356,13 +371,18 @@ def _qdot(plan: _Plan, lhs, rhs, key):
 
 
 def _qdot_fwd(plan: _Plan, lhs, rhs, key):
-    return _forward(plan, lhs, rhs, key), (lhs, rhs, key)
+    if plan.config.backward_inputs == "original":
+        return _forward(plan, lhs, rhs, key), (lhs, rhs, key, None)
+    y, (lhs_q, rhs_q) = _forward(plan, lhs, rhs, key, operands=True)  # the backward GEMMs re-quantize these
+    dtypes = (jnp.zeros((), lhs.dtype), jnp.zeros((), rhs.dtype))  # the gradients' dtypes
+    return y, (lhs_q, rhs_q, key, dtypes)
 
 
 def _qdot_bwd(plan: _Plan, res, dy):
-    lhs, rhs, key = res
-    dx = _grad_lhs(plan, dy, rhs, key, explicit_spec(lhs)).astype(lhs.dtype)
-    return dx, _grad_rhs(plan, lhs, dy, key, explicit_spec(rhs)).astype(rhs.dtype), None
+    lhs, rhs, key, dtypes = res
+    lhs_dtype, rhs_dtype = (lhs.dtype, rhs.dtype) if dtypes is None else (dtypes[0].dtype, dtypes[1].dtype)
+    dx = _grad_lhs(plan, dy, rhs, key, explicit_spec(lhs)).astype(lhs_dtype)
+    return dx, _grad_rhs(plan, lhs, dy, key, explicit_spec(rhs)).astype(rhs_dtype), None
 
 
 _qdot.defvjp(_qdot_fwd, _qdot_bwd)

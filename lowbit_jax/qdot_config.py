@@ -18,6 +18,7 @@ GEMMS = ("fwd", "dx", "dw")
 GEMM_OPERANDS = {"fwd": ("x_fwd", "w_fwd"), "dx": ("dy_dx", "w_dx"), "dw": ("x_dw", "dy_dw")}
 GRAD_OPERANDS = ("dy_dx", "dy_dw")
 SR_BITS_MAX = 24  # stochastic-rounding uniforms sit on the 2^-24 grid
+BACKWARD_INPUTS = ("original", "forward")
 
 
 def _as_format(value: object, field: str) -> Format | None:
@@ -112,6 +113,8 @@ class QDotConfig:
     Accumulation: accum_dtype is the GEMM's accumulation and output dtype; accum_block=k emulates a hardware
     accumulator (lowbit_jax.accumulate): each K-chunk of k products is summed in float32 and the chunk sums are
     accumulated in accum_format (default float32) with round-to-nearest-even after every add.
+    backward_inputs: "original" (the backward GEMMs quantize X and W from the high-precision tensors, as
+    TransformerEngine does) or "forward" (they re-quantize the forward GEMM's Q(X) and Q(W), as Quartet II does).
     """
 
     x_fwd: Format | str | None = None
@@ -134,6 +137,7 @@ class QDotConfig:
     eden: tuple[str, ...] = ()
     accum_block: int | None = None
     accum_format: str | None = None
+    backward_inputs: str = "original"
 
     def __post_init__(self) -> None:
         for name in OPERANDS:
@@ -157,6 +161,15 @@ class QDotConfig:
             raise ValueError(f"accum_dtype must be a floating dtype, got {self.accum_dtype!r}")
         object.__setattr__(self, "accum_dtype", dt.name)
         self._check_accumulator()
+        if self.backward_inputs not in BACKWARD_INPUTS:
+            raise ValueError(
+                f"QDotConfig.backward_inputs must be one of {BACKWARD_INPUTS}, got {self.backward_inputs!r}"
+            )
+        if self.backward_inputs == "forward" and self.rotation_of("fwd") is not None:
+            raise ValueError(
+                "QDotConfig.backward_inputs='forward' re-quantizes the forward GEMM's Q(X) and Q(W), which a forward "
+                "rotation leaves in the rotated basis: rotate the backward GEMMs instead"
+            )
         check_impl(self.impl)
 
     # ---------------------------------------------------------------------------------------- validation
@@ -278,7 +291,8 @@ class QDotConfig:
             base = f"direct_cast({f[0]})"
         else:
             base = ",".join(f"{n}={v}" for n, v in zip(OPERANDS, f, strict=True) if v is not None) or "none"
-        return base + self._rotation_label() + self._rounding_label() + self._accum_label()
+        extra = "+bwd_from_fwd" if self.backward_inputs == "forward" else ""
+        return base + self._rotation_label() + self._rounding_label() + self._accum_label() + extra
 
     def _rotation_label(self) -> str:
         if self.rotation is not None:

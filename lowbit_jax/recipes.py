@@ -225,14 +225,14 @@ def quartet2_nvfp4(
     NVFP4 with round to nearest, both backward GEMMs with the unbiased MS-EDEN estimator (lowbit_jax.eden) on
     all four operands, each backward GEMM rotated along its contracting axis by a random Hadamard of size
     `rotation` (32 in the source) with signs drawn afresh from the step's key (the source re-draws them every
-    backward pass). Departs from the source: the backward operands are quantized from the high-precision X and W
-    (the source re-quantizes the forward-quantized ones), and the tensor amax is the current one (the source
-    can delay it by a step).
+    backward pass), and the backward GEMMs re-quantize the forward GEMM's Q(X) and Q(W) rather than the
+    high-precision tensors, as the source does (QDotConfig.backward_inputs="forward"). Departs from the source: the
+    tensor amax is the current one (the source can delay it by a step), and the source's own RNG is not reproduced.
     """
     fmt = get_format("nvfp4")
-    cfg = QDotConfig.train(
-        fmt, rot_dx=Rotation(rotation), rot_dw=Rotation(rotation), eden=("dy_dx", "w_dx", "x_dw", "dy_dw")
-    )
+    backward = ("dy_dx", "w_dx", "x_dw", "dy_dw")
+    rot = Rotation(rotation)
+    cfg = QDotConfig.train(fmt, rot_dx=rot, rot_dw=rot, eden=backward, backward_inputs="forward")
     source = "arXiv 2601.22813 (Quartet II, MS-EDEN)"
     return _recipe("quartet2_nvfp4", cfg, source, keep, n_blocks, first, last, block, high_precision)
 

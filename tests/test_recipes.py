@@ -3,6 +3,7 @@ it: every GEMM is checked against an oracle assembled from the public quantizer 
 rotation (lb.hadamard.rotate_with_signs) and a float32 dot, so a quantizer placed on the wrong operand or GEMM
 moves a result by whole quantization steps, far beyond the dot's rounding (rtol 1e-5)."""
 
+import dataclasses
 import re
 
 import jax
@@ -266,6 +267,25 @@ def test_quartet2_nvfp4_places_ms_eden_on_the_rotated_backward_operands():
     ms = lambda m, slot: eden.ms_eden_fake_quant(m, nv, slot_key(key, slot), group=32)
     s_dx = lb.qdot.rotation_signs(Rotation(32), "dx", key)  # fresh signs per GEMM and per step's key
     s_dw = lb.qdot.rotation_signs(Rotation(32), "dw", key)
-    np.testing.assert_allclose(dx, mm(ms(rot(DY, s_dx), 3), ms(rot(W, s_dx), 7)), **TOL)
-    np.testing.assert_allclose(dw, mm(ms(rot(X.T, s_dw), 8), ms(rot(DY.T, s_dw), 4)), **TOL)
+    w_q, x_q = fq(W.T, nv).T, fq(X, nv)  # the backward GEMMs re-quantize the forward's Q(W) and Q(X)
+    np.testing.assert_allclose(dx, mm(ms(rot(DY, s_dx), 3), ms(rot(w_q, s_dx), 7)), **TOL)
+    np.testing.assert_allclose(dw, mm(ms(rot(x_q.T, s_dw), 8), ms(rot(DY.T, s_dw), 4)), **TOL)
     assert not np.array_equal(s_dx, lb.qdot.rotation_signs(Rotation(32), "dx", jax.random.key(5)))
+
+
+def test_backward_inputs_forward_requantizes_the_forward_operands():
+    cfg = QDotConfig(x_fwd="mxfp4", w_fwd="mxint4", w_dx="mxfp8", x_dw="mxint8", backward_inputs="forward")
+    x16, w16, dy16 = (v.astype(jnp.bfloat16) for v in (X, W, DY))
+    y, dx, dw = vjp_at(cfg, x16, w16, dy16)
+    assert dx.dtype == jnp.bfloat16 and dw.dtype == jnp.bfloat16  # the gradients keep the inputs' dtypes
+    f32 = lambda v: v.astype(jnp.float32)
+    x_q, w_q = fq(f32(x16), "mxfp4"), fq(f32(w16).T, "mxint4").T
+    np.testing.assert_allclose(f32(dx), f32(mm(f32(dy16), fq(w_q, "mxfp8")).astype(jnp.bfloat16)), **TOL)
+    np.testing.assert_allclose(f32(dw), f32(mm(fq(x_q.T, "mxint8"), f32(dy16).T).astype(jnp.bfloat16)), **TOL)
+    _, dx_orig, _ = vjp_at(dataclasses.replace(cfg, backward_inputs="original"), x16, w16, dy16)
+    assert not np.array_equal(f32(dx), f32(dx_orig))
+    assert cfg.label.endswith("+bwd_from_fwd")
+    with pytest.raises(ValueError, match="forward rotation"):
+        QDotConfig.train("mxfp4", rot_fwd=16, backward_inputs="forward")
+    with pytest.raises(ValueError, match="backward_inputs"):
+        QDotConfig.train("mxfp4", backward_inputs="fwd")
