@@ -67,6 +67,19 @@ def paired_differences(losses: dict[int, dict[str, float]], baseline: str = "non
     return rows
 
 
+def all_pairs(losses: dict[int, dict[str, float]]) -> list[dict]:
+    """paired_differences for every pair of precisions: rows of `precision` - `baseline` for each baseline that ran
+    before it (first-seen order), each row also naming its "baseline"."""
+    names = list(dict.fromkeys(p for runs in losses.values() for p in runs))
+    rows = []
+    for i, base in enumerate(names[:-1]):
+        later = set(names[i + 1 :])
+        for row in paired_differences(losses, base):
+            if row["precision"] in later:
+                rows.append({"baseline": base, **row})
+    return rows
+
+
 def loss_table(losses: dict[int, dict[str, float]]) -> list[dict]:
     """Per precision: {"precision", "seeds", "losses", "mean", "sd"} (sd over seeds; nan for one seed)."""
     names = list(dict.fromkeys(p for runs in losses.values() for p in runs))

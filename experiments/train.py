@@ -49,7 +49,8 @@ Output (--out, default results/train/):
 analysis.recipes.seed_losses refuses anything else) and writes paired.json to --out (default results/train/):
   folders, machines, losses [{"precision", "seeds", "losses", "mean", "sd"}] (final validation loss per seed),
   paired [{"precision", "seeds", "diffs" (precision - none, same seed), "mean", "se", "n", "below_zero",
-           "resolved" (|mean| > 2 se)}]
+           "resolved" (|mean| > 2 se)}],
+  pairs [the same keys and "baseline": every precision minus each one trained before it]
 """
 
 from __future__ import annotations
@@ -180,6 +181,7 @@ def compare(folders: tuple[str, ...], folder: Path) -> dict:
         "machines": sorted({r["machine"] for r in results}),
         "losses": recipes.loss_table(losses),
         "paired": recipes.paired_differences(losses),
+        "pairs": recipes.all_pairs(losses),
     }
     common.write_json(folder / "paired.json", result)
     rows = [(r["precision"], r["mean"], r["sd"], " / ".join(f"{v:.4f}" for v in r["losses"])) for r in result["losses"]]

@@ -24,6 +24,9 @@ def test_paired_differences_by_seed():
     assert a["resolved"] and a["below_zero"] == 0
     # b ran in seeds 0 and 1 only: -0.01 and +0.01
     assert b["seeds"] == [0, 1] and b["mean"] == pytest.approx(0.0) and not b["resolved"] and b["below_zero"] == 1
+    pairs = {(r["precision"], r["baseline"]): r for r in recipes.all_pairs(losses)}
+    assert set(pairs) == {("a", "none"), ("b", "none"), ("b", "a")}
+    assert pairs[("b", "a")]["diffs"] == pytest.approx([-0.04, -0.03]) and pairs[("b", "a")]["seeds"] == [0, 1]
     rows = {r["precision"]: r for r in recipes.loss_table(losses)}
     assert rows["none"]["mean"] == pytest.approx(1.01) and rows["none"]["sd"] == pytest.approx(0.01)
 
