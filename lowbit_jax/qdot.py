@@ -225,17 +225,19 @@ def _prepare(view: View, op: _Operand, gp: _GemmPlan, signs, key):
     rotated = signs is not None and rot is not None and rot.rotates(op.name)
     p = view.in_place_axis()
     stochastic_kernel = op.rounding != "nearest" and resolve_impl(gp.impl) == "pallas"
-    if op.fmt is not None and not rotated and not is_tiled(op.fmt) and p is not None and not stochastic_kernel:
+    fmt = op.fmt
+    blocked = fmt is not None and not fmt.is_identity and not is_tiled(fmt)  # identity formats: as unquantized
+    if fmt is not None and blocked and not rotated and p is not None and not stochastic_kernel:
         x, c = _at_least_f32(view.x), view.contract
         merged = x.reshape(x.shape[:p] + (math.prod(x.shape[d] for d in c),) + x.shape[c[-1] + 1 :])
         _check_key(op, key)
-        if op.rounding == "nearest" or op.fmt.is_identity:
+        if op.rounding == "nearest":
             q = _quant_core(merged, op, None, gp.impl, None, axis=p)
         else:  # the random bits of the canonical layout, moved with the data: the same draw per element
-            lay = blocks.layout(jnp.moveaxis(merged, p, -1).shape, op.fmt.block_size, (merged.ndim - 1,))
+            lay = blocks.layout(jnp.moveaxis(merged, p, -1).shape, fmt.block_size, (merged.ndim - 1,))
             bits = jax.random.bits(_key(key, op.name), lay.blocked_shape, jnp.uint32).reshape(lay.padded_shape)
-            axes = blocks.normalize_axes(p, merged.ndim, op.fmt.block_size)
-            q = codec.fake_quant_array(merged, op.fmt, axes, rbits=jnp.moveaxis(bits, -1, p), sr_bits=op.sr_bits)
+            axes = blocks.normalize_axes(p, merged.ndim, fmt.block_size)
+            q = codec.fake_quant_array(merged, fmt, axes, rbits=jnp.moveaxis(bits, -1, p), sr_bits=op.sr_bits)
         return jnp.moveaxis(q, p, -1)
     x_f32 = _at_least_f32(view.canonical())
     if rotated:
