@@ -157,11 +157,11 @@ def test_adaptive_tiny(tmp_path, capsys):
 def test_bench_train_tiny(tmp_path):
     from experiments import bench_train
 
-    argv = ["--preset", "tiny", "--precision", "none,mxint8,nvidia_nvfp4", "--out", str(tmp_path)]
+    argv = ["--preset", "tiny", "--precision", "none,mxint8,paper_mxint8", "--out", str(tmp_path)]
     with jax.numpy_dtype_promotion("standard"):  # optax's AdamW bias correction: a Python float ** int32 count
         result = bench_train.main(argv)
     rows = {r["precision"]: r for r in result["rows"]}
     assert rows["none"]["ratio_to_none"] == 1.0 and not any(r["error"] for r in rows.values())
-    assert all(r["ms_per_step"] > 0 for r in rows.values()) and rows["nvidia_nvfp4"]["label"] == "nvidia_nvfp4"
+    assert all(r["ms_per_step"] > 0 for r in rows.values()) and rows["paper_mxint8"]["label"] == "paper_mxint8"
     with pytest.raises(SystemExit):
         bench_train.main(["--preset", "tiny", "--precision", "mxint8"])  # the baseline must come first

@@ -222,6 +222,5 @@ def test_recipe_case_runs(tiny_model):
     }
     assert control["operand_signed_error"]["x"] == control["operand_signed_error"]["w"] == 0.0
     assert control["operand_signed_error"]["dy"] != 0.0 and control["label"] == "dy:nvfp4+sr"
-    nv = run("nvidia_nvfp4")
-    assert nv["stochastic"] and nv["samples"] == 4 and 0.9 < nv["cosine"] < 1.0  # 2 batches x 2 SR keys
-    assert set(nv["operand_signed_error_z"]) == {"x", "w", "dy"}
+    assert control["stochastic"] and control["samples"] == 4 and 0.9 < control["cosine"] < 1.0  # 2 batches x 2 keys
+    assert set(control["operand_signed_error_z"]) == {"x", "w", "dy"}

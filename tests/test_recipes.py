@@ -175,7 +175,7 @@ def _report(rules, n_layers=3):
 
 
 def test_recipe_reports_which_layer_got_which_config():
-    rules = recipes.nvidia_nvfp4(n_blocks=3, last=1)
+    rules = recipes.paper_mxint8(n_blocks=3, last=1, high_precision="bf16")
     report = _report(rules)
     hp, main = rules.high_precision.label, rules.config.label
     assert report.quantized["layers_2/attn/q_proj"] == hp and report.quantized["lm_head"] == hp
