@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from lowbit_jax.formats import get_format
 from lowbit_jax.interceptor import block_rules
@@ -89,19 +89,32 @@ def _kept(keep: Sequence[str], n_blocks: int | None, first: int, last: int, bloc
     return list(keep) + blocks
 
 
-def _recipe(
-    name: str,
-    config: QDotConfig,
-    source: str,
-    keep: Sequence[str],
-    n_blocks: int | None,
-    first: int,
-    last: int,
-    block: str,
-    high_precision: str | None,
-) -> RecipeRules:
-    kept = _kept(keep, n_blocks, first, last, block)
-    return RecipeRules(name, config, kept, _high_precision(high_precision), source)
+class Layers(TypedDict, total=False):
+    """Which layers a recipe keeps in high precision, and what they run (every recipe's keyword arguments)."""
+
+    keep: Sequence[str]  # regexes of kept layers (default: the output head, HEAD)
+    n_blocks: int | None  # the model's number of transformer blocks (needed by first / last)
+    first: int  # keep the first `first` blocks
+    last: int  # keep the last `last` blocks
+    block: str  # a block's path component, with {i} for its index (default 'layers_{i}')
+    high_precision: str | None  # what kept layers run: "bf16" or None (unquantized)
+
+
+def _recipe(name: str, config: QDotConfig, source: str, layers: Layers, high_precision: str | None = None):
+    """RecipeRules of `config`, keeping the layers `layers` names (high_precision: the recipe's default)."""
+    unknown = set(layers) - set(Layers.__annotations__)
+    if unknown:
+        raise TypeError(
+            f"{name}() got unexpected keyword argument(s) {sorted(unknown)}; takes {list(Layers.__annotations__)}"
+        )
+    kept = _kept(
+        layers.get("keep", (HEAD,)),
+        layers.get("n_blocks"),
+        layers.get("first", 0),
+        layers.get("last", 0),
+        layers.get("block", "layers_{i}"),
+    )
+    return RecipeRules(name, config, kept, _high_precision(layers.get("high_precision", high_precision)), source)
 
 
 _LAYER_DOC = """
@@ -112,50 +125,28 @@ _LAYER_DOC = """
 
 
 def paper_mxint8(
-    *,
-    keep: Sequence[str] = (HEAD,),
-    n_blocks: int | None = None,
-    first: int = 0,
-    last: int = 0,
-    block: str = "layers_{i}",
-    high_precision: str | None = None,
+    **layers: Unpack[Layers],
 ) -> RecipeRules:
     """The INT-vs-FP paper's low-bit training (arXiv 2510.25602, section 5.3): all six GEMM operands MXINT8, block
     32, UE8M0 scale rounded up (Eq. 9), symmetric INT8 [-127, 127], round to nearest even, no rotation, no
     stochastic rounding; the output head unquantized (the paper does not say which layers it excluded).
     """
     cfg = QDotConfig.train("mxint8")
-    return _recipe(
-        "paper_mxint8", cfg, "arXiv 2510.25602 section 5.3", keep, n_blocks, first, last, block, high_precision
-    )
+    return _recipe("paper_mxint8", cfg, PAPER, layers)
 
 
 def paper_mxfp8(
-    *,
-    keep: Sequence[str] = (HEAD,),
-    n_blocks: int | None = None,
-    first: int = 0,
-    last: int = 0,
-    block: str = "layers_{i}",
-    high_precision: str | None = None,
+    **layers: Unpack[Layers],
 ) -> RecipeRules:
     """The INT-vs-FP paper's MXFP8 training (arXiv 2510.25602, section 5.3): all six GEMM operands MXFP8 E4M3,
     block 32, UE8M0 scale rounded up (Eq. 9), round to nearest even; the output head unquantized."""
     cfg = QDotConfig.train("mxfp8")
-    return _recipe(
-        "paper_mxfp8", cfg, "arXiv 2510.25602 section 5.3", keep, n_blocks, first, last, block, high_precision
-    )
+    return _recipe("paper_mxfp8", cfg, PAPER, layers)
 
 
 def mxfp8_rceil(
     grads: str = "e4m3",
-    *,
-    keep: Sequence[str] = (HEAD,),
-    n_blocks: int | None = None,
-    first: int = 0,
-    last: int = 0,
-    block: str = "layers_{i}",
-    high_precision: str | None = None,
+    **layers: Unpack[Layers],
 ) -> RecipeRules:
     """The common MXFP8 training recipe (TransformerEngine MXFP8BlockScaling, torchao's RCEIL mode, cuDNN's
     "round up" scale): MXFP8 operands in blocks of 32 along each GEMM's contracting axis, each quantized from the
@@ -169,18 +160,13 @@ def mxfp8_rceil(
     dy = get_format("mxfp8_e5m2" if grads == "e5m2" else "mxfp8_e4m3")
     cfg = QDotConfig.train("mxfp8_e4m3", dy_dx=dy, dy_dw=dy)
     source = "TransformerEngine MXFP8BlockScaling (RCEIL scale)"
-    return _recipe("mxfp8_rceil", cfg, source, keep, n_blocks, first, last, block, high_precision)
+    return _recipe("mxfp8_rceil", cfg, source, layers)
 
 
 def nvidia_nvfp4(
     *,
     numerics: str = "exact",
-    keep: Sequence[str] = (HEAD,),
-    n_blocks: int | None = None,
-    first: int = 0,
-    last: int = 0,
-    block: str = "layers_{i}",
-    high_precision: str | None = "bf16",
+    **layers: Unpack[Layers],
 ) -> RecipeRules:
     """NVIDIA's NVFP4 pretraining recipe (arXiv 2509.25149; TransformerEngine NVFP4BlockScaling, docs nvfp4.rst).
 
@@ -208,18 +194,12 @@ def nvidia_nvfp4(
         stochastic_grads=True,
     )
     source = "arXiv 2509.25149; TransformerEngine NVFP4BlockScaling"
-    return _recipe("nvidia_nvfp4", cfg, source, keep, n_blocks, first, last, block, high_precision)
+    return _recipe("nvidia_nvfp4", cfg, source, layers, high_precision="bf16")
 
 
 def quartet2_nvfp4(
     rotation: int = 32,
-    *,
-    keep: Sequence[str] = (HEAD,),
-    n_blocks: int | None = None,
-    first: int = 0,
-    last: int = 0,
-    block: str = "layers_{i}",
-    high_precision: str | None = None,
+    **layers: Unpack[Layers],
 ) -> RecipeRules:
     """Quartet II (arXiv 2601.22813; IST-DASLab/Quartet-II, schemes/quartet_2.py): the forward GEMM in 1x16
     NVFP4 with round to nearest, both backward GEMMs with the unbiased MS-EDEN estimator (lowbit_jax.eden) on
@@ -234,7 +214,7 @@ def quartet2_nvfp4(
     rot = Rotation(rotation)
     cfg = QDotConfig.train(fmt, rot_dx=rot, rot_dw=rot, eden=backward, backward_inputs="forward")
     source = "arXiv 2601.22813 (Quartet II, MS-EDEN)"
-    return _recipe("quartet2_nvfp4", cfg, source, keep, n_blocks, first, last, block, high_precision)
+    return _recipe("quartet2_nvfp4", cfg, source, layers)
 
 
 RECIPES: dict[str, Callable[..., RecipeRules]] = {
