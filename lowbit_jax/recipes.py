@@ -89,7 +89,7 @@ def _kept(keep: Sequence[str], n_blocks: int | None, first: int, last: int, bloc
     return list(keep) + blocks
 
 
-class Layers(TypedDict, total=False):
+class _Layers(TypedDict, total=False):
     """Which layers a recipe keeps in high precision, and what they run (every recipe's keyword arguments)."""
 
     keep: Sequence[str]  # regexes of kept layers (default: the output head, HEAD)
@@ -100,12 +100,12 @@ class Layers(TypedDict, total=False):
     high_precision: str | None  # what kept layers run: "bf16" or None (unquantized)
 
 
-def _recipe(name: str, config: QDotConfig, source: str, layers: Layers, high_precision: str | None = None):
+def _recipe(name: str, config: QDotConfig, source: str, layers: _Layers, high_precision: str | None = None):
     """RecipeRules of `config`, keeping the layers `layers` names (high_precision: the recipe's default)."""
-    unknown = set(layers) - set(Layers.__annotations__)
+    unknown = set(layers) - set(_Layers.__annotations__)
     if unknown:
         raise TypeError(
-            f"{name}() got unexpected keyword argument(s) {sorted(unknown)}; takes {list(Layers.__annotations__)}"
+            f"{name}() got unexpected keyword argument(s) {sorted(unknown)}; takes {list(_Layers.__annotations__)}"
         )
     kept = _kept(
         layers.get("keep", (HEAD,)),
@@ -125,7 +125,7 @@ _LAYER_DOC = """
 
 
 def paper_mxint8(
-    **layers: Unpack[Layers],
+    **layers: Unpack[_Layers],
 ) -> RecipeRules:
     """The INT-vs-FP paper's low-bit training (arXiv 2510.25602, section 5.3): all six GEMM operands MXINT8, block
     32, UE8M0 scale rounded up (Eq. 9), symmetric INT8 [-127, 127], round to nearest even, no rotation, no
@@ -136,7 +136,7 @@ def paper_mxint8(
 
 
 def paper_mxfp8(
-    **layers: Unpack[Layers],
+    **layers: Unpack[_Layers],
 ) -> RecipeRules:
     """The INT-vs-FP paper's MXFP8 training (arXiv 2510.25602, section 5.3): all six GEMM operands MXFP8 E4M3,
     block 32, UE8M0 scale rounded up (Eq. 9), round to nearest even; the output head unquantized."""
@@ -146,7 +146,7 @@ def paper_mxfp8(
 
 def mxfp8_rceil(
     grads: str = "e4m3",
-    **layers: Unpack[Layers],
+    **layers: Unpack[_Layers],
 ) -> RecipeRules:
     """The common MXFP8 training recipe (TransformerEngine MXFP8BlockScaling, torchao's RCEIL mode, cuDNN's
     "round up" scale): MXFP8 operands in blocks of 32 along each GEMM's contracting axis, each quantized from the
@@ -166,7 +166,7 @@ def mxfp8_rceil(
 def nvidia_nvfp4(
     *,
     numerics: str = "exact",
-    **layers: Unpack[Layers],
+    **layers: Unpack[_Layers],
 ) -> RecipeRules:
     """NVIDIA's NVFP4 pretraining recipe (arXiv 2509.25149; TransformerEngine NVFP4BlockScaling, docs nvfp4.rst).
 
@@ -199,7 +199,7 @@ def nvidia_nvfp4(
 
 def quartet2_nvfp4(
     rotation: int = 32,
-    **layers: Unpack[Layers],
+    **layers: Unpack[_Layers],
 ) -> RecipeRules:
     """Quartet II (arXiv 2601.22813; IST-DASLab/Quartet-II, schemes/quartet_2.py): the forward GEMM in 1x16
     NVFP4 with round to nearest, both backward GEMMs with the unbiased MS-EDEN estimator (lowbit_jax.eden) on
