@@ -55,10 +55,16 @@ def scales_from_stat(stat: Stat, fmt: Format, g: jax.Array | None = None) -> Sca
     return sc._replace(zero=z)
 
 
+def _second_level_owner(fmt: Format) -> Format:
+    """The plain format whose rule holds the second level: the format, or an adaptive one's first candidate (the
+    candidates share it)."""
+    return cast(AdaptiveFormat, fmt).candidates[0] if fmt.is_adaptive else fmt
+
+
 def tensor_scale(stat: Stat, fmt: Format) -> jax.Array | None:
     """The stored second level from all blocks' statistics: the tensor scale g (numerics "te": the tensor amax;
     None if the rule has none; adaptive formats: their candidates' shared one)."""
-    fmt = cast(AdaptiveFormat, fmt).candidates[0] if fmt.is_adaptive else fmt
+    fmt = _second_level_owner(fmt)
     elem, rule = plain_parts(fmt)
     if not rule.has_tensor_scale:
         return None
@@ -67,14 +73,14 @@ def tensor_scale(stat: Stat, fmt: Format) -> jax.Array | None:
 
 def has_tensor_scale(fmt: Format) -> bool:
     """Whether the format has a second-level (tensor) scale (adaptive formats: their candidates' shared one)."""
-    fmt = cast(AdaptiveFormat, fmt).candidates[0] if fmt.is_adaptive else fmt
+    fmt = _second_level_owner(fmt)
     return not fmt.is_identity and plain_parts(fmt)[1].has_tensor_scale
 
 
 def given_tensor_scale(tensor_amax: jax.Array, fmt: Format) -> jax.Array:
     """The second-level scale of a format for a given tensor amax (a float32 scalar; NaN for a NaN, infinite or
     negative one, so that a bad amax shows in every block instead of silently rescaling them)."""
-    fmt = cast(AdaptiveFormat, fmt).candidates[0] if fmt.is_adaptive else fmt
+    fmt = _second_level_owner(fmt)
     elem, rule = plain_parts(fmt)
     a = jnp.asarray(tensor_amax, jnp.float32).reshape(())
     ok = jnp.isfinite(a) & (a >= 0)
@@ -428,7 +434,6 @@ def check_input(x: ArrayLike, fmt: Format | str, axis: Axis | None = None) -> tu
 
 # Jitted entry points (static format, axes and sr_bits), so that eager calls compile once per shape.
 fake_quant_jit = jax.jit(fake_quant_ste, static_argnums=(1, 2, 4))
-
 quantize_jit = jax.jit(quantize_array, static_argnums=(1, 2, 5))
 tensor_amax_jit = jax.jit(tensor_amax_array, static_argnums=(1, 2))
 dequantize_jit = jax.jit(dequantize_array, static_argnums=(1,))

@@ -234,8 +234,7 @@ def _prepare(view: View, op: _Operand, gp: _GemmPlan, signs, key):
         if op.rounding == "nearest":
             q = _quant_core(merged, op, None, gp.impl, None, axis=p)
         else:  # the random bits of the canonical layout, moved with the data: the same draw per element
-            lay = blocks.layout(jnp.moveaxis(merged, p, -1).shape, fmt.block_size, (merged.ndim - 1,))
-            bits = jax.random.bits(_key(key, op.name), lay.blocked_shape, jnp.uint32).reshape(lay.padded_shape)
+            bits = kernels.sr_bits(_key(key, op.name), jnp.moveaxis(merged, p, -1).shape, fmt, -1)
             axes = blocks.normalize_axes(p, merged.ndim, fmt.block_size)
             q = codec.fake_quant_array(merged, fmt, axes, rbits=jnp.moveaxis(bits, -1, p), sr_bits=op.sr_bits)
         return jnp.moveaxis(q, p, -1)
