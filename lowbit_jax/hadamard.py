@@ -74,8 +74,13 @@ def random_signs(h: int, key: Key) -> jax.Array:
 
 def random_hadamard(h: int, key: Key) -> jax.Array:
     """The h x h orthogonal matrix diag(random +-1 signs) @ H_sylvester / sqrt(h), float32."""
-    H = jnp.asarray(_sylvester_np(check_size(h)))
-    return random_signs(h, key)[:, None] * H * np.float32(1.0 / np.sqrt(h))
+    return _signed_hadamard(random_signs(check_size(h), key))
+
+
+def _signed_hadamard(signs: jax.Array) -> jax.Array:
+    """diag(signs) @ H_sylvester / sqrt(h) for h = len(signs), float32."""
+    h = signs.shape[0]
+    return signs.astype(jnp.float32)[:, None] * jnp.asarray(_sylvester_np(h)) * np.float32(1.0 / np.sqrt(h))
 
 
 def _along_last(v: jax.Array, ndim: int) -> jax.Array:
@@ -108,8 +113,7 @@ def _rotate_chunks(chunks: jax.Array, signs: jax.Array, inverse: bool) -> jax.Ar
     """float32 (..., h) chunks times R = diag(signs) H / sqrt(h) (R^T if inverse)."""
     h = chunks.shape[-1]
     if h < FWHT_MIN_H:
-        H = jnp.asarray(_sylvester_np(h))
-        R_hxh = signs.astype(jnp.float32)[:, None] * H * np.float32(1.0 / np.sqrt(h))
+        R_hxh = _signed_hadamard(signs)
         return jnp.matmul(chunks, R_hxh.T if inverse else R_hxh, precision=lax.Precision.HIGHEST)
     # x R = (x D) H / sqrt(h); x R^T = x H D / sqrt(h) (H is symmetric); the +-1 signs commute with the scaling.
     y = _fwht(chunks, None if inverse else signs) * np.float32(1.0 / np.sqrt(h))
