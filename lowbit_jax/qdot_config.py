@@ -9,7 +9,7 @@ from typing import Any, cast
 import jax.numpy as jnp
 import numpy as np
 
-from lowbit_jax import accumulate, blocks, hadamard
+from lowbit_jax import accumulate, blocks, hadamard, rounding
 from lowbit_jax.formats import Format, get_format
 from lowbit_jax.impls import check_impl
 
@@ -17,7 +17,6 @@ OPERANDS = ("x_fwd", "w_fwd", "dy_dx", "w_dx", "x_dw", "dy_dw")
 GEMMS = ("fwd", "dx", "dw")
 GEMM_OPERANDS = {"fwd": ("x_fwd", "w_fwd"), "dx": ("dy_dx", "w_dx"), "dw": ("x_dw", "dy_dw")}
 GRAD_OPERANDS = ("dy_dx", "dy_dw")
-SR_BITS_MAX = 24  # stochastic-rounding uniforms sit on the 2^-24 grid
 BACKWARD_INPUTS = ("original", "forward")
 
 
@@ -180,8 +179,10 @@ class QDotConfig:
             return None
         pairs = dict(v) if isinstance(v, dict | tuple | list) else None
         for n in [v] if pairs is None else list(pairs.values()):
-            if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 1 <= n <= SR_BITS_MAX:
-                raise ValueError(f"QDotConfig.sr_bits: random bits per rounding must be an int in 1..24, got {n!r}")
+            try:
+                rounding.check_sr_bits(cast(int, n))
+            except ValueError as err:
+                raise ValueError(f"QDotConfig.sr_bits: {err}") from err
         if not any(self.is_stochastic(o) for o in OPERANDS):
             raise ValueError("QDotConfig.sr_bits is given but no operand rounds stochastically (stochastic=...)")
         if pairs is None:
